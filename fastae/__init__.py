@@ -1,0 +1,5 @@
+"""fastae: fused loss-and-gradient kernels for training autoencoders fast."""
+from .pointwise import LossGrad, bce, gaussian_nll, huber, l1, laplace_nll, mse
+
+__version__ = "0.1.0"
+__all__ = ["LossGrad", "bce", "gaussian_nll", "huber", "l1", "laplace_nll", "mse"]

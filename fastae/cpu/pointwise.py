@@ -1,0 +1,274 @@
+"""Fused pointwise losses on the CPU: value, gradient and reduction in one pass.
+
+Each loss is one small function ``(spec, y, t) -> (loss, dloss/dy, in_domain)``
+and each output activation one function ``(spec, z) -> (y, dy/dz)``. The
+single loop in ``_fused`` composes them, weights, reduces and writes the
+gradient. The spec arguments are named tuples: their class picks the function
+at compile time, their fields carry the parameters in the data's dtype, so one
+compiled loop serves every parameter value.
+
+The loop splits the data into fixed chunks (independent of the thread count),
+sums each chunk in float32 blocks added into float64, and combines the chunk
+sums in order: the result is bit-identical for any ``NUMBA_NUM_THREADS``.
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from ._math import exp, like, log, log1p, tanh
+
+KERNEL_OPTIONS = dict(
+    cache=True,
+    nogil=True,
+    error_model="numpy",
+    boundscheck=False,
+    # No nnan/ninf: NaN and Inf must propagate. reassoc lets the sums vectorise.
+    fastmath={"contract", "reassoc", "arcp", "nsz"},
+)
+CHUNK = 1 << 16  # elements per parallel task: fixed, so results do not depend on threads
+BLOCK = 1024     # elements summed in the data's dtype before adding into float64
+
+# ---------------------------------------------------------------- specs
+# Losses; fields are parameters already in the data's dtype.
+MSE = namedtuple("MSE", "")
+L1 = namedtuple("L1", "")
+Huber = namedtuple("Huber", "delta")
+BCE = namedtuple("BCE", "")
+GaussianNLL = namedtuple("GaussianNLL", "inv_var const")  # const = log sigma + log(2 pi) / 2
+LaplaceNLL = namedtuple("LaplaceNLL", "inv_scale const")  # const = log(2 scale)
+# Output activations.
+Identity = namedtuple("Identity", "")
+Sigmoid = namedtuple("Sigmoid", "")
+Tanh = namedtuple("Tanh", "")
+ReLU = namedtuple("ReLU", "")
+LeakyReLU = namedtuple("LeakyReLU", "slope")
+
+
+# ---------------------------------------------------------------- losses
+@njit(inline="always")
+def mse_point(spec, y, t):
+    d = y - t
+    return d * d, d + d, True
+
+
+@njit(inline="always")
+def l1_point(spec, y, t):
+    d = y - t
+    one = like(d, 1.0)
+    sign = one if d > 0 else (-one if d < 0 else d)  # sign(0) = 0, sign(nan) = nan
+    return abs(d), sign, True
+
+
+@njit(inline="always")
+def huber_point(spec, y, t):
+    d = y - t
+    a = abs(d)
+    h = spec.delta
+    quad = a < h
+    value = like(d, 0.5) * d * d if quad else h * (a - like(d, 0.5) * h)
+    slope = -h if d < -h else (h if d > h else d)  # clamp(d, -h, h), nan stays nan
+    return value, slope, True
+
+
+@njit(inline="always")
+def bce_point(spec, y, t):
+    # binary_cross_entropy on probabilities, as torch: logs clamped at -100,
+    # gradient denominator clamped at 1e-12.
+    lo = like(y, -100.0)
+    log_y = log(y)
+    log_1my = log1p(-y)
+    log_y = lo if log_y < lo else log_y
+    log_1my = lo if log_1my < lo else log_1my
+    value = -(t * log_y + (like(y, 1.0) - t) * log_1my)
+    den = (like(y, 1.0) - y) * y
+    eps = like(y, 1e-12)
+    den = eps if den < eps else den
+    in_domain = not (y < like(y, 0.0) or y > like(y, 1.0))  # nan counts as in domain
+    return value, (y - t) / den, in_domain
+
+
+@njit(inline="always")
+def gaussian_nll_point(spec, y, t):
+    d = y - t
+    return like(d, 0.5) * d * d * spec.inv_var + spec.const, d * spec.inv_var, True
+
+
+@njit(inline="always")
+def laplace_nll_point(spec, y, t):
+    v, sign, ok = l1_point(spec, y, t)
+    return v * spec.inv_scale + spec.const, sign * spec.inv_scale, True
+
+
+# ---------------------------------------------------------------- activations
+@njit(inline="always")
+def identity_act(spec, z):
+    return z, like(z, 1.0)
+
+
+@njit(inline="always")
+def sigmoid_act(spec, z):
+    e = exp(-abs(z))  # in (0, 1]: no overflow for any z
+    r = like(z, 1.0) / (like(z, 1.0) + e)
+    y = r if z >= like(z, 0.0) else e * r
+    return y, y * (like(z, 1.0) - y)
+
+
+@njit(inline="always")
+def tanh_act(spec, z):
+    y = tanh(z)
+    return y, like(z, 1.0) - y * y
+
+
+@njit(inline="always")
+def relu_act(spec, z):
+    zero = like(z, 0.0)
+    y = zero if z <= zero else z  # nan stays nan
+    return y, zero if z <= zero else like(z, 1.0)
+
+
+@njit(inline="always")
+def leaky_relu_act(spec, z):
+    zero = like(z, 0.0)
+    neg = z <= zero
+    return z * spec.slope if neg else z, spec.slope if neg else like(z, 1.0)
+
+
+@njit(inline="always")
+def bce_with_logits_point(z, t):
+    """BCE fused with the sigmoid, stable for any finite logit z."""
+    e = exp(-abs(z))
+    zero = like(z, 0.0)
+    value = (z if z > zero else zero) - z * t + log1p(e)
+    r = like(z, 1.0) / (like(z, 1.0) + e)
+    y = r if z >= zero else e * r
+    return value, y - t, True
+
+
+LOSSES = {MSE: mse_point, L1: l1_point, Huber: huber_point, BCE: bce_point,
+          GaussianNLL: gaussian_nll_point, LaplaceNLL: laplace_nll_point}
+ACTIVATIONS = {Identity: identity_act, Sigmoid: sigmoid_act, Tanh: tanh_act,
+               ReLU: relu_act, LeakyReLU: leaky_relu_act}
+
+
+def point(loss, act, z, t):
+    """(loss, dloss/dz, in_domain) of one element; compiled by the overload below."""
+
+
+@overload(point, inline="always")
+def _point(loss, act, z, t):
+    loss_fn = LOSSES[loss.instance_class]
+    act_fn = ACTIVATIONS[act.instance_class]
+    if loss.instance_class is BCE and act.instance_class is Sigmoid:
+        return lambda loss, act, z, t: bce_with_logits_point(z, t)
+
+    def composed(loss, act, z, t):
+        y, dy = act_fn(act, z)
+        value, dvalue, ok = loss_fn(loss, y, t)
+        return value, dvalue * dy, ok
+
+    return composed
+
+
+# ---------------------------------------------------------------- the loop
+def window(a, start, stop):
+    """``a[start:stop]``, or None when ``a`` is None (resolved at compile time)."""
+
+
+@overload(window, inline="always")
+def _window(a, start, stop):
+    if a is None or isinstance(a, types.NoneType):
+        return lambda a, start, stop: None
+    return lambda a, start, stop: a[start:stop]
+
+
+@njit(**KERNEL_OPTIONS)
+def _block(loss, act, z, t, w, grad, values, scale):
+    """Sum over one block in the data's dtype; see ``_fused``."""
+    total = like(scale, 0.0)
+    bad = 0
+    for i in range(z.size):
+        value, slope, ok = point(loss, act, z[i], t[i])
+        if w is not None:
+            value = value * w[i]
+            slope = slope * w[i]
+        if grad is not None:
+            grad[i] = slope * scale
+        if values is not None:
+            values[i] = value
+        total += value
+        bad += not ok
+    return total, bad
+
+
+@njit(parallel=True, **KERNEL_OPTIONS)
+def _fused(loss, act, z, t, w, grad, values, scale):
+    """Sum of w * loss(act(z), t) over the flat arrays, and the count of
+    elements outside the loss's domain.
+
+    ``w`` (weights), ``grad`` (receives scale * w * dloss/dz) and ``values``
+    (receives w * loss per element) may each be None: the branches on them
+    are removed at compile time. Each block is handed over as slices: LLVM
+    vectorises a loop over fresh views, not one over offset indices.
+    """
+    n = z.size
+    n_chunks = (n + CHUNK - 1) // CHUNK
+    sums = np.zeros(n_chunks)
+    bad = np.zeros(n_chunks, np.int64)
+    for c in prange(n_chunks):
+        chunk_sum = 0.0
+        chunk_bad = 0
+        for b in range(c * CHUNK, min((c + 1) * CHUNK, n), BLOCK):
+            e = min(b + BLOCK, n)
+            block_sum, block_bad = _block(loss, act, z[b:e], t[b:e], window(w, b, e), window(grad, b, e),
+                                          window(values, b, e), scale)
+            chunk_sum += block_sum
+            chunk_bad += block_bad
+        sums[c] = chunk_sum
+        bad[c] = chunk_bad
+    total = 0.0
+    for c in range(n_chunks):
+        total += sums[c]
+    return total, bad.sum()
+
+
+# ---------------------------------------------------------------- launcher
+def _loss_spec(name, params, dtype):
+    f = dtype.type
+    if name == "mse":
+        return MSE()
+    if name == "l1":
+        return L1()
+    if name == "huber":
+        return Huber(f(params["delta"]))
+    if name == "bce":
+        return BCE()
+    if name == "gaussian_nll":
+        sigma = params["sigma"]
+        return GaussianNLL(f(1.0 / sigma**2), f(np.log(sigma) + 0.5 * np.log(2 * np.pi)))
+    if name == "laplace_nll":
+        scale = params["scale"]
+        return LaplaceNLL(f(1.0 / scale), f(np.log(2 * scale)))
+    raise KeyError(name)
+
+
+def _activation_spec(name, negative_slope, dtype):
+    if name == "leaky_relu":
+        return LeakyReLU(dtype.type(negative_slope))
+    return {"identity": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU}[name]()
+
+
+def pointwise(loss, params, activation, negative_slope, pred, target, weight, grad, values, scale):
+    """Run the fused loop over C-contiguous arrays of one dtype.
+
+    Returns ``(total, n_outside_domain)``; writes ``grad`` and ``values`` when
+    they are arrays. ``weight`` is None or an array of pred's size.
+    """
+    dtype = pred.dtype
+    return _fused(_loss_spec(loss, params, dtype), _activation_spec(activation, negative_slope, dtype),
+                  pred.reshape(-1), target.reshape(-1),
+                  None if weight is None else weight.reshape(-1),
+                  None if grad is None else grad.reshape(-1),
+                  None if values is None else values.reshape(-1),
+                  dtype.type(scale))
