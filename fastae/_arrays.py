@@ -44,6 +44,11 @@ def from_numpy(a, kind):
     return sys.modules["torch"].from_dlpack(a)
 
 
+def contiguous(a):
+    """``a`` itself when C-contiguous, else a C-ordered copy (0-d stays 0-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def check_float(a, name):
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
@@ -106,7 +111,7 @@ class Call:
         except ValueError:
             raise ValueError(f"weight of shape {w.shape} does not broadcast to {self.name}'s shape "
                              f"{self.pred.shape}") from None
-        return np.ascontiguousarray(w)
+        return contiguous(w)
 
     def out(self, out):
         """A new C-contiguous gradient buffer, or ``out`` checked to be one."""

@@ -18,7 +18,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number
+from ._arrays import Call, check_choice, check_number, contiguous
 from .cpu import pointwise as cpu_pointwise
 
 LossGrad = namedtuple("LossGrad", "loss grad")
@@ -30,8 +30,8 @@ ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
 
 def _pointwise(loss, params, pred, target, reduction, weight, activation, negative_slope, grad, out):
     call = Call(pred)
-    p = np.ascontiguousarray(call.pred)
-    t = np.ascontiguousarray(call.like_pred(target, "target"))
+    p = contiguous(call.pred)
+    t = contiguous(call.like_pred(target, "target"))
     check_choice(reduction, "reduction", REDUCTIONS)
     check_choice(activation, "activation", ACTIVATIONS)
     negative_slope = check_number(negative_slope, "negative_slope")

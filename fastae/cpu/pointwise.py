@@ -2,22 +2,25 @@
 
 Each loss is one small function ``(spec, y, t) -> (loss, dloss/dy, in_domain)``
 and each output activation one function ``(spec, z) -> (y, dy/dz)``. The
-single loop in ``_fused`` composes them, weights, reduces and writes the
+single loop in ``_chunks`` composes them, weights, reduces and writes the
 gradient. The spec arguments are named tuples: their class picks the function
 at compile time, their fields carry the parameters in the data's dtype, so one
 compiled loop serves every parameter value.
 
 The loop splits the data into fixed chunks (independent of the thread count),
-sums each chunk in float32 blocks added into float64, and combines the chunk
-sums in order: the result is bit-identical for any ``NUMBA_NUM_THREADS``.
+sums each chunk in blocks of the data's dtype added into float64, and the
+chunk sums are added exactly (``math.fsum``): the result is bit-identical for
+any ``NUMBA_NUM_THREADS``.
 """
+import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from ._math import exp, like, log, log1p, tanh
+from ._threads import run_chunks
 
 KERNEL_OPTIONS = dict(
     cache=True,
@@ -47,6 +50,7 @@ LeakyReLU = namedtuple("LeakyReLU", "slope")
 
 
 # ---------------------------------------------------------------- losses
+_BCE_EPS = float(np.float32(1e-12))  # torch's constant is a float32, in float64 too
 @njit(inline="always")
 def mse_point(spec, y, t):
     d = y - t
@@ -83,7 +87,7 @@ def bce_point(spec, y, t):
     log_1my = lo if log_1my < lo else log_1my
     value = -(t * log_y + (like(y, 1.0) - t) * log_1my)
     den = (like(y, 1.0) - y) * y
-    eps = like(y, 1e-12)
+    eps = like(y, _BCE_EPS)
     den = eps if den < eps else den
     in_domain = not (y < like(y, 0.0) or y > like(y, 1.0))  # nan counts as in domain
     return value, (y - t) / den, in_domain
@@ -185,7 +189,7 @@ def _window(a, start, stop):
 
 @njit(**KERNEL_OPTIONS)
 def _block(loss, act, z, t, w, grad, values, scale):
-    """Sum over one block in the data's dtype; see ``_fused``."""
+    """Sum over one block in the data's dtype; see ``_chunks``."""
     total = like(scale, 0.0)
     bad = 0
     for i in range(z.size):
@@ -202,10 +206,11 @@ def _block(loss, act, z, t, w, grad, values, scale):
     return total, bad
 
 
-@njit(parallel=True, **KERNEL_OPTIONS)
-def _fused(loss, act, z, t, w, grad, values, scale):
-    """Sum of w * loss(act(z), t) over the flat arrays, and the count of
-    elements outside the loss's domain.
+@njit(**KERNEL_OPTIONS)
+def _chunks(loss, act, z, t, w, grad, values, scale, first, stop, sums, bad):
+    """Chunks ``first`` to ``stop`` of w * loss(act(z), t) over the flat arrays:
+    each chunk's sum into ``sums`` and its count of elements outside the
+    loss's domain into ``bad``.
 
     ``w`` (weights), ``grad`` (receives scale * w * dloss/dz) and ``values``
     (receives w * loss per element) may each be None: the branches on them
@@ -213,10 +218,7 @@ def _fused(loss, act, z, t, w, grad, values, scale):
     vectorises a loop over fresh views, not one over offset indices.
     """
     n = z.size
-    n_chunks = (n + CHUNK - 1) // CHUNK
-    sums = np.zeros(n_chunks)
-    bad = np.zeros(n_chunks, np.int64)
-    for c in prange(n_chunks):
+    for c in range(first, stop):
         chunk_sum = 0.0
         chunk_bad = 0
         for b in range(c * CHUNK, min((c + 1) * CHUNK, n), BLOCK):
@@ -227,10 +229,6 @@ def _fused(loss, act, z, t, w, grad, values, scale):
             chunk_bad += block_bad
         sums[c] = chunk_sum
         bad[c] = chunk_bad
-    total = 0.0
-    for c in range(n_chunks):
-        total += sums[c]
-    return total, bad.sum()
 
 
 # ---------------------------------------------------------------- launcher
@@ -266,9 +264,10 @@ def pointwise(loss, params, activation, negative_slope, pred, target, weight, gr
     they are arrays. ``weight`` is None or an array of pred's size.
     """
     dtype = pred.dtype
-    return _fused(_loss_spec(loss, params, dtype), _activation_spec(activation, negative_slope, dtype),
-                  pred.reshape(-1), target.reshape(-1),
-                  None if weight is None else weight.reshape(-1),
-                  None if grad is None else grad.reshape(-1),
-                  None if values is None else values.reshape(-1),
-                  dtype.type(scale))
+    flat = [None if a is None else a.reshape(-1) for a in (pred, target, weight, grad, values)]
+    specs = _loss_spec(loss, params, dtype), _activation_spec(activation, negative_slope, dtype)
+    n_chunks = -(-pred.size // CHUNK)
+    sums = np.empty(n_chunks)
+    bad = np.empty(n_chunks, np.int64)
+    run_chunks(lambda first, stop: _chunks(*specs, *flat, dtype.type(scale), first, stop, sums, bad), n_chunks)
+    return math.fsum(sums), int(bad.sum())

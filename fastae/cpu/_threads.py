@@ -1,0 +1,36 @@
+"""Run a nogil Numba kernel over fixed chunks in a few Python threads.
+
+The chunking is fixed by the data size alone; each thread takes a contiguous
+range of chunks and writes one partial result per chunk, which the caller
+combines in chunk order. Results are therefore bit-identical for any thread
+count. Threads (rather than Numba's ``prange``) keep compile times short:
+the parallel machinery is compiled once, here, in Python.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+_pool = None
+MIN_CHUNKS_PER_THREAD = 4  # below this, a thread costs more than it saves
+
+
+def num_threads():
+    """Threads the kernels use: ``NUMBA_NUM_THREADS`` (default: all cores)."""
+    return max(1, int(os.environ.get("NUMBA_NUM_THREADS", numba.config.NUMBA_NUM_THREADS)))
+
+
+def run_chunks(kernel, n_chunks):
+    """Call ``kernel(first, stop)`` over ``range(n_chunks)`` split among threads."""
+    global _pool
+    threads = min(num_threads(), n_chunks // MIN_CHUNKS_PER_THREAD)
+    if threads <= 1:
+        kernel(0, n_chunks)
+        return
+    bounds = [n_chunks * i // threads for i in range(threads + 1)]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
+    futures = [_pool.submit(kernel, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    kernel(bounds[0], bounds[1])
+    for f in futures:
+        f.result()

@@ -1,0 +1,25 @@
+import zlib
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng(request):
+    """A fresh generator per test, seeded from the test's name: new data for each case, reproducible."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def assert_close(actual, expected, dtype, what=""):
+    """Equal to the float64 reference within 2e-5 (float32) or 1e-10 (float64),
+    relative to the largest reference magnitude (element-wise cancellation in
+    float32 makes a pure element-wise relative test meaningless)."""
+    rtol = 2e-5 if np.dtype(dtype) == np.float32 else 1e-10
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected), err_msg=f"{what}: NaN positions")
+    np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=f"{what}: non-finite values")
+    scale = np.abs(expected[finite]).max(initial=0.0)
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=rtol * scale, err_msg=what)
