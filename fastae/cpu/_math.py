@@ -93,15 +93,20 @@ def _log32(x):
     big = m > _SQRT2
     m = m * F32(0.5) if big else m
     e = e + F32(1.0) if big else e
-    s = (m - F32(1.0)) / (m + F32(1.0))
-    s2 = s * s
-    p = F32(1.0 / 11.0)
-    p = p * s2 + F32(1.0 / 9.0)
-    p = p * s2 + F32(1.0 / 7.0)
-    p = p * s2 + F32(1.0 / 5.0)
-    p = p * s2 + F32(1.0 / 3.0)
-    p = p * s2 + F32(1.0)
-    y = e * _LN2 + F32(2.0) * s * p
+    # log(1 + f), f = m - 1 in [-0.293, 0.414]: f - f^2/2 + f^3 P(f), Cephes's
+    # minimax polynomial for logf; no division.
+    f = m - F32(1.0)
+    f2 = f * f
+    p = F32(7.0376836292e-2)
+    p = p * f - F32(1.1514610310e-1)
+    p = p * f + F32(1.1676998740e-1)
+    p = p * f - F32(1.2420140846e-1)
+    p = p * f + F32(1.4249322787e-1)
+    p = p * f - F32(1.6668057665e-1)
+    p = p * f + F32(2.0000714765e-1)
+    p = p * f - F32(2.4999993993e-1)
+    p = p * f + F32(3.3333331174e-1)
+    y = e * _LN2 + (f - F32(0.5) * f2 + f * f2 * p)
     y = -_INF if x == F32(0.0) else y
     y = _NAN if x < F32(0.0) else y
     y = _INF if x == _INF else y
@@ -109,21 +114,20 @@ def _log32(x):
 
 
 @register_jitable
-def _log1p32(x):
-    # Near 0, log1p(x) = 2 atanh(s) with s = x / (2 + x), |s| <= 0.172; the
-    # series needs no cancellation trick (those break under reassociation).
-    # Elsewhere 1 + x is far enough from 1 for log(1 + x) to be accurate.
+def _log1p_unit32(x):
+    # log1p(x) = 2 atanh(s), s = x / (2 + x) in [0, 1/3] for x in [0, 1]; the
+    # series through s^15 is below float32 rounding there.
     s = x / (F32(2.0) + x)
     s2 = s * s
-    p = F32(1.0 / 11.0)
+    p = F32(1.0 / 15.0)
+    p = p * s2 + F32(1.0 / 13.0)
+    p = p * s2 + F32(1.0 / 11.0)
     p = p * s2 + F32(1.0 / 9.0)
     p = p * s2 + F32(1.0 / 7.0)
     p = p * s2 + F32(1.0 / 5.0)
     p = p * s2 + F32(1.0 / 3.0)
     p = p * s2 + F32(1.0)
-    near = F32(2.0) * s * p
-    far = _log32(F32(1.0) + x)
-    return near if abs(s) < F32(0.1716) else far
+    return F32(2.0) * s * p
 
 
 @register_jitable
@@ -161,9 +165,15 @@ def log(x):
     return math.log(x)
 
 
-def log1p(x):
-    """log(1 + x), accurate for small x."""
+def log1p_unit(x):
+    """log(1 + x) for x in [0, 1] (nan stays nan), accurate for small x."""
     return math.log1p(x)
+
+
+def log1m(x):
+    """log(1 - x) for x <= 1. float64: log1p(-x), exact. float32: log of the
+    rounded 1 - x, whose absolute error is at most one float32 ulp of 1."""
+    return math.log1p(-x)
 
 
 def tanh(x):
@@ -173,5 +183,6 @@ def tanh(x):
 
 overload(exp)(_by_width(lambda x: _exp32(x), lambda x: math.exp(x)))
 overload(log)(_by_width(lambda x: _log32(x), lambda x: math.log(x)))
-overload(log1p)(_by_width(lambda x: _log1p32(x), lambda x: math.log1p(x)))
+overload(log1p_unit)(_by_width(lambda x: _log1p_unit32(x), lambda x: math.log1p(x)))
+overload(log1m)(_by_width(lambda x: _log32(F32(1.0) - x), lambda x: math.log1p(-x)))
 overload(tanh)(_by_width(lambda x: _tanh32(x), lambda x: math.tanh(x)))

@@ -1,6 +1,6 @@
 """Fused pointwise losses on the CPU: value, gradient and reduction in one pass.
 
-Each loss is one small function ``(spec, y, t) -> (loss, dloss/dy, in_domain)``
+Each loss is one small function ``(spec, y, t) -> (loss, dloss/dy, outside)``
 and each output activation one function ``(spec, z) -> (y, dy/dz)``. The
 single loop in ``_chunks`` composes them, weights, reduces and writes the
 gradient. The spec arguments are named tuples: their class picks the function
@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._math import exp, like, log, log1p, tanh
+from ._math import exp, like, log, log1m, log1p_unit, tanh
 from ._threads import run_chunks
 
 KERNEL_OPTIONS = dict(
@@ -54,7 +54,7 @@ _BCE_EPS = float(np.float32(1e-12))  # torch's constant is a float32, in float64
 @njit(inline="always")
 def mse_point(spec, y, t):
     d = y - t
-    return d * d, d + d, True
+    return d * d, d + d, like(d, 0.0)
 
 
 @njit(inline="always")
@@ -62,7 +62,7 @@ def l1_point(spec, y, t):
     d = y - t
     one = like(d, 1.0)
     sign = one if d > 0 else (-one if d < 0 else d)  # sign(0) = 0, sign(nan) = nan
-    return abs(d), sign, True
+    return abs(d), sign, like(d, 0.0)
 
 
 @njit(inline="always")
@@ -73,7 +73,7 @@ def huber_point(spec, y, t):
     quad = a < h
     value = like(d, 0.5) * d * d if quad else h * (a - like(d, 0.5) * h)
     slope = -h if d < -h else (h if d > h else d)  # clamp(d, -h, h), nan stays nan
-    return value, slope, True
+    return value, slope, like(d, 0.0)
 
 
 @njit(inline="always")
@@ -82,27 +82,27 @@ def bce_point(spec, y, t):
     # gradient denominator clamped at 1e-12.
     lo = like(y, -100.0)
     log_y = log(y)
-    log_1my = log1p(-y)
+    log_1my = log1m(y)
     log_y = lo if log_y < lo else log_y
     log_1my = lo if log_1my < lo else log_1my
     value = -(t * log_y + (like(y, 1.0) - t) * log_1my)
     den = (like(y, 1.0) - y) * y
     eps = like(y, _BCE_EPS)
     den = eps if den < eps else den
-    in_domain = not (y < like(y, 0.0) or y > like(y, 1.0))  # nan counts as in domain
-    return value, (y - t) / den, in_domain
+    outside = like(y, (y < like(y, 0.0)) | (y > like(y, 1.0)))  # 1 outside [0, 1]; nan is inside
+    return value, (y - t) / den, outside
 
 
 @njit(inline="always")
 def gaussian_nll_point(spec, y, t):
     d = y - t
-    return like(d, 0.5) * d * d * spec.inv_var + spec.const, d * spec.inv_var, True
+    return like(d, 0.5) * d * d * spec.inv_var + spec.const, d * spec.inv_var, like(d, 0.0)
 
 
 @njit(inline="always")
 def laplace_nll_point(spec, y, t):
-    v, sign, ok = l1_point(spec, y, t)
-    return v * spec.inv_scale + spec.const, sign * spec.inv_scale, True
+    v, sign, outside = l1_point(spec, y, t)
+    return v * spec.inv_scale + spec.const, sign * spec.inv_scale, outside
 
 
 # ---------------------------------------------------------------- activations
@@ -144,10 +144,10 @@ def bce_with_logits_point(z, t):
     """BCE fused with the sigmoid, stable for any finite logit z."""
     e = exp(-abs(z))
     zero = like(z, 0.0)
-    value = (z if z > zero else zero) - z * t + log1p(e)
+    value = (z if z > zero else zero) - z * t + log1p_unit(e)
     r = like(z, 1.0) / (like(z, 1.0) + e)
     y = r if z >= zero else e * r
-    return value, y - t, True
+    return value, y - t, zero
 
 
 LOSSES = {MSE: mse_point, L1: l1_point, Huber: huber_point, BCE: bce_point,
@@ -157,7 +157,9 @@ ACTIVATIONS = {Identity: identity_act, Sigmoid: sigmoid_act, Tanh: tanh_act,
 
 
 def point(loss, act, z, t):
-    """(loss, dloss/dz, in_domain) of one element; compiled by the overload below."""
+    """(loss, dloss/dz, outside) of one element, outside being 1 where the
+    activated value lies outside the loss's domain, else 0; compiled by the
+    overload below."""
 
 
 @overload(point, inline="always")
@@ -169,8 +171,8 @@ def _point(loss, act, z, t):
 
     def composed(loss, act, z, t):
         y, dy = act_fn(act, z)
-        value, dvalue, ok = loss_fn(loss, y, t)
-        return value, dvalue * dy, ok
+        value, dvalue, outside = loss_fn(loss, y, t)
+        return value, dvalue * dy, outside
 
     return composed
 
@@ -189,11 +191,12 @@ def _window(a, start, stop):
 
 @njit(**KERNEL_OPTIONS)
 def _block(loss, act, z, t, w, grad, values, scale):
-    """Sum over one block in the data's dtype; see ``_chunks``."""
+    """Sum and out-of-domain count over one block, both in the data's dtype
+    (an integer count would stop the vectorisation; a block's count is exact)."""
     total = like(scale, 0.0)
-    bad = 0
+    bad = like(scale, 0.0)
     for i in range(z.size):
-        value, slope, ok = point(loss, act, z[i], t[i])
+        value, slope, outside = point(loss, act, z[i], t[i])
         if w is not None:
             value = value * w[i]
             slope = slope * w[i]
@@ -202,7 +205,7 @@ def _block(loss, act, z, t, w, grad, values, scale):
         if values is not None:
             values[i] = value
         total += value
-        bad += not ok
+        bad += outside
     return total, bad
 
 
@@ -226,7 +229,7 @@ def _chunks(loss, act, z, t, w, grad, values, scale, first, stop, sums, bad):
             block_sum, block_bad = _block(loss, act, z[b:e], t[b:e], window(w, b, e), window(grad, b, e),
                                           window(values, b, e), scale)
             chunk_sum += block_sum
-            chunk_bad += block_bad
+            chunk_bad += int(block_bad)
         sums[c] = chunk_sum
         bad[c] = chunk_bad
 

@@ -1,0 +1,153 @@
+"""Roofline benchmark behind ``fastae bench`` (and the ``benchmarks/`` suite).
+
+Every number is a ratio taken in one run: each kernel against the streaming
+ceiling (``np.add(a, b, out=c)``: the 2 reads + 1 write a fused
+forward+backward must do at least) and against PyTorch eager doing the same
+forward+backward with autograd. Timings are interleaved and the median kept.
+"""
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import fastae as fa
+
+
+@dataclass
+class Case:
+    """One fused loss: its fastae call and the PyTorch eager code it replaces."""
+    name: str
+    loss: str
+    activation: str = "identity"
+    params: dict = field(default_factory=dict)
+    inputs: str = "normal"  # "normal": pred ~ N(0, 1); "probability": pred in (0, 1)
+
+    def make(self, n, dtype, seed=0):
+        rng = np.random.default_rng(seed)
+        if self.inputs == "probability":
+            pred = rng.uniform(0.01, 0.99, n).astype(dtype)
+        else:
+            pred = rng.standard_normal(n).astype(dtype)
+        return pred, rng.random(n).astype(dtype)
+
+    def fastae(self, pred, target, out):
+        return getattr(fa, self.loss)(pred, target, activation=self.activation, grad=True, out=out, **self.params)
+
+    def torch_step(self, pred, target):
+        """Forward + backward in PyTorch eager; pred requires grad."""
+        import torch.nn.functional as F
+        import torch
+        y = {"identity": lambda z: z, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[self.activation](pred)
+        if self.loss == "mse":
+            loss = F.mse_loss(y, target)
+        elif self.loss == "l1":
+            loss = F.l1_loss(y, target)
+        elif self.loss == "huber":
+            loss = F.huber_loss(y, target, delta=self.params.get("delta", 1.0))
+        elif self.loss == "bce" and self.activation == "sigmoid":
+            loss = F.binary_cross_entropy_with_logits(pred, target)
+        elif self.loss == "bce":
+            loss = F.binary_cross_entropy(y, target)
+        elif self.loss == "gaussian_nll":
+            sigma = self.params.get("sigma", 1.0)
+            loss = (0.5 * ((y - target) / sigma) ** 2).mean() + float(np.log(sigma) + 0.5 * np.log(2 * np.pi))
+        elif self.loss == "laplace_nll":
+            scale = self.params.get("scale", 1.0)
+            loss = (y - target).abs().mean() / scale + float(np.log(2 * scale))
+        loss.backward()
+        return loss
+
+
+POINTWISE = [
+    Case("mse", "mse"),
+    Case("l1", "l1"),
+    Case("huber", "huber", params={"delta": 1.0}),
+    Case("bce_with_logits", "bce", "sigmoid"),
+    Case("sigmoid+mse", "mse", "sigmoid"),
+    Case("tanh+mse", "mse", "tanh"),
+    Case("bce_probabilities", "bce", inputs="probability"),
+    Case("gaussian_nll", "gaussian_nll", params={"sigma": 0.5}),
+    Case("laplace_nll", "laplace_nll", params={"scale": 0.5}),
+]
+
+
+def median_times(functions, repeats):
+    """Median seconds of each function, calls interleaved so drift hits all alike."""
+    for f in functions:
+        f()  # warm up: compile, fault pages in
+    samples = [[] for _ in functions]
+    for _ in range(repeats):
+        for f, s in zip(functions, samples):
+            start = time.perf_counter()
+            f()
+            s.append(time.perf_counter() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def pointwise_rows(n, dtype, repeats, cases=POINTWISE, with_torch=True):
+    """One dict per case: seconds, GB/s, ratio to np.add, speed-up over torch."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    with_torch = with_torch and torch is not None
+    rows = []
+    for case in cases:
+        pred, target = case.make(n, dtype)
+        out, add_out = np.empty_like(pred), np.empty_like(pred)
+        functions = [lambda: np.add(pred, target, out=add_out), lambda: case.fastae(pred, target, out)]
+        if with_torch:
+            p = torch.from_numpy(pred).requires_grad_()
+            t = torch.from_numpy(target)
+
+            def torch_once():
+                p.grad = None
+                case.torch_step(p, t)
+            functions.append(torch_once)
+        times = median_times(functions, repeats)
+        nbytes = 3 * n * pred.itemsize
+        rows.append({
+            "kernel": case.name, "n": n, "dtype": np.dtype(dtype).name, "ms": times[1] * 1e3,
+            "GB/s": nbytes / times[1] / 1e9, "x ceiling": times[1] / times[0],
+            "torch x": times[2] / times[1] if with_torch else float("nan"),
+        })
+    return rows
+
+
+def format_table(rows):
+    cols = ["kernel", "n", "dtype", "ms", "GB/s", "x ceiling", "torch x"]
+    fmt = {"n": lambda v: f"2^{int(np.log2(v))}" if v & (v - 1) == 0 else str(v), "ms": "{:.2f}".format,
+           "GB/s": "{:.1f}".format, "x ceiling": "{:.2f}".format, "torch x": "{:.1f}".format}
+    cells = [[fmt.get(c, str)(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
+    if threads:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+    from .cpu._threads import num_threads
+    sizes = sizes or ([1 << 24] if quick else [1 << 20, 1 << 24])
+    dtypes = dtypes or (["float32"] if quick else ["float32", "float64"])
+    repeats = repeats or (5 if quick else 15)
+    print(f"fastae {fa.__version__} bench: fused forward+backward into out=, {num_threads()} thread(s); "
+          "'x ceiling' = time / np.add(a, b, out=c) time (2 reads + 1 write, 1 thread), "
+          "'torch x' = torch eager f+b time / fastae time")
+    print("\npointwise losses")
+    rows = []
+    for dtype in dtypes:
+        for n in sizes:
+            rows += pointwise_rows(n, np.dtype(dtype), repeats)
+    print(format_table(rows))
+    return rows
