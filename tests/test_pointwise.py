@@ -195,6 +195,17 @@ def test_bit_identical_across_thread_counts():
     assert len(digests) == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_works_in_a_forked_child(rng):
+    """A DataLoader-style worker forked after the thread pool started must not hang."""
+    import multiprocessing
+    pred, target = inputs(rng, "mse", "identity", (1 << 20,), np.float32)
+    expected = fa.mse(pred, target)  # starts the pool in the parent
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(fa.mse, (pred, target)).get(timeout=60)
+    assert got == expected
+
+
 def test_float32_mean_of_1e8_elements_is_accurate():
     n = 100_000_000
     rng = np.random.default_rng(3)

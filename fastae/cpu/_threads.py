@@ -15,6 +15,15 @@ _pool = None
 MIN_CHUNKS_PER_THREAD = 4  # below this, a thread costs more than it saves
 
 
+def _forget_pool():
+    """A forked child inherits the pool object but not its threads: start afresh."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def num_threads():
     """Threads the kernels use: ``NUMBA_NUM_THREADS`` (default: all cores)."""
     return max(1, int(os.environ.get("NUMBA_NUM_THREADS", numba.config.NUMBA_NUM_THREADS)))
