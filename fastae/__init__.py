@@ -1,5 +1,7 @@
 """fastae: fused loss-and-gradient kernels for training autoencoders fast."""
 from .pointwise import LossGrad, bce, gaussian_nll, huber, l1, laplace_nll, mse
+from .sparse import Thresholded, ista, kl_sparsity, l1_penalty, l2_penalty, lasso_codes, soft_threshold
 
 __version__ = "0.1.0"
-__all__ = ["LossGrad", "bce", "gaussian_nll", "huber", "l1", "laplace_nll", "mse"]
+__all__ = ["LossGrad", "bce", "gaussian_nll", "huber", "l1", "laplace_nll", "mse",
+           "Thresholded", "ista", "kl_sparsity", "l1_penalty", "l2_penalty", "lasso_codes", "soft_threshold"]

@@ -64,13 +64,18 @@ def check_choice(value, name, choices):
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
-def check_number(value, name, *, positive=False):
-    """A finite real number (positive when asked); returns it as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_number(value, name, *, positive=False, nonnegative=False):
+    """A finite real number (positive or non-negative when asked); returns it as a float."""
+    if not is_number(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not np.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{name} must be a {'positive ' if positive else ''}finite number, got {value}")
+    if not np.isfinite(value) or (positive and value <= 0) or (nonnegative and value < 0):
+        kind = "positive " if positive else "non-negative " if nonnegative else ""
+        raise ValueError(f"{name} must be a {kind}finite number, got {value}")
     return value
 
 
@@ -103,7 +108,7 @@ class Call:
         """None, or a C-contiguous array of pred's shape from a number or a broadcastable array."""
         if weight is None:
             return None
-        if isinstance(weight, numbers.Real) and not isinstance(weight, bool):
+        if is_number(weight):
             return np.full(self.pred.shape, weight, self.pred.dtype)
         w = self.like_pred(weight, "weight", shape=False)
         try:
@@ -113,13 +118,13 @@ class Call:
                              f"{self.pred.shape}") from None
         return contiguous(w)
 
-    def out(self, out):
-        """A new C-contiguous gradient buffer, or ``out`` checked to be one."""
+    def out(self, out, name="out"):
+        """A new C-contiguous buffer of pred's shape and dtype, or ``out`` checked to be one."""
         if out is None:
             return np.empty(self.pred.shape, self.pred.dtype)
-        a = self.like_pred(out, "out")
+        a = self.like_pred(out, name)
         if not a.flags.c_contiguous or not a.flags.writeable:
-            raise ValueError("out must be a writeable C-contiguous array")
+            raise ValueError(f"{name} must be a writeable C-contiguous array")
         return a
 
     def back(self, a):

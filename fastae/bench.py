@@ -129,8 +129,55 @@ def pointwise_rows(n, dtype, repeats, cases=POINTWISE, with_torch=True):
     return rows
 
 
+def threaded_abs(a, out):
+    """np.abs over the kernels' threads: the 1 read + 1 write ceiling at their thread count."""
+    c = CEILING_CHUNK
+    run_chunks(lambda first, stop: np.abs(a[first * c:stop * c], out=out[first * c:stop * c]), -(-a.size // c))
+
+
+def sparse_rows(n, dtype, repeats):
+    """Soft-thresholding and fused weight decay against their streaming ceilings:
+    np.abs (1 read, 1 write) and np.add (2 reads + 1 write, or 1 read + 2 writes)."""
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    out, mask, o = np.empty_like(c), np.empty_like(c), np.empty_like(c)
+    cases = [("soft_threshold", 2, lambda: np.abs(c, out=o), lambda: threaded_abs(c, o),
+              lambda: fa.soft_threshold(c, 0.5, out=out)),
+             ("soft_threshold+mask", 3, lambda: np.add(c, g, out=o), lambda: threaded_add(c, g, o),
+              lambda: fa.soft_threshold(c, 0.5, grad=True, out=out, mask_out=mask)),
+             ("l2_penalty accumulate", 3, lambda: np.add(c, g, out=o), lambda: threaded_add(c, g, o),
+              lambda: fa.l2_penalty(c, 1e-4, accumulate_into=g))]
+    rows = []
+    for name, arrays, plain, ceiling, ours in cases:
+        add, ceil, t = median_times([plain, ceiling, ours], repeats)
+        rows.append({"kernel": name, "n": n, "dtype": np.dtype(dtype).name, "ms": t * 1e3,
+                     "GB/s": arrays * n * c.itemsize / t / 1e9, "x np.add": t / add, "x ceiling": t / ceil})
+    return rows
+
+
+def ista_row(repeats=3, n=2000, d=64, k=48, alpha=0.2):
+    """fa.ista against scikit-learn's sparse_encode(lasso_cd, n_jobs=1) on the same codes problem."""
+    import warnings
+    from sklearn.decomposition import sparse_encode
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((d, k))
+    D /= np.linalg.norm(D, axis=0)
+    x = (rng.standard_normal((n, k)) * (rng.random((n, k)) < 0.2)) @ D.T + 0.05 * rng.standard_normal((n, d))
+    objective = lambda z: np.sum((x - z @ D.T) ** 2) + alpha * np.abs(z).sum()  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours, theirs = median_times([lambda: fa.ista(x, D, alpha),
+                                     lambda: sparse_encode(x, D.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)],
+                                    repeats)
+        gap = objective(fa.ista(x, D, alpha)) / objective(
+            sparse_encode(x, D.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)) - 1
+    return {"n": n, "d": d, "k": k, "ms": ours * 1e3, "sklearn ms": theirs * 1e3, "speed-up": theirs / ours,
+            "objective vs sklearn": gap}
+
+
 def format_table(rows):
-    cols = ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"]
+    cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]]
     fmt = {"n": lambda v: f"2^{int(np.log2(v))}" if v & (v - 1) == 0 else str(v), "ms": "{:.2f}".format,
            "GB/s": "{:.1f}".format, "x np.add": "{:.2f}".format, "x ceiling": "{:.2f}".format,
            "torch x": "{:.1f}".format}
@@ -165,4 +212,17 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
         for n in sizes:
             rows += pointwise_rows(n, np.dtype(dtype), repeats)
     print(format_table(rows))
-    return rows
+    print("\nsparse codes ('x np.add' is against np.abs for soft_threshold alone: 1 read + 1 write)")
+    sparse = []
+    for dtype in dtypes:
+        for n in sizes:
+            sparse += sparse_rows(n, np.dtype(dtype), repeats)
+    print(format_table(sparse))
+    try:
+        r = ista_row()
+        print(f"\nista, {r['n']} signals x {r['d']} dims, {r['k']} atoms, float64: {r['ms']:.1f} ms, "
+              f"sklearn sparse_encode(lasso_cd, n_jobs=1) {r['sklearn ms']:.1f} ms: {r['speed-up']:.1f}x; "
+              f"objective {r['objective vs sklearn']:+.1e} relative to sklearn's")
+    except ImportError:
+        print("\nista: install scikit-learn to compare with sparse_encode")
+    return rows + sparse

@@ -190,18 +190,20 @@ def _window(a, start, stop):
 
 
 @njit(**KERNEL_OPTIONS)
-def _block(loss, act, z, t, w, grad, values, scale):
+def _block(loss, act, z, t, w, grad, grad_add, values, scale):
     """Sum and out-of-domain count over one block, both in the data's dtype
     (an integer count would stop the vectorisation; a block's count is exact)."""
     total = like(scale, 0.0)
     bad = like(scale, 0.0)
     for i in range(z.size):
-        value, slope, outside = point(loss, act, z[i], t[i])
+        value, slope, outside = point(loss, act, z[i], like(scale, 0.0) if t is None else t[i])
         if w is not None:
             value = value * w[i]
             slope = slope * w[i]
         if grad is not None:
             grad[i] = slope * scale
+        if grad_add is not None:
+            grad_add[i] += slope * scale
         if values is not None:
             values[i] = value
         total += value
@@ -210,14 +212,15 @@ def _block(loss, act, z, t, w, grad, values, scale):
 
 
 @njit(**KERNEL_OPTIONS)
-def _chunks(loss, act, z, t, w, grad, values, scale, first, stop, sums, bad):
+def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums, bad):
     """Chunks ``first`` to ``stop`` of w * loss(act(z), t) over the flat arrays:
     each chunk's sum into ``sums`` and its count of elements outside the
     loss's domain into ``bad``.
 
-    ``w`` (weights), ``grad`` (receives scale * w * dloss/dz) and ``values``
-    (receives w * loss per element) may each be None: the branches on them
-    are removed at compile time. Each block is handed over as slices: LLVM
+    ``t`` (None: a zero target, for penalties), ``w`` (weights), ``grad``
+    (receives scale * w * dloss/dz), ``grad_add`` (has it added) and
+    ``values`` (receives w * loss per element) may each be None: the branches
+    on them are removed at compile time. Each block is handed over as slices: LLVM
     vectorises a loop over fresh views, not one over offset indices.
     """
     n = z.size
@@ -226,8 +229,8 @@ def _chunks(loss, act, z, t, w, grad, values, scale, first, stop, sums, bad):
         chunk_bad = 0
         for b in range(c * CHUNK, min((c + 1) * CHUNK, n), BLOCK):
             e = min(b + BLOCK, n)
-            block_sum, block_bad = _block(loss, act, z[b:e], t[b:e], window(w, b, e), window(grad, b, e),
-                                          window(values, b, e), scale)
+            block_sum, block_bad = _block(loss, act, z[b:e], window(t, b, e), window(w, b, e), window(grad, b, e),
+                                          window(grad_add, b, e), window(values, b, e), scale)
             chunk_sum += block_sum
             chunk_bad += int(block_bad)
         sums[c] = chunk_sum
@@ -260,14 +263,15 @@ def _activation_spec(name, negative_slope, dtype):
     return {"identity": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU}[name]()
 
 
-def pointwise(loss, params, activation, negative_slope, pred, target, weight, grad, values, scale):
+def pointwise(loss, params, activation, negative_slope, pred, target, weight, grad, values, scale, grad_add=None):
     """Run the fused loop over C-contiguous arrays of one dtype.
 
-    Returns ``(total, n_outside_domain)``; writes ``grad`` and ``values`` when
-    they are arrays. ``weight`` is None or an array of pred's size.
+    Returns ``(total, n_outside_domain)``; writes ``grad`` and ``values`` and
+    adds into ``grad_add`` when they are arrays. ``target`` None is a zero
+    target; ``weight`` is None or an array of pred's size.
     """
     dtype = pred.dtype
-    flat = [None if a is None else a.reshape(-1) for a in (pred, target, weight, grad, values)]
+    flat = [None if a is None else a.reshape(-1) for a in (pred, target, weight, grad, grad_add, values)]
     specs = _loss_spec(loss, params, dtype), _activation_spec(activation, negative_slope, dtype)
     n_chunks = -(-pred.size // CHUNK)
     sums = np.empty(n_chunks)

@@ -1,0 +1,56 @@
+"""pytest-benchmark suite for the sparse-code kernels, each beside its ceiling
+(np.abs or np.add on the same data) and, for ista, scikit-learn.
+
+    pytest benchmarks/test_sparse.py --benchmark-group-by=group --benchmark-columns=median,ops
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+import fastae as fa
+
+N = 1 << 24
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal(N).astype(np.float32)
+    g = rng.standard_normal(N).astype(np.float32)
+    return c, g, np.empty_like(c), np.empty_like(c)
+
+
+@pytest.mark.parametrize("who", ["np.abs", "fastae"])
+def test_soft_threshold(benchmark, data, who):
+    c, g, out, mask = data
+    benchmark.group = "soft_threshold into out, 2^24 float32"
+    benchmark(np.abs, c, out=out) if who == "np.abs" else benchmark(fa.soft_threshold, c, 0.5, out=out)
+
+
+@pytest.mark.parametrize("who", ["np.add", "fastae mask", "fastae l2 accumulate"])
+def test_three_streams(benchmark, data, who):
+    c, g, out, mask = data
+    benchmark.group = "3 streams: soft_threshold + mask, l2_penalty accumulate_into, 2^24 float32"
+    if who == "np.add":
+        benchmark(np.add, c, g, out=out)
+    elif who == "fastae mask":
+        benchmark(fa.soft_threshold, c, 0.5, grad=True, out=out, mask_out=mask)
+    else:
+        benchmark(fa.l2_penalty, c, 1e-6, accumulate_into=g)
+
+
+@pytest.mark.parametrize("who", ["sklearn lasso_cd", "fastae ista"])
+def test_ista(benchmark, who):
+    sparse_encode = pytest.importorskip("sklearn.decomposition").sparse_encode
+    rng = np.random.default_rng(0)
+    D = rng.standard_normal((64, 48))
+    D /= np.linalg.norm(D, axis=0)
+    x = (rng.standard_normal((2000, 48)) * (rng.random((2000, 48)) < 0.2)) @ D.T + 0.05 * rng.standard_normal((2000, 64))
+    benchmark.group = "LASSO codes, 2000 x 64, 48 atoms, float64"
+    if who == "fastae ista":
+        benchmark(fa.ista, x, D, 0.2)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            benchmark(sparse_encode, x, D.T, algorithm="lasso_cd", alpha=0.1, n_jobs=1)

@@ -1,0 +1,172 @@
+"""Sparse codes and regularisers: the priors of the theory notes as kernels.
+
+- L2 weight decay is a Gaussian prior on the weights (MAP), an L1 penalty on
+  the codes a Laplace prior; both are pointwise sums, fused with their gradient.
+- For a linear decoder U with orthonormal columns, the LASSO code
+  argmin_z ||x - U z||^2 + alpha ||z||_1 is soft(U^T x, alpha / 2).
+- For any dictionary D, ``ista`` solves the same problem by (accelerated)
+  proximal gradient descent, batched over signals.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from ._arrays import Call, check_number, contiguous, is_number
+from .cpu import pointwise as cpu_pointwise
+from .cpu import sparse as cpu_sparse
+from .pointwise import LossGrad
+
+Thresholded = namedtuple("Thresholded", "codes mask")
+Thresholded.__doc__ = "Soft-thresholded codes and their derivative (1 where |c| > lam, else 0)."
+
+
+def _thresholds(call, lam):
+    """lam as a non-negative number, or as a C-contiguous array whose flat
+    values repeat along c's (varying along trailing axes only) or match them."""
+    if is_number(lam):
+        return check_number(lam, "lam", nonnegative=True)
+    a = call.like_pred(lam, "lam", shape=False)
+    shape = call.pred.shape
+    try:
+        fits = np.broadcast_shapes(a.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"lam of shape {a.shape} does not broadcast to {call.name}'s shape {shape}")
+    if not (a >= 0).all():
+        raise ValueError(f"lam must be non-negative, got min {a.min()}")
+    if a.size == 1:
+        return float(a.reshape(()))
+    core = a.reshape(a.shape[next(i for i, d in enumerate(a.shape) if d != 1):])  # leading 1s dropped
+    if core.shape == shape[len(shape) - core.ndim:]:
+        return contiguous(core)
+    return contiguous(np.broadcast_to(a, shape))
+
+
+def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
+    """sign(c) max(|c| - lam, 0), the proximal operator of lam |c|.
+
+    ``lam`` is a non-negative number or an array broadcastable to ``c`` (e.g.
+    one threshold per atom). The codes go into ``out`` when given (it may be
+    ``c`` itself). ``grad=True`` returns ``Thresholded(codes, mask)``, the mask
+    being the derivative: 1 where |c| > lam, else 0, in c's dtype (written
+    into ``mask_out`` when given).
+    """
+    call = Call(c, "c")
+    a = contiguous(call.pred)
+    lam = _thresholds(call, lam)
+    if mask_out is not None and not grad:
+        raise ValueError("mask_out receives the derivative: pass grad=True with it")
+    codes = call.out(out)
+    mask = call.out(mask_out, "mask_out") if grad else None
+    cpu_sparse.soft_threshold(a, lam, codes, mask)
+    result = out if out is not None else call.back(codes)
+    if not grad:
+        return result
+    return Thresholded(result, mask_out if mask_out is not None else call.back(mask))
+
+
+def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
+    """coefficient * sum_i f(z_i) with f the pointwise loss against a zero target."""
+    call = Call(z, name)
+    a = contiguous(call.pred)
+    g = call.out(out) if grad else None
+    acc = None if accumulate_into is None else call.out(accumulate_into, "accumulate_into")
+    total, _ = cpu_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient, grad_add=acc)
+    value = call.back(np.array(coefficient * total, a.dtype))
+    if not grad:
+        return value
+    return LossGrad(value, out if out is not None else call.back(g))
+
+
+def l1_penalty(z, alpha, *, grad=False, out=None):
+    """alpha * sum |z| (a Laplace prior on the codes); gradient alpha * sign(z), 0 at 0."""
+    alpha = check_number(alpha, "alpha", nonnegative=True)
+    if out is not None and not grad:
+        raise ValueError("out receives the gradient: pass grad=True with it")
+    return _penalty("l1", z, alpha, "z", grad, out)
+
+
+def l2_penalty(w, lam, *, grad=False, accumulate_into=None):
+    """lam * sum w^2 (weight decay, a Gaussian prior); gradient 2 lam w.
+
+    ``accumulate_into=g`` adds the gradient into ``g`` (C-contiguous, w's
+    shape and dtype) in the same pass and returns the value alone.
+    """
+    lam = check_number(lam, "lam", nonnegative=True)
+    if grad and accumulate_into is not None:
+        raise ValueError("accumulate_into adds the gradient into a buffer: pass it without grad=True")
+    return _penalty("mse", w, lam, "w", grad, None, accumulate_into)
+
+
+def kl_sparsity(h, rho, *, beta=1.0, grad=False):
+    """beta * sum_j KL(rho || rho_hat_j), rho_hat_j = mean_i h_ij, for
+    activations ``h`` of shape (n, k) in (0, 1): the sparse autoencoder's
+    penalty pulling each unit's mean activation towards ``rho``. The gradient
+    w.r.t. h_ij is beta (-rho / rho_hat_j + (1 - rho) / (1 - rho_hat_j)) / n."""
+    call = Call(h, "h")
+    a = call.pred
+    rho = check_number(rho, "rho")
+    beta = check_number(beta, "beta", nonnegative=True)
+    if not 0 < rho < 1:
+        raise ValueError(f"rho must lie in (0, 1), got {rho}")
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"h must have shape (n, k) with n >= 1, got {a.shape}")
+    if not ((a > 0) & (a < 1)).all():
+        raise ValueError(f"h must lie in (0, 1) (activations of a sigmoid): found values in "
+                         f"[{np.nanmin(a)}, {np.nanmax(a)}]" + (" and nan" if np.isnan(a).any() else ""))
+    g = np.empty(a.shape, a.dtype) if grad else None
+    value = call.back(np.array(cpu_sparse.kl_sparsity(a, rho, beta, g), a.dtype))
+    return LossGrad(value, call.back(g)) if grad else value
+
+
+def _signals_and_dictionary(x, D, name):
+    call = Call(x, "x")
+    a = call.pred
+    d = call.like_pred(D, name, shape=False)
+    if d.ndim != 2:
+        raise ValueError(f"{name} must have shape (d, k), got {d.shape}")
+    if a.ndim not in (1, 2) or a.shape[-1] != d.shape[0]:
+        raise ValueError(f"x must have shape (n, {d.shape[0]}) or ({d.shape[0]},) to match {name} of shape "
+                         f"{d.shape}; got {a.shape}")
+    return call, a, d
+
+
+def lasso_codes(x, U, alpha):
+    """argmin_z ||x - U z||^2 + alpha ||z||_1 for U (d, k) with orthonormal
+    columns: soft(U^T x, alpha / 2), for x of shape (n, d) or (d,)."""
+    call, a, u = _signals_and_dictionary(x, U, "U")
+    alpha = check_number(alpha, "alpha", nonnegative=True)
+    off = np.abs(u.T @ u - np.eye(u.shape[1], dtype=u.dtype)).max(initial=0.0)
+    tolerance = np.sqrt(np.finfo(u.dtype).eps)
+    if off > tolerance:
+        raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
+                         f"{tolerance:.1g}); use fastae.ista for a general dictionary")
+    codes = a @ u
+    cpu_sparse.soft_threshold(codes, alpha / 2, codes, None)
+    return call.back(codes)
+
+
+def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
+    """argmin_z ||x - D z||^2 + alpha ||z||_1 for any dictionary D (d, k),
+    batched over the rows of x ((n, d) or (d,)); returns codes (n, k) or (k,).
+
+    FISTA (``accelerated=True``, with adaptive momentum restart) or ISTA, step
+    1 / L with L = 2 ||D||_2^2. Each signal stops when the relative change of
+    its codes ||z' - z|| / ||z'|| falls under ``tol``, or when, its support
+    found, one small linear solve on that support gives the exact optimum
+    (checked by the optimality conditions); at most ``n_iter`` steps.
+    """
+    call, a, d = _signals_and_dictionary(x, D, "D")
+    alpha = check_number(alpha, "alpha", nonnegative=True)
+    tol = check_number(tol, "tol", nonnegative=True)
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
+    signals = a.reshape(-1, d.shape[0])
+    lipschitz = 2.0 * float(np.linalg.norm(d.astype(np.float64), 2)) ** 2
+    if lipschitz == 0.0:
+        codes = np.zeros((signals.shape[0], d.shape[1]), a.dtype)
+    else:
+        codes = cpu_sparse.fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz,
+                                 n_iter, tol, accelerated)
+    return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))

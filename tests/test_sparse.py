@@ -1,0 +1,284 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastae as fa
+from conftest import assert_close
+
+DTYPES = [np.float32, np.float64]
+IDS = ["f32", "f64"]
+
+
+def soft_reference(c, lam):
+    return np.sign(c) * np.maximum(np.abs(c) - lam, 0)
+
+
+def objective(x, D, z, alpha):
+    x, D, z = (np.asarray(a, np.float64) for a in (x, D, z))
+    return np.sum((x - z @ D.T) ** 2) + alpha * np.abs(z).sum()
+
+
+def dictionary(rng, d, k, dtype=np.float64):
+    D = rng.standard_normal((d, k))
+    return (D / np.linalg.norm(D, axis=0)).astype(dtype)
+
+
+def signals(rng, D, n, density=0.2, noise=0.05):
+    d, k = D.shape
+    z = rng.standard_normal((n, k)) * (rng.random((n, k)) < density)
+    return (z @ D.T + noise * rng.standard_normal((n, d))).astype(D.dtype)
+
+
+# ---------------------------------------------------------------- soft-thresholding
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("lam_shape", ["number", "0d", "per_atom", "row_atom", "per_sample", "full"])
+def test_soft_threshold_matches_closed_form(rng, dtype, lam_shape):
+    c = rng.normal(0, 1, (37, 3, 11)).astype(dtype)
+    lam = {"number": 0.4, "0d": np.array(0.4, dtype), "per_atom": rng.random(11).astype(dtype),
+           "row_atom": rng.random((1, 3, 11)).astype(dtype), "per_sample": rng.random((37, 1, 1)).astype(dtype),
+           "full": rng.random(c.shape).astype(dtype)}[lam_shape]
+    codes, mask = fa.soft_threshold(c, lam, grad=True)
+    expected = soft_reference(c.astype(np.float64), np.asarray(lam, np.float64))
+    assert codes.dtype == dtype and mask.dtype == dtype and codes.shape == c.shape
+    assert_close(codes, expected, dtype)
+    np.testing.assert_array_equal(mask, (np.abs(c) > lam).astype(dtype))
+    np.testing.assert_array_equal(fa.soft_threshold(c, lam), codes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_soft_threshold_mask_is_the_derivative(rng, dtype):
+    """Finite differences, and torch's softshrink under autograd."""
+    c = rng.normal(0, 1, 2001)
+    lam = 0.3
+    c = c[np.abs(np.abs(c) - lam) > 1e-3].astype(dtype)  # away from the kinks
+    codes, mask = fa.soft_threshold(c, lam, grad=True)
+    h = 1e-3 if dtype == np.float32 else 1e-6
+    numeric = (fa.soft_threshold(c + dtype(h), lam) - fa.soft_threshold(c - dtype(h), lam)) / (2 * dtype(h))
+    np.testing.assert_allclose(mask, numeric, atol=1e-2 if dtype == np.float32 else 1e-8)
+    t = torch.tensor(c.astype(np.float64), requires_grad=True)
+    torch.nn.functional.softshrink(t, lam).sum().backward()
+    np.testing.assert_array_equal(mask, t.grad.numpy())
+
+
+def test_soft_threshold_out_layouts_nan_and_torch(rng):
+    c = rng.normal(0, 1, (64, 48)).astype(np.float32)
+    view = c[::2, ::3]  # non-contiguous
+    out = np.empty(view.shape, np.float32)
+    assert fa.soft_threshold(view, 0.2, out=out) is out
+    assert_close(out, soft_reference(view, 0.2), np.float32)
+    inplace = c.copy()
+    fa.soft_threshold(inplace, 0.2, out=inplace)  # in place
+    assert_close(inplace, soft_reference(c, 0.2), np.float32)
+    c[3, 4] = np.nan
+    codes, mask = fa.soft_threshold(c, 0.2, grad=True)
+    assert np.isnan(codes[3, 4]) and np.isnan(codes).sum() == 1 and mask[3, 4] == 1
+    np.testing.assert_array_equal(fa.soft_threshold(c, 0.0)[~np.isnan(c)], c[~np.isnan(c)])
+    mask_out = np.full(c.shape, 7.0, np.float32)
+    out2 = np.empty_like(c)
+    result = fa.soft_threshold(c, 0.2, grad=True, out=out2, mask_out=mask_out)
+    assert result.codes is out2 and result.mask is mask_out
+    np.testing.assert_array_equal(mask_out, mask)
+    with pytest.raises(ValueError, match="mask_out receives the derivative"):
+        fa.soft_threshold(c, 0.2, mask_out=mask_out)
+    t = fa.soft_threshold(torch.from_numpy(c), torch.full((48,), 0.2))
+    assert isinstance(t, torch.Tensor)
+    np.testing.assert_array_equal(t.numpy(), codes)
+
+
+def test_soft_threshold_errors(rng):
+    c = rng.random((4, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="lam must be a non-negative"):
+        fa.soft_threshold(c, -0.1)
+    with pytest.raises(ValueError, match="lam must be non-negative"):
+        fa.soft_threshold(c, np.array([0.1, -0.1, 0, 0, 0], np.float32))
+    with pytest.raises(ValueError, match=r"lam of shape \(4,\) does not broadcast to c's shape \(4, 5\)"):
+        fa.soft_threshold(c, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="mixed dtypes: lam is float64"):
+        fa.soft_threshold(c, np.ones(5))
+    with pytest.raises(TypeError, match="c must be float32 or float64"):
+        fa.soft_threshold(c.astype(np.int32), 0.1)
+    with pytest.raises(ValueError, match=r"out has shape \(5, 4\)"):
+        fa.soft_threshold(c, 0.1, out=np.empty((5, 4), np.float32))
+
+
+# ---------------------------------------------------------------- penalties
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_l1_penalty(rng, dtype):
+    z = rng.normal(0, 1, (33, 7)).astype(dtype)
+    z[0, :3] = 0
+    value, g = fa.l1_penalty(z, 0.3, grad=True)
+    t = torch.tensor(z.astype(np.float64), requires_grad=True)
+    ref = 0.3 * t.abs().sum()
+    ref.backward()
+    assert_close(value, ref.item(), dtype)
+    assert_close(g, t.grad.numpy(), dtype)
+    assert (g[0, :3] == 0).all()
+    out = np.empty_like(z)
+    assert fa.l1_penalty(z, 0.3, grad=True, out=out).grad is out
+    assert_close(fa.l1_penalty(z, 0.3), ref.item(), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_l2_penalty_and_fused_weight_decay(rng, dtype):
+    w = rng.normal(0, 1, (129, 65)).astype(dtype)[:, ::2]  # odd, non-contiguous
+    value, g = fa.l2_penalty(w, 0.01, grad=True)
+    assert_close(value, 0.01 * np.sum(w.astype(np.float64) ** 2), dtype)
+    assert_close(g, 0.02 * w.astype(np.float64), dtype)
+    h = 1e-3 if dtype == np.float32 else 1e-6
+    e = np.zeros_like(w)
+    e[5, 7] = h
+    numeric = (float(fa.l2_penalty(w + e, 0.01)) - float(fa.l2_penalty(w - e, 0.01))) / (2 * h)
+    assert abs(numeric - g[5, 7]) <= (1e-3 if dtype == np.float32 else 1e-8)
+    grad_buffer = rng.normal(0, 1, w.shape).astype(dtype)
+    before = grad_buffer.copy()
+    value2 = fa.l2_penalty(w, 0.01, accumulate_into=grad_buffer)
+    assert value2.shape == () and float(value2) == float(value)
+    assert_close(grad_buffer, before.astype(np.float64) + 0.02 * w, dtype)
+    with pytest.raises(ValueError, match="accumulate_into"):
+        fa.l2_penalty(w, 0.01, grad=True, accumulate_into=grad_buffer)
+    with pytest.raises(ValueError, match="lam must be a non-negative"):
+        fa.l2_penalty(w, -1.0)
+    with pytest.raises(ValueError, match="accumulate_into must be a writeable C-contiguous"):
+        fa.l2_penalty(w, 0.01, accumulate_into=np.zeros(w.shape[::-1], dtype).T)
+
+
+# ---------------------------------------------------------------- KL sparsity
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_kl_sparsity(rng, dtype):
+    h = rng.uniform(0.01, 0.6, (50, 9)).astype(dtype)
+    rho, beta = 0.05, 3.0
+    value, g = fa.kl_sparsity(h, rho, beta=beta, grad=True)
+    t = torch.tensor(h.astype(np.float64), requires_grad=True)
+    rho_hat = t.mean(0)
+    ref = beta * (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+    ref.backward()
+    assert value.dtype == dtype and g.dtype == dtype
+    assert_close(value, ref.item(), dtype)
+    assert_close(g, t.grad.numpy(), dtype)
+    eps = 1e-6
+    e = np.zeros(h.shape)
+    e[3, 4] = eps
+    h64 = h.astype(np.float64)
+    numeric = (float(fa.kl_sparsity(h64 + e, rho, beta=beta)) - float(fa.kl_sparsity(h64 - e, rho, beta=beta))) / (2 * eps)
+    assert abs(numeric - t.grad[3, 4].item()) < 1e-7
+    # mean activation equal to rho: the penalty and its gradient vanish
+    flat = np.full((4, 3), rho, dtype)
+    v0, g0 = fa.kl_sparsity(flat, rho, grad=True)
+    assert abs(float(v0)) < 1e-6 and np.abs(g0).max() < 1e-5
+
+
+def test_kl_sparsity_errors():
+    h = np.full((3, 2), 0.5)
+    with pytest.raises(ValueError, match=r"rho must lie in \(0, 1\)"):
+        fa.kl_sparsity(h, 1.0)
+    with pytest.raises(ValueError, match=r"h must lie in \(0, 1\)"):
+        fa.kl_sparsity(np.array([[0.5, 1.0]]), 0.1)
+    with pytest.raises(ValueError, match=r"h must have shape \(n, k\)"):
+        fa.kl_sparsity(np.full(3, 0.5), 0.1)
+
+
+# ---------------------------------------------------------------- LASSO codes
+def orthonormal(rng, d, k, dtype):
+    q, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    return q.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_lasso_codes_closed_form_and_sklearn(rng, dtype):
+    from sklearn.decomposition import sparse_encode
+    U = orthonormal(rng, 20, 7, dtype)
+    x = rng.normal(0, 1, (31, 20)).astype(dtype)
+    alpha = 0.6
+    codes = fa.lasso_codes(x, U, alpha)
+    assert codes.dtype == dtype and codes.shape == (31, 7)
+    assert_close(codes, soft_reference(x.astype(np.float64) @ U, alpha / 2), dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sparse_encode(x.astype(np.float64), U.T.astype(np.float64), algorithm="lasso_cd", alpha=alpha / 2,
+                            max_iter=10000)
+    np.testing.assert_allclose(codes, ref, atol=1e-5)
+    np.testing.assert_allclose(fa.lasso_codes(x[4], U, alpha), codes[4], rtol=1e-6)
+
+
+def test_lasso_codes_rejects_a_non_orthonormal_dictionary(rng):
+    D = dictionary(rng, 20, 7)
+    with pytest.raises(ValueError, match=r"U's columns are not orthonormal: \|U\^T U - I\| reaches .* fastae.ista"):
+        fa.lasso_codes(rng.normal(size=(3, 20)), D, 0.1)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 20\)"):
+        fa.lasso_codes(rng.normal(size=(3, 21)), orthonormal(rng, 20, 7, np.float64), 0.1)
+
+
+# ---------------------------------------------------------------- ISTA / FISTA
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ista_reaches_sklearn_objective(rng, dtype):
+    from sklearn.decomposition import sparse_encode
+    D = dictionary(rng, 64, 48)
+    x = signals(rng, D, 2000)
+    alpha = 0.2
+    codes = fa.ista(x.astype(dtype), D.astype(dtype), alpha)
+    assert codes.dtype == dtype and codes.shape == (2000, 48)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sparse_encode(x, D.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)
+    ours, theirs = objective(x, D, codes, alpha), objective(x, D, ref, alpha)
+    assert ours <= theirs * (1 + 1e-5)
+
+
+def test_ista_on_image_patches_with_a_patch_dictionary():
+    """A coherent dictionary (patches of the same image): the harder case."""
+    from skimage import data
+    from sklearn.decomposition import sparse_encode
+    from sklearn.feature_extraction.image import extract_patches_2d
+    patches = extract_patches_2d(data.camera() / 255.0, (8, 8), max_patches=2048, random_state=0).reshape(-1, 64)
+    patches -= patches.mean(axis=1, keepdims=True)
+    x, D = patches[:2000], patches[2000:].T.copy()
+    D /= np.linalg.norm(D, axis=0)
+    codes = fa.ista(x, D, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sparse_encode(x, D.T, algorithm="lasso_cd", alpha=0.05, n_jobs=1)
+    assert objective(x, D, codes, 0.1) <= objective(x, D, ref, 0.1) * (1 + 1e-5)
+
+
+def test_ista_finds_the_closed_form_for_an_orthonormal_dictionary(rng):
+    U = orthonormal(rng, 16, 10, np.float64)
+    x = rng.normal(0, 1, (40, 16))
+    for accelerated in (True, False):
+        codes = fa.ista(x, U, 0.5, accelerated=accelerated, n_iter=500, tol=1e-12)
+        np.testing.assert_allclose(codes, fa.lasso_codes(x, U, 0.5), atol=1e-10)
+
+
+def test_ista_without_penalty_is_least_squares(rng):
+    D = dictionary(rng, 30, 12)
+    x = rng.normal(0, 1, (5, 30))
+    codes = fa.ista(x, D, 0.0, n_iter=5000, tol=1e-13)
+    lstsq = np.linalg.lstsq(D, x.T, rcond=None)[0].T
+    np.testing.assert_allclose(codes, lstsq, atol=1e-8)
+
+
+def test_ista_plain_and_accelerated_agree_and_single_signal(rng):
+    D = dictionary(rng, 24, 16)
+    x = signals(rng, D, 50)
+    fast = fa.ista(x, D, 0.1, n_iter=2000, tol=1e-12)
+    slow = fa.ista(x, D, 0.1, accelerated=False, n_iter=20000, tol=1e-12)
+    np.testing.assert_allclose(fast, slow, atol=1e-7)
+    np.testing.assert_allclose(fa.ista(x[7], D, 0.1, n_iter=2000, tol=1e-12), fast[7], atol=1e-9)
+    # a zero dictionary codes nothing; a zero signal gives zero codes
+    assert (fa.ista(x, np.zeros_like(D), 0.1) == 0).all()
+    assert (fa.ista(np.zeros_like(x), D, 0.1) == 0).all()
+
+
+def test_ista_errors(rng):
+    D = dictionary(rng, 8, 4)
+    with pytest.raises(ValueError, match=r"D must have shape \(d, k\)"):
+        fa.ista(np.zeros((2, 8)), np.zeros(8), 0.1)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 8\) or \(8,\)"):
+        fa.ista(np.zeros((2, 9)), D, 0.1)
+    with pytest.raises(ValueError, match="n_iter must be a positive integer"):
+        fa.ista(np.zeros((2, 8)), D, 0.1, n_iter=0)
+    with pytest.raises(ValueError, match="alpha must be a non-negative"):
+        fa.ista(np.zeros((2, 8)), D, -0.1)
+    with pytest.raises(TypeError, match="mixed dtypes: D is float32"):
+        fa.ista(np.zeros((2, 8)), D.astype(np.float32), 0.1)
