@@ -117,9 +117,9 @@ def fista_rows(y, gy, b, z, step, thr, t, change):
 
 
 @njit(**KERNEL_OPTIONS)
-def polish_rows(z, b, gram, half_alpha, slack, change, below, tried):
+def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, first, stop):
     """Jump to the exact optimum where FISTA has (likely) found the support:
-    on rows whose ``change`` is under ``below``.
+    on rows ``first`` to ``stop`` whose ``change`` is under ``below``.
 
     For a row with support S and signs s, the optimum on that support solves
     G_SS z_S = b_S - alpha/2 s_S (a small Cholesky solve). When the solution
@@ -135,7 +135,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried):
     x = np.empty(k, z.dtype)
     support = np.empty(k, np.int64)
     solved = 0
-    for r in range(n):
+    for r in range(first, stop):
         if change[r] == 0 or change[r] > below:
             continue
         m = 0
@@ -202,6 +202,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried):
 
 
 POLISH_EVERY = 4  # FISTA steps between attempts at the exact optimum
+POLISH_ROWS = 128  # rows per parallel task
 POLISH_BELOW = 1e-4  # ... on rows whose codes changed less than this (squared, relative)
 
 
@@ -232,14 +233,16 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
             t[:] = 1.0  # momentum factor 0: plain ISTA
         m = todo.size
         fista_rows(y, gy, b, z, step, thr, t, change)
-        solved = 0
+        solved = []
         if (i + 1) % POLISH_EVERY == 0:
-            solved = polish_rows(z, b, gram, thr / (2 * step), slack, change, POLISH_BELOW, tried)
+            run_chunks(lambda first, stop: solved.append(polish_rows(
+                z, b, gram, thr / (2 * step), slack, change, POLISH_BELOW, tried,
+                first * POLISH_ROWS, min(stop * POLISH_ROWS, m))), -(-m // POLISH_ROWS))
         converged = change <= tol2
         done = np.count_nonzero(converged)
         if done == m:
             break
-        if solved or done * 4 >= m:  # polished rows must not move again
+        if any(solved) or done * 4 >= m:  # polished rows must not move again
             codes[todo[converged]] = z[converged]
             keep = ~converged
             todo, z, y, b, t, tried = todo[keep], z[keep], y[keep], b[keep], t[keep], tried[keep]
