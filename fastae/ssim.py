@@ -1,0 +1,207 @@
+"""Structural losses: SSIM, MS-SSIM and the mixed pixel + structural loss.
+
+SSIM follows Wang et al. 2004 with a normalised Gaussian window and, by
+default, "valid" filtering: exactly what pytorch-msssim computes, and
+scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False)``. The window is computed in float64 (then cast
+to the data's dtype); pytorch-msssim rounds it to float32 first, which moves
+SSIM by about 1e-8. ``padding="same"`` zero-pads every filtered map by
+win_size // 2 (fused-ssim's convention, used by 3D Gaussian Splatting).
+Images are (H, W), (C, H, W) or (N, C, H, W); the gradient is exact.
+"""
+import numpy as np
+
+from ._arrays import Call, check_choice, check_number, contiguous
+from .cpu import pointwise as cpu_pointwise
+from .cpu import ssim as cpu_ssim
+from .pointwise import LossGrad
+
+PADDINGS = ("valid", "same")
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as pytorch-msssim
+
+
+class _Images:
+    """pred and target checked and viewed as planes (P, H, W), with the SSIM constants."""
+
+    def __init__(self, pred, target, data_range, win_size, sigma, k1, k2, padding, reduction=None):
+        self.call = Call(pred)
+        p = self.call.pred
+        t = self.call.like_pred(target, "target")
+        if not 2 <= p.ndim <= 4:
+            raise ValueError(f"pred must be (H, W), (C, H, W) or (N, C, H, W) images, got shape {p.shape}")
+        if isinstance(win_size, bool) or not isinstance(win_size, (int, np.integer)) or win_size < 1 \
+                or win_size % 2 == 0:
+            raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}")
+        self.data_range = check_number(data_range, "data_range", positive=True)
+        self.sigma = check_number(sigma, "sigma", positive=True)
+        self.k1 = check_number(k1, "k1", positive=True)
+        self.k2 = check_number(k2, "k2", positive=True)
+        check_choice(padding, "padding", PADDINGS)
+        if reduction is not None:
+            check_choice(reduction, "reduction", ("mean", "none"))
+        self.win_size, self.padding, self.reduction = int(win_size), padding, reduction
+        self.shape = p.shape
+        self.h, self.w = p.shape[-2:]
+        self.channels = p.shape[-3] if p.ndim >= 3 else 1
+        self.batch = p.shape[:-3]  # () or (N,)
+        self.x = contiguous(p).reshape(-1, self.h, self.w)
+        self.y = contiguous(t).reshape(-1, self.h, self.w)
+        self.window = cpu_ssim.gaussian_window(self.win_size, self.sigma)
+        self.pad = self.win_size // 2 if padding == "same" else 0
+        self.c1 = (self.k1 * self.data_range) ** 2
+        self.c2 = (self.k2 * self.data_range) ** 2
+
+    def positions(self, h, w):
+        """Valid output positions of an h x w plane; ValueError when there are none."""
+        if self.pad == 0 and (h < self.win_size or w < self.win_size):
+            raise ValueError(f"images of {h}x{w} are smaller than the window ({self.win_size}) with "
+                             "padding='valid'; use padding='same' or a smaller win_size")
+        return (h + 2 * self.pad - self.win_size + 1) * (w + 2 * self.pad - self.win_size + 1)
+
+    def planes(self, x, y, use_cs, scales, grad, accumulate=False):
+        return cpu_ssim.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
+                                    accumulate)
+
+    def per_image(self, per_plane):
+        """Mean over channels: one value per image, shaped as the batch axes."""
+        return per_plane.reshape(-1, self.channels).mean(axis=1).reshape(self.batch)
+
+    def reduce(self, per_plane, sign=1.0, offset=0.0):
+        dtype = self.x.dtype
+        if self.reduction == "none":
+            value = np.asarray(offset + sign * self.per_image(per_plane), dtype)
+        else:
+            value = np.array(offset + sign * per_plane.mean(), dtype)
+        return self.call.back(value)
+
+    def plane_weight(self):
+        """d (reduced value) / d (plane value): planes averaged over all, or over channels."""
+        return 1.0 / (self.x.shape[0] if self.reduction != "none" else self.channels)
+
+
+def _ssim(images, sign, offset, grad, out):
+    n_pos = images.positions(images.h, images.w)
+    g = images.call.out(out).reshape(images.x.shape) if grad else None
+    scales = np.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
+    per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
+    value = images.reduce(per_plane, sign, offset)
+    if not grad:
+        return value
+    return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
+
+
+def ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
+         reduction="mean", grad=False, out=None):
+    """Mean SSIM of pred against target (``reduction="none"``: one value per
+    image, the mean over its channels). ``grad=True`` returns
+    ``LossGrad(ssim, d ssim / d pred)``; ``out`` receives the gradient."""
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction)
+    return _ssim(images, 1.0, 0.0, grad, out)
+
+
+def ssim_loss(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
+              reduction="mean", grad=False, out=None):
+    """1 - SSIM, and its gradient (the SSIM gradient negated)."""
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction)
+    return _ssim(images, -1.0, 1.0, grad, out)
+
+
+def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
+               padding="valid", grad=False, out=None):
+    """alpha * pixel + (1 - alpha) * (1 - SSIM), pixel the mean L1 or MSE.
+
+    alpha = 1 is the pixel loss alone, alpha = 0 the structural loss alone;
+    every alpha in between minimises a weighted sum of the two objectives, so
+    sweeping it traces their Pareto front (the reconstructions no other alpha
+    beats on both). Zhao et al. trained with alpha = 0.16 and L1. One call,
+    one fused gradient.
+    """
+    alpha = check_number(alpha, "alpha")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    check_choice(pixel, "pixel", ("l1", "mse"))
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, "mean")
+    n_pos = images.positions(images.h, images.w)
+    g = images.call.out(out).reshape(images.x.shape) if grad else None
+    n = images.x.size
+    pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
+                                           alpha / n if n else 0.0)
+    scales = np.full(images.x.shape[0], -(1.0 - alpha) / (images.x.shape[0] * n_pos))
+    per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
+    value = images.call.back(np.array(alpha * pixel_sum / n + (1.0 - alpha) * (1.0 - per_plane.mean()),
+                                      images.x.dtype))
+    if not grad:
+        return value
+    return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
+
+
+def _pool_pads(h, w):
+    return h % 2, w % 2
+
+
+def _avg_pool(a, pads):
+    """2x2 average pooling with zero padding (ph, pw) on both sides, padding counted (torch's avg_pool2d)."""
+    ph, pw = pads
+    p, h, w = a.shape
+    padded = np.zeros((p, h + 2 * ph, w + 2 * pw), a.dtype)
+    padded[:, ph:ph + h, pw:pw + w] = a
+    ho, wo = (h + 2 * ph) // 2, (w + 2 * pw) // 2
+    return padded[:, :2 * ho, :2 * wo].reshape(p, ho, 2, wo, 2).mean(axis=(2, 4))
+
+
+def _avg_pool_adjoint(g, pads, h, w):
+    """The gradient through _avg_pool: each output spreads a quarter to its four inputs."""
+    ph, pw = pads
+    p, ho, wo = g.shape
+    padded = np.zeros((p, h + 2 * ph, w + 2 * pw), g.dtype)
+    padded[:, :2 * ho, :2 * wo] = np.repeat(np.repeat(g * g.dtype.type(0.25), 2, axis=1), 2, axis=2)
+    return padded[:, ph:ph + h, pw:pw + w]
+
+
+def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, weights=None,
+            reduction="mean", grad=False, out=None):
+    """Multi-scale SSIM as pytorch-msssim computes it: per level the mean
+    contrast-structure (clamped at 0), the SSIM at the last, combined as
+    prod_l value_l ** weight_l, the images halved by 2x2 average pooling (odd
+    sizes zero-padded) between levels. Valid filtering; the smaller side must
+    exceed (win_size - 1) * 2 ** (levels - 1). Gradient exact (a level whose
+    value is clamped to 0 passes no gradient).
+    """
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction)
+    w = np.asarray(MS_SSIM_WEIGHTS if weights is None else weights, dtype=np.float64)
+    if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all():
+        raise ValueError(f"weights must be a non-empty 1-D sequence of finite numbers, got {weights!r}")
+    levels = w.size
+    need = (images.win_size - 1) * 2 ** (levels - 1)
+    if min(images.h, images.w) <= need:
+        raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
+                         f"than {need} pixels a side, got {images.h}x{images.w}")
+    xs, ys, pads, values = [images.x], [images.y], [], []
+    for level in range(levels):
+        x, y = xs[-1], ys[-1]
+        n_pos = images.positions(*x.shape[1:])
+        last = level == levels - 1
+        values.append(np.maximum(images.planes(x, y, not last, np.zeros(x.shape[0]), None) / n_pos, 0.0))
+        if not last:
+            pads.append(_pool_pads(*x.shape[1:]))
+            xs.append(_avg_pool(x, pads[-1]))
+            ys.append(_avg_pool(y, pads[-1]))
+    values = np.array(values)  # (levels, planes)
+    per_plane = np.prod(values ** w[:, None], axis=0)
+    value = images.reduce(per_plane)
+    if not grad:
+        return value
+    g = images.call.out(out).reshape(images.x.shape)
+    total = None
+    for level in range(levels - 1, -1, -1):  # coarse to fine: pool adjoint, then this level's own term
+        x, y = xs[level], ys[level]
+        n_pos = images.positions(*x.shape[1:])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_value = np.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
+        scales = images.plane_weight() * d_value / n_pos
+        here = g if level == 0 else np.empty_like(x)
+        if total is not None:
+            here[...] = _avg_pool_adjoint(total, pads[level], *x.shape[1:])
+        images.planes(x, y, level != levels - 1, scales, here, accumulate=total is not None)
+        total = here
+    return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
