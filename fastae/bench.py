@@ -86,8 +86,12 @@ POINTWISE = [
 ]
 
 
-def median_times(functions, repeats):
-    """Median seconds of each function, calls interleaved so drift hits all alike."""
+def median_times(functions, repeats, pause=0.02):
+    """Median seconds of each function, calls interleaved so drift hits all alike.
+
+    Each call is followed by a short untimed pause: PyTorch's OpenMP threads
+    spin for a while after a parallel region and would slow whatever ran next.
+    """
     for f in functions:
         f()  # warm up: compile, fault pages in
     samples = [[] for _ in functions]
@@ -96,6 +100,7 @@ def median_times(functions, repeats):
             start = time.perf_counter()
             f()
             s.append(time.perf_counter() - start)
+            time.sleep(pause)
     return [statistics.median(s) for s in samples]
 
 
@@ -176,12 +181,47 @@ def ista_row(repeats=3, n=2000, d=64, k=48, alpha=0.2):
             "objective vs sklearn": gap}
 
 
+def ssim_rows(repeats):
+    """SSIM loss f+b against pytorch-msssim on 8x3x256^2 float32, and forward
+    throughput at three image sizes (cost should grow linearly with pixels)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    try:
+        import torch
+        from pytorch_msssim import ssim as peer_ssim
+    except ImportError:
+        torch = None
+    for n, side in [(128, 64), (8, 256), (1, 1024)]:
+        x = rng.random((n, 3, side, side), dtype=np.float32)
+        y = np.clip(x + 0.1 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+        out = np.empty_like(x)
+        functions = [lambda: fa.ssim_loss(x, y), lambda: fa.ssim_loss(x, y, grad=True, out=out)]
+        if torch is not None:
+            X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+            def peer_step():
+                X.grad = None
+                (1 - peer_ssim(X, Y, data_range=1.0)).backward()
+            functions += [lambda: peer_ssim(X.detach(), Y, data_range=1.0), peer_step]
+        times = median_times(functions, repeats)
+        pixels = x.size
+        row = {"images": f"{n}x3x{side}^2", "fwd Mpx/s": pixels / times[0] / 1e6, "fwd ms": times[0] * 1e3,
+               "f+b ms": times[1] * 1e3, "f+b Mpx/s": pixels / times[1] / 1e6}
+        if torch is not None:
+            row.update({"peer f+b ms": times[3] * 1e3, "f+b x peer": times[3] / times[1],
+                        "fwd x peer": times[2] / times[0]})
+        rows.append(row)
+    return rows
+
+
 def format_table(rows):
-    cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]]
+    cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]] \
+        or list(rows[0])
     fmt = {"n": lambda v: f"2^{int(np.log2(v))}" if v & (v - 1) == 0 else str(v), "ms": "{:.2f}".format,
            "GB/s": "{:.1f}".format, "x np.add": "{:.2f}".format, "x ceiling": "{:.2f}".format,
            "torch x": "{:.1f}".format}
-    cells = [[fmt.get(c, str)(r[c]) for c in cols] for r in rows]
+    default = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cells = [[fmt.get(c, default)(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
     lines.append("  ".join("-" * w for w in widths))
@@ -218,6 +258,8 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
         for n in sizes:
             sparse += sparse_rows(n, np.dtype(dtype), repeats)
     print(format_table(sparse))
+    print("\nSSIM loss (valid, 11x11 Gaussian window), float32; peer = pytorch-msssim (1 - ssim, autograd)")
+    print(format_table(ssim_rows(max(3, repeats // 3))))
     try:
         r = ista_row()
         print(f"\nista, {r['n']} signals x {r['d']} dims, {r['k']} atoms, float64: {r['ms']:.1f} ms, "

@@ -10,11 +10,11 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
-def assert_close(actual, expected, dtype, what=""):
-    """Equal to the float64 reference within 2e-5 (float32) or 1e-10 (float64),
-    relative to the largest reference magnitude (element-wise cancellation in
-    float32 makes a pure element-wise relative test meaningless)."""
-    rtol = 2e-5 if np.dtype(dtype) == np.float32 else 1e-10
+def assert_close(actual, expected, dtype, what="", rtol32=2e-5):
+    """Equal to the float64 reference within 2e-5 (float32; ``rtol32``) or 1e-10
+    (float64), relative to the largest reference magnitude (element-wise
+    cancellation in float32 makes a pure element-wise relative test meaningless)."""
+    rtol = rtol32 if np.dtype(dtype) == np.float32 else 1e-10
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"

@@ -54,3 +54,37 @@ def pointwise(loss, pred, target, *, reduction="mean", weight=None, activation="
         value = per
     value.sum().backward()
     return value.detach().numpy(), z.grad.numpy()
+
+
+def gaussian_window(win_size, sigma):
+    coords = np.arange(win_size, dtype=np.float64) - win_size // 2
+    g = np.exp(-(coords ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def as_4d(a):
+    a = np.asarray(a)
+    return a.reshape((1,) * (4 - a.ndim) + a.shape)
+
+
+def ssim_same_padding(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
+                      reduction="mean"):
+    """SSIM with every moment map zero-padded by win_size // 2: conv2d on the
+    five maps, autograd for the gradient. Returns (value, d value / d pred)."""
+    shape = np.shape(pred)
+    x = torch.tensor(as_4d(pred), dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(as_4d(target), dtype=torch.float64)
+    channels = x.shape[1]
+    g = torch.tensor(gaussian_window(win_size, sigma))
+    w2d = torch.outer(g, g).expand(channels, 1, win_size, win_size)
+
+    def filt(m):
+        return F.conv2d(m, w2d, padding=win_size // 2, groups=channels)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx ** 2, filt(y * y) - my ** 2, filt(x * y) - mx * my
+    s = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    per_image = s.flatten(2).mean(-1).mean(1)
+    value = per_image.mean() if reduction == "mean" else per_image.reshape(shape[:-3])
+    value.sum().backward()
+    return value.detach().numpy(), x.grad.numpy().reshape(shape)

@@ -29,10 +29,11 @@ def num_threads():
     return max(1, int(os.environ.get("NUMBA_NUM_THREADS", numba.config.NUMBA_NUM_THREADS)))
 
 
-def run_chunks(kernel, n_chunks):
-    """Call ``kernel(first, stop)`` over ``range(n_chunks)`` split among threads."""
+def run_chunks(kernel, n_chunks, min_per_thread=MIN_CHUNKS_PER_THREAD):
+    """Call ``kernel(first, stop)`` over ``range(n_chunks)`` split among threads,
+    each taking at least ``min_per_thread`` chunks."""
     global _pool
-    threads = min(num_threads(), n_chunks // MIN_CHUNKS_PER_THREAD)
+    threads = min(num_threads(), n_chunks // min_per_thread)
     if threads <= 1:
         kernel(0, n_chunks)
         return

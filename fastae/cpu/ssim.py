@@ -142,5 +142,5 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate):
         for i in range(first, stop):
             sums[i] = ssim_plane(x[i], y[i], g, pad, dtype.type(c1), dtype.type(c2), use_cs,
                                  dtype.type(scales[i]), None if grad is None else grad[i], accumulate)
-    run_chunks(run, x.shape[0])
+    run_chunks(run, x.shape[0], min_per_thread=1)  # a plane is a big task
     return sums

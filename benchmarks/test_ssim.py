@@ -1,0 +1,60 @@
+"""pytest-benchmark suite for SSIM: fastae's fused value+gradient beside
+pytorch-msssim's autograd on the same 8x3x256^2 float32 batch.
+
+    pytest benchmarks/test_ssim.py --benchmark-group-by=group --benchmark-columns=median,ops
+"""
+import numpy as np
+import pytest
+
+import fastae as fa
+
+torch = pytest.importorskip("torch")
+peer = pytest.importorskip("pytorch_msssim")
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 3, 256, 256), dtype=np.float32)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+    return x, y, np.empty_like(x)
+
+
+@pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
+def test_ssim_loss_forward_backward(benchmark, images, who):
+    x, y, out = images
+    benchmark.group = "SSIM loss forward+backward, 8x3x256^2 float32"
+    if who == "fastae":
+        benchmark(fa.ssim_loss, x, y, grad=True, out=out)
+    else:
+        X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+        def step():
+            X.grad = None
+            (1 - peer.ssim(X, Y, data_range=1.0)).backward()
+        benchmark(step)
+
+
+@pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
+def test_ssim_forward(benchmark, images, who):
+    x, y, out = images
+    benchmark.group = "SSIM forward, 8x3x256^2 float32"
+    if who == "fastae":
+        benchmark(fa.ssim, x, y)
+    else:
+        benchmark(peer.ssim, torch.from_numpy(x), torch.from_numpy(y), data_range=1.0)
+
+
+@pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
+def test_ms_ssim_forward_backward(benchmark, images, who):
+    x, y, out = images
+    benchmark.group = "MS-SSIM forward+backward, 8x3x256^2 float32"
+    if who == "fastae":
+        benchmark(fa.ms_ssim, x, y, grad=True, out=out)
+    else:
+        X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+        def step():
+            X.grad = None
+            peer.ms_ssim(X, Y, data_range=1.0).backward()
+        benchmark(step)

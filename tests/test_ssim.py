@@ -1,0 +1,179 @@
+import numpy as np
+import pytest
+import torch
+from pytorch_msssim import ms_ssim as msssim_reference
+from pytorch_msssim import ssim as ssim_reference
+
+import fastae as fa
+from conftest import assert_close
+from reference import as_4d, gaussian_window, ssim_same_padding
+
+DTYPES = [np.float32, np.float64]
+IDS = ["f32", "f64"]
+
+
+def image_pair(rng, shape, dtype, data_range=1.0, noise=0.15):
+    x = rng.random(shape)
+    y = np.clip(x + noise * rng.standard_normal(shape), 0, 1)
+    return (x * data_range).astype(dtype), (y * data_range).astype(dtype)
+
+
+def torch_reference(fn, pred, target, reduction="mean", **kw):
+    """pytorch-msssim's value and gradient in float64 (with the float64 window)."""
+    shape = np.shape(pred)
+    x = torch.tensor(as_4d(pred), dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(as_4d(target), dtype=torch.float64)
+    win = torch.tensor(gaussian_window(kw.pop("win_size", 11), kw.pop("sigma", 1.5))).repeat(x.shape[1], 1, 1, 1)
+    k = (kw.pop("k1", 0.01), kw.pop("k2", 0.03))
+    value = fn(x, y, win=win, K=k, size_average=reduction == "mean", **kw)
+    value.sum().backward()
+    value = value.detach().numpy()
+    return (value if reduction == "mean" else value.reshape(shape[:-3])), x.grad.numpy().reshape(shape)
+
+
+def check(fa_fn, ref_fn, pred, target, dtype, reduction="mean", rtol32=2e-5, **kw):
+    value, grad = fa_fn(pred, target, grad=True, reduction=reduction, **kw)
+    ref_value, ref_grad = ref_fn(pred, target, reduction=reduction, **kw)
+    assert value.dtype == dtype and grad.dtype == dtype and grad.shape == np.shape(pred)
+    assert value.shape == np.shape(ref_value)
+    assert_close(value, ref_value, dtype, "value")
+    assert_close(grad, ref_grad, dtype, "grad", rtol32)
+    np.testing.assert_array_equal(fa_fn(pred, target, reduction=reduction, **kw), value)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [(2, 3, 37, 41), (1, 1, 11, 11), (4, 2, 24, 13), (3, 29, 17), (33, 19)])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ssim_matches_pytorch_msssim(rng, dtype, shape, reduction):
+    pred, target = image_pair(rng, shape, dtype)
+    check(fa.ssim, lambda p, t, **kw: torch_reference(ssim_reference, p, t, data_range=1.0, **kw),
+          pred, target, dtype, reduction)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("window", [(7, 1.0), (5, 0.8), (13, 2.0), (1, 1.0)])
+def test_ssim_other_windows_constants_and_range(rng, dtype, window):
+    win_size, sigma = window
+    pred, target = image_pair(rng, (2, 3, 27, 30), dtype, data_range=255.0)
+    kw = dict(data_range=255.0, win_size=win_size, sigma=sigma, k1=0.02, k2=0.05)
+    check(fa.ssim, lambda p, t, **k: torch_reference(ssim_reference, p, t, **k), pred, target, dtype, **kw)
+
+
+def test_ssim_matches_scikit_image(rng):
+    from skimage.metrics import structural_similarity
+    pred, target = image_pair(rng, (3, 45, 52), np.float64)
+    ref = structural_similarity(pred, target, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                data_range=1.0, channel_axis=0)
+    assert abs(float(fa.ssim(pred, target)) - ref) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [(2, 3, 31, 26), (1, 2, 5, 7), (3, 1, 1), (40, 9)])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ssim_same_padding(rng, dtype, shape, reduction):
+    """Zero padding on every filtered map; images smaller than the window are fine."""
+    pred, target = image_pair(rng, shape, dtype)
+    value, grad = fa.ssim(pred, target, padding="same", reduction=reduction, grad=True)
+    ref_value, ref_grad = ssim_same_padding(pred, target, reduction=reduction)
+    assert grad.shape == np.shape(pred)
+    assert_close(value, ref_value, dtype, "value")
+    assert_close(grad, ref_grad, dtype, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ssim_loss_is_one_minus_ssim(rng, dtype):
+    pred, target = image_pair(rng, (2, 3, 20, 22), dtype)
+    s, gs = fa.ssim(pred, target, grad=True)
+    out = np.full(pred.shape, np.nan, dtype)
+    loss, gl = fa.ssim_loss(pred, target, grad=True, out=out)
+    assert gl is out
+    assert_close(loss, 1 - np.float64(s), dtype)
+    np.testing.assert_array_equal(gl, -gs)
+    per_image = fa.ssim_loss(pred, target, reduction="none")
+    assert_close(per_image, 1 - fa.ssim(pred, target, reduction="none").astype(np.float64), dtype)
+
+
+def test_identical_and_constant_images(rng):
+    x = rng.random((2, 3, 30, 30))
+    s, g = fa.ssim(x, x, grad=True)
+    assert abs(float(s) - 1) < 1e-12 and np.abs(g).max() < 1e-12
+    const = np.full((1, 1, 16, 16), 0.5)
+    s, g = fa.ssim(const, const * 0.9, grad=True)
+    assert np.isfinite(s) and np.isfinite(g).all()
+    ref, ref_grad = torch_reference(ssim_reference, const, const * 0.9, data_range=1.0)
+    assert_close(s, ref, np.float64)
+    assert_close(g, ref_grad, np.float64)
+
+
+def test_torch_tensors_and_determinism(rng):
+    pred, target = image_pair(rng, (4, 3, 40, 40), np.float32)
+    first = fa.ssim_loss(pred, target, grad=True)
+    again = fa.ssim_loss(pred, target, grad=True)
+    assert first.loss.tobytes() == again.loss.tobytes() and first.grad.tobytes() == again.grad.tobytes()
+    t = fa.ssim_loss(torch.from_numpy(pred), torch.from_numpy(target), grad=True)
+    assert isinstance(t.loss, torch.Tensor) and isinstance(t.grad, torch.Tensor)
+    np.testing.assert_array_equal(t.grad.numpy(), first.grad)
+
+
+# ---------------------------------------------------------------- MS-SSIM
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ms_ssim_matches_pytorch_msssim(rng, dtype, reduction):
+    pred, target = image_pair(rng, (2, 3, 171, 166), dtype, noise=0.1)
+    # float32: E[x^2] - mu^2 cancels at every level and the levels multiply: 1e-4 for the gradient
+    check(fa.ms_ssim, lambda p, t, **kw: torch_reference(msssim_reference, p, t, data_range=1.0, **kw),
+          pred, target, dtype, reduction, rtol32=1e-4)
+
+
+def test_ms_ssim_custom_weights_window_and_range(rng):
+    pred, target = image_pair(rng, (1, 2, 101, 97), np.float64, data_range=255.0, noise=0.1)
+    kw = dict(data_range=255.0, win_size=7, sigma=1.2, weights=[0.2, 0.3, 0.5])
+    value, grad = fa.ms_ssim(pred, target, grad=True, **kw)
+    ref_value, ref_grad = torch_reference(msssim_reference, pred, target, **kw)
+    assert_close(value, ref_value, np.float64)
+    assert_close(grad, ref_grad, np.float64)
+
+
+# ---------------------------------------------------------------- mixed loss
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("pixel", ["l1", "mse"])
+@pytest.mark.parametrize("alpha", [0.0, 0.16, 0.84, 1.0])
+def test_mixed_loss(rng, dtype, pixel, alpha):
+    pred, target = image_pair(rng, (2, 3, 23, 25), dtype)
+    value, grad = fa.mixed_loss(pred, target, alpha=alpha, pixel=pixel, grad=True)
+    x = torch.tensor(pred, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(target, dtype=torch.float64)
+    win = torch.tensor(gaussian_window(11, 1.5)).repeat(3, 1, 1, 1)
+    pixel_loss = torch.nn.functional.l1_loss(x, y) if pixel == "l1" else torch.nn.functional.mse_loss(x, y)
+    ref = alpha * pixel_loss + (1 - alpha) * (1 - ssim_reference(x, y, data_range=1.0, win=win))
+    ref.backward()
+    assert_close(value, ref.item(), dtype)
+    assert_close(grad, x.grad.numpy(), dtype)
+
+
+def test_errors_name_the_argument(rng):
+    x = np.zeros((1, 3, 20, 20))
+    with pytest.raises(ValueError, match=r"images of 8x20 are smaller than the window \(11\)"):
+        fa.ssim(np.zeros((8, 20)), np.zeros((8, 20)))
+    with pytest.raises(ValueError, match="win_size must be a positive odd integer"):
+        fa.ssim(x, x, win_size=10)
+    with pytest.raises(ValueError, match="target has shape"):
+        fa.ssim(x, x[..., :19])
+    with pytest.raises(ValueError, match="data_range must be a positive"):
+        fa.ssim(x, x, data_range=0)
+    with pytest.raises(ValueError, match="sigma must be a positive"):
+        fa.ssim_loss(x, x, sigma=-1.0)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        fa.ssim(x, x, padding="reflect")
+    with pytest.raises(ValueError, match="reduction must be one of 'mean', 'none'"):
+        fa.ssim(x, x, reduction="sum")
+    with pytest.raises(ValueError, match=r"pred must be \(H, W\), \(C, H, W\) or \(N, C, H, W\)"):
+        fa.ssim(np.zeros(30), np.zeros(30))
+    with pytest.raises(ValueError, match="needs images larger than 160 pixels a side"):
+        fa.ms_ssim(np.zeros((1, 1, 160, 200)), np.zeros((1, 1, 160, 200)))
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
+        fa.mixed_loss(x, x, alpha=1.5)
+    with pytest.raises(ValueError, match="pixel must be one of"):
+        fa.mixed_loss(x, x, alpha=0.5, pixel="huber")
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        fa.ssim(x, x.astype(np.float32))
