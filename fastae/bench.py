@@ -214,6 +214,32 @@ def ssim_rows(repeats):
     return rows
 
 
+def training_step_row(repeats, n=8, side=128, alpha=0.16):
+    """One training step of a small conv autoencoder (3->8->3 channels) with the
+    mixed L1 + SSIM loss: fastae.torch against pytorch-msssim."""
+    import torch
+    import torch.nn.functional as F
+    from pytorch_msssim import ssim as peer_ssim
+
+    import fastae.torch as ft
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 3, 3, padding=1), torch.nn.Sigmoid())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    batch = torch.rand(n, 3, side, side)
+
+    def step(loss_fn):
+        opt.zero_grad()
+        recon = model(batch)
+        loss_fn(recon, batch).backward()
+        opt.step()
+    ours = lambda r, x: ft.mixed_loss(r, x, alpha)  # noqa: E731
+    peer = lambda r, x: alpha * F.l1_loss(r, x) + (1 - alpha) * (1 - peer_ssim(r, x, data_range=1.0))  # noqa: E731
+    t_ours, t_peer = median_times([lambda: step(ours), lambda: step(peer)], repeats)
+    return {"batch": f"{n}x3x{side}^2", "fastae ms": t_ours * 1e3, "pytorch-msssim ms": t_peer * 1e3,
+            "speed-up": t_peer / t_ours}
+
+
 def format_table(rows):
     cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]] \
         or list(rows[0])
@@ -260,6 +286,11 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
     print(format_table(sparse))
     print("\nSSIM loss (valid, 11x11 Gaussian window), float32; peer = pytorch-msssim (1 - ssim, autograd)")
     print(format_table(ssim_rows(max(3, repeats // 3))))
+    try:
+        print("\ntraining step, conv autoencoder 3->8->3, mixed L1 + SSIM loss (alpha 0.16), float32, CPU")
+        print(format_table([training_step_row(max(3, repeats // 3))]))
+    except ImportError:
+        print("\ntraining step: install torch and pytorch-msssim to compare")
     try:
         r = ista_row()
         print(f"\nista, {r['n']} signals x {r['d']} dims, {r['k']} atoms, float64: {r['ms']:.1f} ms, "

@@ -1,0 +1,312 @@
+"""fastae.torch: drop-in PyTorch losses on fastae's fused kernels.
+
+Each loss is a real custom operator (``torch.library.custom_op``) with a fake
+implementation and an autograd formula, so ``torch.compile`` traces it without
+a graph break. The forward computes the gradient in the same fused pass and
+saves it; the backward only scales it by the incoming gradient. When no input
+requires grad (or grad mode is off), no gradient is computed at all.
+
+Gradients flow to ``input`` only: targets and weights are treated as data,
+as an autoencoder's reconstruction target is.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+import fastae as _fa
+
+# ---------------------------------------------------------------- the operators
+_PARAM = {"huber": "delta", "gaussian_nll": "sigma", "laplace_nll": "scale"}
+
+
+@torch.library.custom_op("fastae::pointwise", mutates_args=())
+def _pointwise(input: Tensor, target: Tensor, weight: Optional[Tensor], loss: str, reduction: str,
+               activation: str, negative_slope: float, param: float, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    kw = {_PARAM[loss]: param} if loss in _PARAM else {}
+    result = getattr(_fa, loss)(input.detach(), target.detach(), reduction=reduction,
+                                weight=None if weight is None else weight.detach(), activation=activation,
+                                negative_slope=negative_slope, grad=need_grad, **kw)
+    return (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+
+
+@_pointwise.register_fake
+def _(input, target, weight, loss, reduction, activation, negative_slope, param, need_grad):
+    value = input.new_empty(input.shape if reduction == "none" else ())
+    return value, input.new_empty(input.shape if need_grad else (0,))
+
+
+@torch.library.custom_op("fastae::structural", mutates_args=())
+def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_range: float, win_size: int,
+                sigma: float, k1: float, k2: float, padding: str, alpha: float, pixel: str,
+                weights: Optional[List[float]], need_grad: bool) -> Tuple[Tensor, Tensor]:
+    kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, grad=need_grad)
+    x, y = input.detach(), target.detach()
+    if kind == "mixed":
+        result = _fa.mixed_loss(x, y, alpha=alpha, pixel=pixel, padding=padding, **kw)
+    elif kind == "ms_ssim":
+        result = _fa.ms_ssim(x, y, weights=weights, reduction=reduction, **kw)
+    else:
+        result = getattr(_fa, kind)(x, y, padding=padding, reduction=reduction, **kw)
+    return (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+
+
+@_structural.register_fake
+def _(input, target, kind, reduction, data_range, win_size, sigma, k1, k2, padding, alpha, pixel, weights,
+      need_grad):
+    value = input.new_empty(input.shape[:-3] if reduction == "none" else ())
+    return value, input.new_empty(input.shape if need_grad else (0,))
+
+
+@torch.library.custom_op("fastae::soft_threshold", mutates_args=())
+def _soft_threshold(input: Tensor, lam: Tensor) -> Tuple[Tensor, Tensor]:
+    codes, mask = _fa.soft_threshold(input.detach(), lam.detach(), grad=True)
+    return codes, mask
+
+
+@_soft_threshold.register_fake
+def _(input, lam):
+    return torch.empty_like(input, memory_format=torch.contiguous_format), \
+        torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fastae::kl_sparsity", mutates_args=())
+def _kl_sparsity(h: Tensor, rho: float, beta: float, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    if need_grad:
+        value, grad = _fa.kl_sparsity(h.detach(), rho, beta=beta, grad=True)
+        return value, grad
+    return _fa.kl_sparsity(h.detach(), rho, beta=beta), h.new_empty(0)
+
+
+@_kl_sparsity.register_fake
+def _(h, rho, beta, need_grad):
+    return h.new_empty(()), h.new_empty(h.shape if need_grad else (0,))
+
+
+def _save_grad(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _scaled(ctx, grad_value, grad_of_grad):
+    """d loss / d input = incoming gradient x the gradient saved by the forward."""
+    (saved,) = ctx.saved_tensors
+    while grad_value.dim() < saved.dim():  # per-image values: broadcast over the image axes
+        grad_value = grad_value.unsqueeze(-1)
+    return grad_value * saved
+
+
+def _register(op, n_inputs):
+    op.register_autograd(lambda ctx, gv, gg: (_scaled(ctx, gv, gg),) + (None,) * (n_inputs - 1),
+                         setup_context=_save_grad)
+
+
+_register(_pointwise, 9)
+_register(_structural, 14)
+_register(_kl_sparsity, 4)
+_soft_threshold.register_autograd(lambda ctx, gc, gm: (_scaled(ctx, gc, gm), None), setup_context=_save_grad)
+
+
+def _needs_grad(input):
+    return torch.is_grad_enabled() and input.requires_grad
+
+
+# ---------------------------------------------------------------- functional API
+def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, param=0.0):
+    value, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope), float(param),
+                          _needs_grad(input))
+    return value
+
+
+def mse_loss(input, target, reduction="mean", *, weight=None, activation="identity", negative_slope=0.01):
+    """torch.nn.functional.mse_loss, fused with ``activation`` and ``weight``."""
+    return _pointwise_loss("mse", input, target, reduction, weight, activation, negative_slope)
+
+
+def l1_loss(input, target, reduction="mean", *, weight=None, activation="identity", negative_slope=0.01):
+    """torch.nn.functional.l1_loss, fused with ``activation`` and ``weight``."""
+    return _pointwise_loss("l1", input, target, reduction, weight, activation, negative_slope)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, *, weight=None, activation="identity",
+               negative_slope=0.01):
+    """torch.nn.functional.huber_loss, fused with ``activation`` and ``weight``."""
+    return _pointwise_loss("huber", input, target, reduction, weight, activation, negative_slope, delta)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean", *, activation="identity",
+                         negative_slope=0.01):
+    """torch.nn.functional.binary_cross_entropy on probabilities (logs clamped at -100)."""
+    return _pointwise_loss("bce", input, target, reduction, weight, activation, negative_slope)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean"):
+    """torch.nn.functional.binary_cross_entropy_with_logits (no pos_weight)."""
+    return _pointwise_loss("bce", input, target, reduction, weight, "sigmoid", 0.01)
+
+
+def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_size=11, sigma=1.5, k1=0.01,
+                     k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None):
+    value, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
+                           float(k1), float(k2), padding, float(alpha), pixel,
+                           None if weights is None else [float(w) for w in weights], _needs_grad(input))
+    return value
+
+
+def ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
+         padding="valid"):
+    """SSIM (pytorch-msssim's convention; ``reduction="none"``: one value per image)."""
+    return _structural_loss("ssim", input, target, reduction, data_range, win_size, sigma, k1, k2, padding)
+
+
+def ssim_loss(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
+              padding="valid"):
+    """1 - SSIM."""
+    return _structural_loss("ssim_loss", input, target, reduction, data_range, win_size, sigma, k1, k2, padding)
+
+
+def ms_ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
+            weights=None):
+    """MS-SSIM as pytorch-msssim's ms_ssim."""
+    return _structural_loss("ms_ssim", input, target, reduction, data_range, win_size, sigma, k1, k2,
+                            weights=weights)
+
+
+def mixed_loss(input, target, alpha, pixel="l1", data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
+               padding="valid"):
+    """alpha * pixel + (1 - alpha) * (1 - SSIM), pixel the mean L1 or MSE."""
+    return _structural_loss("mixed", input, target, "mean", data_range, win_size, sigma, k1, k2, padding,
+                            alpha, pixel)
+
+
+def soft_threshold(input, lam):
+    """sign(x) max(|x| - lam, 0); ``lam`` a number or a tensor broadcastable to input."""
+    lam = lam if isinstance(lam, Tensor) else torch.tensor(float(lam), dtype=input.dtype)
+    codes, _ = _soft_threshold(input, lam)
+    return codes
+
+
+def kl_sparsity(h, rho, beta=1.0):
+    """beta * sum_j KL(rho || mean_i h_ij) for sigmoid activations h (n, k)."""
+    value, _ = _kl_sparsity(h, float(rho), float(beta), _needs_grad(h))
+    return value
+
+
+# ---------------------------------------------------------------- modules
+class _Loss(nn.Module):
+    def __init__(self, fn, **options):
+        super().__init__()
+        self._fn = fn
+        self.options = options
+
+    def forward(self, input, target):
+        return self._fn(input, target, **self.options)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+class MSELoss(_Loss):
+    def __init__(self, reduction="mean", **extras):
+        super().__init__(mse_loss, reduction=reduction, **extras)
+
+
+class L1Loss(_Loss):
+    def __init__(self, reduction="mean", **extras):
+        super().__init__(l1_loss, reduction=reduction, **extras)
+
+
+class HuberLoss(_Loss):
+    def __init__(self, reduction="mean", delta=1.0, **extras):
+        super().__init__(huber_loss, reduction=reduction, delta=delta, **extras)
+
+
+class BCELoss(_Loss):
+    def __init__(self, weight=None, reduction="mean", **extras):
+        super().__init__(binary_cross_entropy, weight=weight, reduction=reduction, **extras)
+
+
+class BCEWithLogitsLoss(_Loss):
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__(binary_cross_entropy_with_logits, weight=weight, reduction=reduction)
+
+
+class SSIMLoss(_Loss):
+    """1 - SSIM."""
+
+    def __init__(self, data_range=1.0, reduction="mean", **options):
+        super().__init__(ssim_loss, data_range=data_range, reduction=reduction, **options)
+
+
+class MSSSIMLoss(_Loss):
+    """1 - MS-SSIM."""
+
+    def __init__(self, data_range=1.0, **options):
+        super().__init__(ms_ssim, data_range=data_range, **options)
+
+    def forward(self, input, target):
+        return 1 - super().forward(input, target)
+
+
+class MixedLoss(_Loss):
+    """alpha * pixel + (1 - alpha) * (1 - SSIM)."""
+
+    def __init__(self, alpha, pixel="l1", data_range=1.0, **options):
+        super().__init__(mixed_loss, alpha=alpha, pixel=pixel, data_range=data_range, **options)
+
+
+class PerceptualLoss(nn.Module):
+    """sum_l w_l ||phi_l(input) - phi_l(target)||^2 (mean squared error per
+    feature map) over the features phi_l of a user-supplied network, with an
+    optional pixel term: alpha * pixel + (1 - alpha) * perceptual.
+
+    ``layers`` names submodules of ``feature_extractor`` whose outputs are the
+    features (read with forward hooks); without it, the network's output (a
+    tensor, or a list or tuple of tensors) is. Any network works: a pretrained
+    one is loaded the usual way, e.g. ``torchvision.models.vgg16()`` with
+    ``load_state_dict(torch.load(path))`` from a local file; its parameters are
+    frozen here. The target's features are computed without gradient.
+    """
+
+    def __init__(self, feature_extractor: nn.Module, layers: Optional[Sequence[str]] = None,
+                 weights: Optional[Sequence[float]] = None, alpha: float = 0.0, pixel: str = "mse"):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        if pixel not in ("mse", "l1"):
+            raise ValueError(f"pixel must be 'mse' or 'l1', got {pixel!r}")
+        self.features = feature_extractor.eval().requires_grad_(False)
+        self.layers = list(layers) if layers is not None else None
+        self.weights = list(weights) if weights is not None else None
+        self.alpha, self.pixel = alpha, pixel
+        if self.layers is not None:
+            modules = dict(self.features.named_modules())
+            missing = [name for name in self.layers if name not in modules]
+            if missing:
+                raise ValueError(f"layers {missing} are not submodules of the feature extractor")
+            self._captured = {}
+            for name in self.layers:
+                modules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name):
+        def capture(module, args, output):
+            self._captured[name] = output
+        return capture
+
+    def _phi(self, x):
+        out = self.features(x)
+        if self.layers is not None:
+            return [self._captured.pop(name) for name in self.layers]
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def forward(self, input, target):
+        feats = self._phi(input)
+        with torch.no_grad():
+            target_feats = self._phi(target)
+        weights = self.weights or [1.0] * len(feats)
+        if len(weights) != len(feats):
+            raise ValueError(f"{len(weights)} weights for {len(feats)} feature maps")
+        perceptual = sum(w * mse_loss(f, t) for w, f, t in zip(weights, feats, target_feats))
+        if self.alpha == 0.0:
+            return perceptual
+        pixel = (mse_loss if self.pixel == "mse" else l1_loss)(input, target)
+        return self.alpha * pixel + (1 - self.alpha) * perceptual
