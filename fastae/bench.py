@@ -240,6 +240,35 @@ def training_step_row(repeats, n=8, side=128, alpha=0.16):
             "speed-up": t_peer / t_ours}
 
 
+def dense_epoch_row(repeats=3, hidden=128, k=32, batch_size=128):
+    """One training epoch of the dense autoencoder (16x16 patches, BCE on logits,
+    Adam): fastae.models against the same model in PyTorch eager."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import datasets
+    from .models import Autoencoder
+    train, _, _ = datasets.patches(size=16, per_image=1000)
+    d = train.shape[1]
+    model = Autoencoder(d, k, hidden=(hidden,), loss="bce")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, k),
+                              torch.nn.ReLU(), torch.nn.Linear(k, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, d))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    data = torch.from_numpy(train)
+
+    def torch_epoch():
+        for b in range(0, len(data), batch_size):
+            x = data[b:b + batch_size]
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(net(x), x).backward()
+            opt.step()
+    ours, peer = median_times([lambda: model.fit(train, epochs=1, batch_size=batch_size, lr=1e-3, progress=False),
+                               torch_epoch], repeats)
+    return {"model": f"{d}-{hidden}-{k}-{hidden}-{d}", "samples": len(train), "fastae ms": ours * 1e3,
+            "torch eager ms": peer * 1e3, "speed-up": peer / ours}
+
+
 def format_table(rows):
     cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]] \
         or list(rows[0])
@@ -291,6 +320,11 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
         print(format_table([training_step_row(max(3, repeats // 3))]))
     except ImportError:
         print("\ntraining step: install torch and pytorch-msssim to compare")
+    try:
+        print("\ndense autoencoder, one epoch (BCE on logits, Adam, batch 128), float32; peer = PyTorch eager")
+        print(format_table([dense_epoch_row()]))
+    except ImportError:
+        pass
     try:
         r = ista_row()
         print(f"\nista, {r['n']} signals x {r['d']} dims, {r['k']} atoms, float64: {r['ms']:.1f} ms, "

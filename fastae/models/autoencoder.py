@@ -1,0 +1,312 @@
+"""A dense autoencoder trained with NumPy BLAS products and fastae's fused kernels."""
+import json
+import sys
+import time
+
+import numpy as np
+
+import fastae as fa
+
+_ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
+_POINTWISE_LOSSES = {"mse": fa.mse, "l1": fa.l1, "bce": fa.bce}
+LOSSES = ("mse", "l1", "bce", "ssim", "mixed")
+LEAKY_SLOPE = 0.01
+
+
+def _act(name, a):
+    if name == "relu":
+        return np.maximum(a, 0)
+    if name == "leaky_relu":
+        return np.where(a > 0, a, a * a.dtype.type(LEAKY_SLOPE))
+    if name == "sigmoid":
+        return (np.tanh(a * a.dtype.type(0.5)) + 1) * a.dtype.type(0.5)
+    if name == "tanh":
+        return np.tanh(a)
+    return a
+
+
+def _act_grad(name, a, h):
+    """d h / d a for h = act(a), as an array (or None for identity)."""
+    if name == "relu":
+        return (a > 0).astype(a.dtype)
+    if name == "leaky_relu":
+        return np.where(a > 0, a.dtype.type(1), a.dtype.type(LEAKY_SLOPE))
+    if name == "sigmoid":
+        return h * (1 - h)
+    if name == "tanh":
+        return 1 - h * h
+    return None
+
+
+class Adam:
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, params, grads):
+        self.t += 1
+        b1, b2 = self.betas
+        scale = self.lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            p -= (scale * m / (np.sqrt(v) + self.eps)).astype(p.dtype)
+
+
+class SGD:
+    def __init__(self, params, lr):
+        self.lr = lr
+
+    def step(self, params, grads):
+        for p, g in zip(params, grads):
+            p -= p.dtype.type(self.lr) * g
+
+
+class Autoencoder:
+    """Dense autoencoder x -> z -> x_hat, trained on fastae's fused losses.
+
+    Encoder layers d -> hidden... -> k use ``activation`` (the code layer
+    ``sigmoid`` when ``sparsity=("kl", rho, beta)``, which needs codes in
+    (0, 1)); the decoder mirrors them, and its output pre-activation goes into
+    the loss fused with ``output_activation``, so the gradient comes back
+    w.r.t. the logits in one pass. ``tied=True`` uses W_dec = W_enc^T (d*k
+    fewer parameters per layer pair: structural regularisation).
+    ``loss``: mse, l1, bce, ssim or mixed (``alpha`` * L1 + (1 - alpha) * (1 -
+    SSIM); ssim and mixed need ``image_shape`` and use ``padding="same"``, so
+    that small patches keep every pixel in the map). ``weight_decay`` adds
+    lam * sum W^2 fused into the weight gradients; ``sparsity=("l1", alpha)``
+    or ``("kl", rho, beta)`` penalises the codes. ``bias_init`` (e.g. 0.01)
+    starts ReLU units slightly active, against dead units.
+    """
+
+    def __init__(self, d, k, *, hidden=(), activation="relu", output_activation="sigmoid", tied=False,
+                 loss="bce", alpha=None, image_shape=None, weight_decay=0.0, sparsity=None, bias_init=0.0,
+                 seed=0, dtype=np.float32):
+        if activation not in _ACTIVATIONS or output_activation not in _ACTIVATIONS:
+            raise ValueError(f"activations must be among {_ACTIVATIONS}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if loss == "bce" and output_activation not in ("sigmoid", "identity"):
+            raise ValueError("loss='bce' needs output_activation='sigmoid' (or identity on probabilities)")
+        if loss in ("ssim", "mixed") and (image_shape is None or int(np.prod(image_shape)) != d):
+            raise ValueError(f"loss={loss!r} needs image_shape with prod == d ({d}), got {image_shape}")
+        if loss == "mixed" and alpha is None:
+            raise ValueError("loss='mixed' needs alpha")
+        if sparsity is not None and sparsity[0] not in ("l1", "kl"):
+            raise ValueError(f"sparsity must be ('l1', alpha) or ('kl', rho, beta), got {sparsity!r}")
+        self.config = dict(d=d, k=k, hidden=list(hidden), activation=activation,
+                           output_activation=output_activation, tied=tied, loss=loss, alpha=alpha,
+                           image_shape=None if image_shape is None else list(image_shape),
+                           weight_decay=weight_decay, sparsity=None if sparsity is None else list(sparsity),
+                           bias_init=bias_init, seed=seed, dtype=np.dtype(dtype).name)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        sizes = [d, *hidden, k]
+        self.enc_w = [self._init(rng, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+        self.enc_b = [np.full(n, bias_init, self.dtype) for n in sizes[1:]]
+        back = sizes[::-1]
+        self.dec_w = [] if tied else [self._init(rng, back[i], back[i + 1]) for i in range(len(back) - 1)]
+        self.dec_b = [np.full(n, bias_init if i < len(back) - 2 else 0.0, self.dtype)
+                      for i, n in enumerate(back[1:])]
+        self.code_activation = "sigmoid" if sparsity is not None and sparsity[0] == "kl" else activation
+
+    def _init(self, rng, n_in, n_out):
+        return (rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / (n_in + n_out))).astype(self.dtype)
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def params(self):
+        return self.enc_w + self.enc_b + self.dec_w + self.dec_b
+
+    @property
+    def n_params(self):
+        return sum(p.size for p in self.params)
+
+    def _decoder_weights(self):
+        return [w.T for w in self.enc_w[::-1]] if self.config["tied"] else self.dec_w
+
+    # ---------------------------------------------------------------- passes
+    def _encode(self, x):
+        """Activations of every encoder layer: [x, h1, ..., z] and pre-activations."""
+        hs, pre = [x], []
+        n = len(self.enc_w)
+        for i, (w, b) in enumerate(zip(self.enc_w, self.enc_b)):
+            a = hs[-1] @ w + b
+            pre.append(a)
+            hs.append(_act(self.code_activation if i == n - 1 else self.config["activation"], a))
+        return hs, pre
+
+    def _decode(self, z):
+        """Decoder activations [z, ..., h] and the output pre-activation (logits)."""
+        hs, pre = [z], []
+        weights = self._decoder_weights()
+        for i, (w, b) in enumerate(zip(weights, self.dec_b)):
+            a = hs[-1] @ w + b
+            pre.append(a)
+            if i < len(weights) - 1:
+                hs.append(_act(self.config["activation"], a))
+        return hs, pre
+
+    def encode(self, x):
+        return self._encode(np.asarray(x, self.dtype))[0][-1]
+
+    def decode(self, z):
+        logits = self._decode(np.asarray(z, self.dtype))[1][-1]
+        return _act(self.config["output_activation"], logits)
+
+    def reconstruct(self, x):
+        return self.decode(self.encode(x))
+
+    def _loss(self, logits, x, grad):
+        """Reconstruction loss (mean) and its gradient w.r.t. the output logits."""
+        cfg = self.config
+        name, out_act = cfg["loss"], cfg["output_activation"]
+        if name in _POINTWISE_LOSSES:
+            return _POINTWISE_LOSSES[name](logits, x, activation=out_act, grad=grad)
+        y = _act(out_act, logits)
+        images = (-1, 1, *cfg["image_shape"])
+        if name == "ssim":
+            result = fa.ssim_loss(y.reshape(images), x.reshape(images), padding="same", grad=grad)
+        else:
+            result = fa.mixed_loss(y.reshape(images), x.reshape(images), alpha=cfg["alpha"], padding="same",
+                                   grad=grad)
+        if not grad:
+            return result
+        dy = result.grad.reshape(y.shape)
+        dact = _act_grad(out_act, logits, y)
+        return fa.LossGrad(result.loss, dy if dact is None else dy * dact)
+
+    def loss(self, x):
+        """The training objective on x: reconstruction loss plus penalties."""
+        x = np.asarray(x, self.dtype)
+        hs, _ = self._encode(x)
+        logits = self._decode(hs[-1])[1][-1]
+        total = float(self._loss(logits, x, False)) + self._code_penalty(hs[-1], None)
+        return total + sum(float(fa.l2_penalty(w, self.config["weight_decay"])) for w in self._weights()
+                           if self.config["weight_decay"])
+
+    def _weights(self):
+        return self.enc_w + self.dec_w
+
+    def _code_penalty(self, z, grad_z):
+        """Sparsity penalty on the codes; adds its gradient into grad_z when given."""
+        s = self.config["sparsity"]
+        if s is None:
+            return 0.0
+        if s[0] == "l1":  # alpha * sum_j |z_j| per sample, averaged over the batch
+            r = fa.l1_penalty(z, s[1] / len(z), grad=grad_z is not None)
+        else:
+            r = fa.kl_sparsity(z, s[1], beta=s[2] if len(s) > 2 else 1.0, grad=grad_z is not None)
+        if grad_z is None:
+            return float(r)
+        grad_z += r.grad
+        return float(r.loss)
+
+    def gradients(self, x):
+        """(objective, gradients in the order of ``params``) on a batch."""
+        cfg = self.config
+        hs, pre = self._encode(x)
+        dhs, dpre = self._decode(hs[-1])
+        value, dz = self._loss(dpre[-1], x, True)
+        value = float(value)
+        dec_weights = self._decoder_weights()
+        g_dec_w, g_dec_b = [None] * len(dec_weights), [None] * len(dec_weights)
+        for i in range(len(dec_weights) - 1, -1, -1):  # decoder, last layer first
+            g_dec_w[i] = dhs[i].T @ dz
+            g_dec_b[i] = dz.sum(axis=0)
+            dh = dz @ dec_weights[i].T
+            if i > 0:
+                dz = dh * _act_grad(cfg["activation"], dpre[i - 1], dhs[i]) \
+                    if cfg["activation"] != "identity" else dh
+        value += self._code_penalty(hs[-1], dh)
+        g_enc_w, g_enc_b = [None] * len(self.enc_w), [None] * len(self.enc_w)
+        n = len(self.enc_w)
+        for i in range(n - 1, -1, -1):
+            act = self.code_activation if i == n - 1 else cfg["activation"]
+            dact = _act_grad(act, pre[i], hs[i + 1])
+            da = dh if dact is None else dh * dact
+            g_enc_w[i] = hs[i].T @ da
+            g_enc_b[i] = da.sum(axis=0)
+            dh = da @ self.enc_w[i].T
+        if cfg["tied"]:  # W_enc[i] also serves as the decoder's W[n - 1 - i]^T
+            for i in range(n):
+                g_enc_w[i] += g_dec_w[n - 1 - i].T
+            g_dec_w = []
+        grads = g_enc_w + g_enc_b + g_dec_w + g_dec_b
+        if cfg["weight_decay"]:
+            for w, g in zip(self._weights(), g_enc_w + g_dec_w):
+                value += float(fa.l2_penalty(w, cfg["weight_decay"], accumulate_into=g))
+        return value, grads
+
+    def dead_units(self, x):
+        """Per encoder layer with ReLU, the units never active on x (dead ReLUs)."""
+        hs, _ = self._encode(np.asarray(x, self.dtype))
+        n = len(self.enc_w)
+        return [int((h.max(axis=0) <= 0).sum()) for i, h in enumerate(hs[1:])
+                if (self.code_activation if i == n - 1 else self.config["activation"]) == "relu"]
+
+    # ---------------------------------------------------------------- training
+    def fit(self, x, epochs=10, batch_size=128, lr=1e-3, optimizer="adam", validation=None, progress=True,
+            seed=0, on_epoch=None):
+        """Minibatch training; returns the history (one dict per epoch)."""
+        x = np.asarray(x, self.dtype)
+        params = self.params
+        opt = Adam(params, lr) if optimizer == "adam" else SGD(params, lr)
+        rng = np.random.default_rng(seed)
+        history = []
+        n_batches = max(1, -(-len(x) // batch_size))
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(len(x))
+            total = 0.0
+            for b in range(n_batches):
+                batch = x[order[b * batch_size:(b + 1) * batch_size]]
+                value, grads = self.gradients(batch)
+                opt.step(params, grads)
+                total += value * len(batch)
+                if progress:
+                    _bar(epoch, epochs, b + 1, n_batches, total / min(len(x), (b + 1) * batch_size))
+            record = {"epoch": epoch, "train_loss": total / len(x), "dead_units": self.dead_units(batch)}
+            if validation is not None:
+                record["val_loss"] = self.loss(validation)
+            if on_epoch is not None:
+                on_epoch(record)
+            history.append(record)
+            if progress:
+                extra = "".join(f" {k} {v:.4g}" for k, v in record.items() if k.startswith("val_"))
+                dead = f" dead ReLUs {record['dead_units']}" if any(record["dead_units"]) else ""
+                sys.stderr.write(f"\r{_bar_text(epoch, epochs, 1, 1, record['train_loss'])}{extra}{dead}\n")
+        return history
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path):
+        arrays = {f"p{i}": p for i, p in enumerate(self.params)}
+        np.savez(path, config=json.dumps(self.config), **arrays)
+
+    @classmethod
+    def load(cls, path):
+        with np.load(path) as f:
+            config = json.loads(str(f["config"]))
+            model = cls(**{k: v for k, v in config.items() if k not in ("d", "k")}, d=config["d"], k=config["k"])
+            for i, p in enumerate(model.params):
+                p[...] = f[f"p{i}"]
+        return model
+
+
+def _bar_text(epoch, epochs, done, total, loss, width=24):
+    filled = int(width * done / total)
+    return f"epoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] loss {loss:.4g}"
+
+
+_last_draw = [0.0]
+
+
+def _bar(epoch, epochs, done, total, loss):
+    """Redraw the progress line, at most ten times a second."""
+    now = time.monotonic()
+    if now - _last_draw[0] >= 0.1:
+        _last_draw[0] = now
+        sys.stderr.write("\r" + _bar_text(epoch, epochs, done, total, loss))
+        sys.stderr.flush()
