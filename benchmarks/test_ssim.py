@@ -20,6 +20,16 @@ def images():
     return x, y, np.empty_like(x)
 
 
+def peer_step(x, y, loss):
+    """One pytorch-msssim forward+backward of loss(X, Y) with X requiring grad."""
+    X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
+
+    def step():
+        X.grad = None
+        loss(X, Y).backward()
+    return step
+
+
 @pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
 def test_ssim_loss_forward_backward(benchmark, images, who):
     x, y, out = images
@@ -27,12 +37,7 @@ def test_ssim_loss_forward_backward(benchmark, images, who):
     if who == "fastae":
         benchmark(fa.ssim_loss, x, y, grad=True, out=out)
     else:
-        X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
-
-        def step():
-            X.grad = None
-            (1 - peer.ssim(X, Y, data_range=1.0)).backward()
-        benchmark(step)
+        benchmark(peer_step(x, y, lambda X, Y: 1 - peer.ssim(X, Y, data_range=1.0)))
 
 
 @pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
@@ -52,9 +57,4 @@ def test_ms_ssim_forward_backward(benchmark, images, who):
     if who == "fastae":
         benchmark(fa.ms_ssim, x, y, grad=True, out=out)
     else:
-        X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
-
-        def step():
-            X.grad = None
-            peer.ms_ssim(X, Y, data_range=1.0).backward()
-        benchmark(step)
+        benchmark(peer_step(x, y, lambda X, Y: peer.ms_ssim(X, Y, data_range=1.0)))

@@ -177,8 +177,8 @@ def ista_row(repeats=3, n=2000, d=64, k=48, alpha=0.2):
                                     repeats)
         gap = objective(fa.ista(x, D, alpha)) / objective(
             sparse_encode(x, D.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)) - 1
-    return {"n": n, "d": d, "k": k, "ms": ours * 1e3, "sklearn ms": theirs * 1e3, "speed-up": theirs / ours,
-            "objective vs sklearn": gap}
+    return {"signals": f"{n} x {d}, {k} atoms", "fastae ms": ours * 1e3, "sklearn ms": theirs * 1e3,
+            "speed-up": theirs / ours, "objective vs sklearn": gap}
 
 
 def ssim_rows(repeats):
@@ -275,7 +275,7 @@ def format_table(rows):
     fmt = {"n": lambda v: f"2^{int(np.log2(v))}" if v & (v - 1) == 0 else str(v), "ms": "{:.2f}".format,
            "GB/s": "{:.1f}".format, "x np.add": "{:.2f}".format, "x ceiling": "{:.2f}".format,
            "torch x": "{:.1f}".format}
-    default = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
+    default = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     cells = [[fmt.get(c, default)(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
@@ -301,35 +301,27 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
           "  'x np.add'  = time / np.add(a, b, out=c) time (2 reads + 1 write, NumPy's single thread)\n"
           "  'x ceiling' = time / the same np.add split over fastae's threads (the streaming ceiling)\n"
           "  'torch x'   = torch eager forward+backward time / fastae time (speed-up)")
-    print("\npointwise losses")
-    rows = []
-    for dtype in dtypes:
-        for n in sizes:
-            rows += pointwise_rows(n, np.dtype(dtype), repeats)
-    print(format_table(rows))
-    print("\nsparse codes ('x np.add' is against np.abs for soft_threshold alone: 1 read + 1 write)")
-    sparse = []
-    for dtype in dtypes:
-        for n in sizes:
-            sparse += sparse_rows(n, np.dtype(dtype), repeats)
-    print(format_table(sparse))
-    print("\nSSIM loss (valid, 11x11 Gaussian window), float32; peer = pytorch-msssim (1 - ssim, autograd)")
-    print(format_table(ssim_rows(max(3, repeats // 3))))
-    try:
-        print("\ntraining step, conv autoencoder 3->8->3, mixed L1 + SSIM loss (alpha 0.16), float32, CPU")
-        print(format_table([training_step_row(max(3, repeats // 3))]))
-    except ImportError:
-        print("\ntraining step: install torch and pytorch-msssim to compare")
-    try:
-        print("\ndense autoencoder, one epoch (BCE on logits, Adam, batch 128), float32; peer = PyTorch eager")
-        print(format_table([dense_epoch_row()]))
-    except ImportError:
-        pass
-    try:
-        r = ista_row()
-        print(f"\nista, {r['n']} signals x {r['d']} dims, {r['k']} atoms, float64: {r['ms']:.1f} ms, "
-              f"sklearn sparse_encode(lasso_cd, n_jobs=1) {r['sklearn ms']:.1f} ms: {r['speed-up']:.1f}x; "
-              f"objective {r['objective vs sklearn']:+.1e} relative to sklearn's")
-    except ImportError:
-        print("\nista: install scikit-learn to compare with sparse_encode")
-    return rows + sparse
+    few = max(3, repeats // 3)
+    sections = [
+        ("pointwise losses", lambda: [row for dtype in dtypes for n in sizes
+                                      for row in pointwise_rows(n, np.dtype(dtype), repeats)]),
+        ("sparse codes ('x np.add' is against np.abs for soft_threshold alone: 1 read + 1 write)",
+         lambda: [row for dtype in dtypes for n in sizes for row in sparse_rows(n, np.dtype(dtype), repeats)]),
+        ("SSIM loss (valid, 11x11 Gaussian window), float32; peer = pytorch-msssim (1 - ssim, autograd)",
+         lambda: ssim_rows(few)),
+        ("training step, conv autoencoder 3->8->3, mixed L1 + SSIM loss (alpha 0.16), float32, CPU",
+         lambda: [training_step_row(few)]),
+        ("dense autoencoder, one epoch (BCE on logits, Adam, batch 128), float32; peer = PyTorch eager",
+         lambda: [dense_epoch_row(few)]),
+        ("ista, float64, against scikit-learn's sparse_encode(lasso_cd, n_jobs=1)", lambda: [ista_row(few)]),
+    ]
+    results = {}
+    for title, make in sections:
+        print("\n" + title)
+        try:
+            results[title] = make()
+        except ImportError as missing:
+            print(f"  skipped: {missing}")
+            continue
+        print(format_table(results[title]))
+    return results
