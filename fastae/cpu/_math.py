@@ -13,7 +13,6 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils  # noqa: F401  (keeps numba's lowering registry loaded)
 from numba.extending import intrinsic, overload, register_jitable
 
 F32 = np.float32
