@@ -60,8 +60,8 @@ def mse_point(spec, y, t):
 @njit(inline="always")
 def l1_point(spec, y, t):
     d = y - t
-    one = like(d, 1.0)
-    sign = one if d > 0 else (-one if d < 0 else d)  # sign(0) = 0, sign(nan) = nan
+    sign = like(d, d > 0) - like(d, d < 0)  # branch-free: sign(0) = 0 ...
+    sign = d if d != d else sign  # ... and sign(nan) = nan
     return abs(d), sign, like(d, 0.0)
 
 
