@@ -83,7 +83,7 @@ def soft_threshold(c, lam, out, mask):
 
 
 @njit(**KERNEL_OPTIONS)
-def fista_rows(y, gy, b, z, step, thr, t, change):
+def fista_rows(y, gy, b, z, step, thr, tol2, t, change, done):
     """One FISTA step with adaptive restart, in place, on every row of the
     codes (n, k).
 
@@ -91,11 +91,17 @@ def fista_rows(y, gy, b, z, step, thr, t, change):
     (G = D^T D) and b = x D make 2 (gy - b) the gradient of ||x - D z||^2;
     the momentum restarts when the step points back (O'Donoghue and Candes'
     gradient test); then y <- z' + (t - 1) / t_next (z' - z) and z <- z'.
-    ``change`` receives ||z' - z||^2 / ||z'||^2 per row (0 when z' = z = 0).
+    ``change`` receives ||z' - z||^2 / ||z'||^2 per row (0 when z' = z = 0);
+    a row whose change is at most ``tol2`` is marked ``done`` and left as it
+    is from then on. Returns the count of rows done.
     """
     n, k = y.shape
     two_step = like(step, 2.0) * step
+    finished = 0
     for r in range(n):  # 2-D indexing: a row view per row costs reference counting
+        if done[r]:
+            finished += 1
+            continue
         back = like(step, 0.0)
         for j in range(k):  # z' goes into gy, no longer needed
             v = y[r, j] - two_step * (gy[r, j] - b[r, j])
@@ -114,10 +120,14 @@ def fista_rows(y, gy, b, z, step, thr, t, change):
             moved += d * d
             size += gy[r, j] * gy[r, j]
         change[r] = 0.0 if moved == 0 else (np.inf if size == 0 else moved / size)
+        if change[r] <= tol2:
+            done[r] = True
+            finished += 1
+    return finished
 
 
 @njit(**KERNEL_OPTIONS)
-def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, first, stop):
+def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, done, first, stop):
     """Jump to the exact optimum where FISTA has (likely) found the support:
     on rows ``first`` to ``stop`` whose ``change`` is under ``below``.
 
@@ -125,8 +135,8 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, first, stop
     G_SS z_S = b_S - alpha/2 s_S (a small Cholesky solve). When the solution
     keeps the signs and the other coordinates satisfy the optimality test
     |b_j - (G z)_j| <= alpha/2 (within ``slack``, relative), it is the
-    minimiser: the row is written and its change set to 0 (converged); the
-    count of such rows is returned.
+    minimiser: the row is written and marked ``done``; the count of such rows
+    is returned.
     ``tried`` keeps a signature of each row's last failed sign pattern, so
     that a pattern is solved for once.
     """
@@ -136,7 +146,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, first, stop
     support = np.empty(k, np.int64)
     solved = 0
     for r in range(first, stop):
-        if change[r] == 0 or change[r] > below:
+        if done[r] or change[r] > below:
             continue
         m = 0
         signature = np.uint64(m)
@@ -182,7 +192,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, first, stop
         if not ok:
             continue
         p = 0
-        for j in range(k):  # optimality of the zero coordinates
+        for j in range(k):  # optimality of the zero coordinates; stop at the first violation
             if p < m and support[p] == j:
                 p += 1
                 continue
@@ -196,7 +206,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, first, stop
             z[r, :] = 0
             for p in range(m):
                 z[r, support[p]] = x[p]
-            change[r] = 0.0
+            done[r] = True
             solved += 1
     return solved
 
@@ -211,9 +221,9 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     from b = x D (n, k) and gram = D^T D; step = 1 / L, thr = alpha * step.
 
     A signal is done when its codes changed by at most ``tol`` relatively, or
-    when the polish (every few steps) found its exact optimum. Done signals
-    are set aside (after a polish, or once a quarter of those left are done),
-    so that the matrix products shrink as the batch converges.
+    when the polish (every few steps) found its exact optimum; done signals
+    stop moving, and once a quarter of those left are done they are set
+    aside, so that the matrix products shrink as the batch converges.
     """
     n, k = b.shape
     dtype = b.dtype
@@ -227,26 +237,27 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     tried = np.zeros(n, np.uint64)  # signatures of sign patterns that failed the polish
     step, thr, tol2 = dtype.type(step), dtype.type(thr), tol * tol
     slack = dtype.type(1 + np.sqrt(np.finfo(dtype).eps))
+    done = np.zeros(n, np.bool_)
     for i in range(n_iter):
         np.matmul(y, gram, out=gy)
         if not accelerated:
             t[:] = 1.0  # momentum factor 0: plain ISTA
         m = todo.size
-        fista_rows(y, gy, b, z, step, thr, t, change)
-        solved = []
+        finished = fista_rows(y, gy, b, z, step, thr, tol2, t, change, done)
         if (i + 1) % POLISH_EVERY == 0:
+            solved = []
             run_chunks(lambda first, stop: solved.append(polish_rows(
-                z, b, gram, thr / (2 * step), slack, change, POLISH_BELOW, tried,
+                z, b, gram, thr / (2 * step), slack, change, POLISH_BELOW, tried, done,
                 first * POLISH_ROWS, min(stop * POLISH_ROWS, m))), -(-m // POLISH_ROWS))
-        converged = change <= tol2
-        done = np.count_nonzero(converged)
-        if done == m:
+            finished += sum(solved)
+        if finished == m:
             break
-        if any(solved) or done * 4 >= m:  # polished rows must not move again
-            codes[todo[converged]] = z[converged]
-            keep = ~converged
+        if finished * 4 >= m:  # set the finished rows aside: the products shrink
+            codes[todo[done]] = z[done]
+            keep = ~done
             todo, z, y, b, t, tried = todo[keep], z[keep], y[keep], b[keep], t[keep], tried[keep]
-            gy, change = gy[:todo.size], change[:todo.size]
+            gy, change, done = gy[:todo.size], change[:todo.size], done[:todo.size]
+            done[:] = False
     codes[todo] = z
     return codes
 
