@@ -147,8 +147,11 @@ def sparse_rows(n, dtype, repeats):
     c = rng.standard_normal(n).astype(dtype)
     g = rng.standard_normal(n).astype(dtype)
     out, mask, o = np.empty_like(c), np.empty_like(c), np.empty_like(c)
+    atoms = rng.random(64).astype(dtype)  # one threshold per atom, codes of 64 atoms
     cases = [("soft_threshold", 2, lambda: np.abs(c, out=o), lambda: threaded_abs(c, o),
               lambda: fa.soft_threshold(c, 0.5, out=out)),
+             ("soft_threshold per atom", 2, lambda: np.abs(c, out=o), lambda: threaded_abs(c, o),
+              lambda: fa.soft_threshold(c.reshape(-1, 64), atoms, out=out.reshape(-1, 64))),
              ("soft_threshold+mask", 3, lambda: np.add(c, g, out=o), lambda: threaded_add(c, g, o),
               lambda: fa.soft_threshold(c, 0.5, grad=True, out=out, mask_out=mask)),
              ("l2_penalty accumulate", 3, lambda: np.add(c, g, out=o), lambda: threaded_add(c, g, o),

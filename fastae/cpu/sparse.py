@@ -68,6 +68,8 @@ def soft_threshold(c, lam, out, mask):
     mask = None if mask is None else mask.reshape(-1)
     if isinstance(lam, np.ndarray):
         lam = lam.reshape(-1)
+        if lam.size < BLOCK and lam.size != c.size:  # short period (one per atom): tile it up to a block
+            lam = np.tile(lam, BLOCK // lam.size)
         period = lam.size
         seg = BLOCK if period == c.size else period  # per element: blocks; repeating: one period a segment
     else:
