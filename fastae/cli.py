@@ -45,12 +45,14 @@ def main(argv=None):
             args.epochs = args.epochs or 10
         args.epochs = args.epochs or 30
         from . import train as train_module
-        return (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
+        (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
+        return 0
     if args.command == "bench":
         from . import bench as bench_module
         bench_module.main(quick=args.quick, sizes=args.size, dtypes=args.dtype, threads=args.threads,
                           repeats=args.repeats)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

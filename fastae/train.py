@@ -56,7 +56,8 @@ def train(config, progress=True):
     def record(entry):
         metrics = evaluate(model, val_x, shape)
         entry.update(metrics)
-        history.append({"epoch": entry["epoch"], "train_loss": entry["train_loss"], **metrics})
+        history.append({"epoch": entry["epoch"], "train_loss": entry["train_loss"],
+                        **{k: float(v) for k, v in metrics.items()}})
     model.fit(train_x, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
               progress=progress, on_epoch=record)
     return model, history, val_x, shape

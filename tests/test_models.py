@@ -111,8 +111,9 @@ def test_non_dominated():
 
 def test_train_and_pareto_commands(tmp_path):
     out = tmp_path / "train"
-    history = cli(["train", "--quick", "--data", "digits", "--epochs", "4", "--out", str(out)])
+    assert cli(["train", "--quick", "--data", "digits", "--epochs", "4", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
     assert metrics["config"]["loss"] == "mixed" and len(metrics["history"]) == 4
     assert set(metrics["history"][0]) >= {"epoch", "train_loss", "val_loss", "val_psnr", "val_ssim"}
     assert history[-1]["val_ssim"] > history[0]["val_ssim"]
