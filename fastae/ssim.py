@@ -180,32 +180,32 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     if min(images.h, images.w) <= need:
         raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
                          f"than {need} pixels a side, got {images.h}x{images.w}")
-    xs, ys, pads, values = [images.x], [images.y], [], []
+    # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
+    # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
+    g = images.call.out(out).reshape(images.x.shape) if grad else None
+    x, y, pads, values, grads = images.x, images.y, [], [], []
     for level in range(levels):
-        x, y = xs[-1], ys[-1]
         n_pos = images.positions(*x.shape[1:])
         last = level == levels - 1
-        values.append(np.maximum(images.planes(x, y, not last, np.zeros(x.shape[0]), None) / n_pos, 0.0))
+        here = None if not grad else (g if level == 0 else np.empty_like(x))
+        values.append(np.maximum(images.planes(x, y, not last, np.full(x.shape[0], 1.0 / n_pos), here) / n_pos,
+                                 0.0))
+        grads.append(here)
         if not last:
             pads.append(_pool_pads(*x.shape[1:]))
-            xs.append(_avg_pool(x, pads[-1]))
-            ys.append(_avg_pool(y, pads[-1]))
+            x, y = _avg_pool(x, pads[-1]), _avg_pool(y, pads[-1])
     values = np.array(values)  # (levels, planes)
     per_plane = np.prod(values ** w[:, None], axis=0)
     value = images.reduce(per_plane)
     if not grad:
         return value
-    g = images.call.out(out).reshape(images.x.shape)
     total = None
-    for level in range(levels - 1, -1, -1):  # coarse to fine: pool adjoint, then this level's own term
-        x, y = xs[level], ys[level]
-        n_pos = images.positions(*x.shape[1:])
+    for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
         with np.errstate(divide="ignore", invalid="ignore"):
             d_value = np.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
-        scales = images.plane_weight() * d_value / n_pos
-        here = g if level == 0 else np.empty_like(x)
+        here = grads[level]
+        here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
         if total is not None:
-            here[...] = _avg_pool_adjoint(total, pads[level], *x.shape[1:])
-        images.planes(x, y, level != levels - 1, scales, here, accumulate=total is not None)
+            here += _avg_pool_adjoint(total, pads[level], *here.shape[1:])
         total = here
     return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
