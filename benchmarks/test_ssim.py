@@ -30,14 +30,21 @@ def peer_step(x, y, loss):
     return step
 
 
+FORWARD_BACKWARD = {
+    "SSIM loss": (lambda x, y, out: fa.ssim_loss(x, y, grad=True, out=out),
+                  lambda X, Y: 1 - peer.ssim(X, Y, data_range=1.0)),
+    "MS-SSIM": (lambda x, y, out: fa.ms_ssim(x, y, grad=True, out=out),
+                lambda X, Y: peer.ms_ssim(X, Y, data_range=1.0)),
+}
+
+
 @pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
-def test_ssim_loss_forward_backward(benchmark, images, who):
+@pytest.mark.parametrize("loss", list(FORWARD_BACKWARD))
+def test_forward_backward(benchmark, images, loss, who):
     x, y, out = images
-    benchmark.group = "SSIM loss forward+backward, 8x3x256^2 float32"
-    if who == "fastae":
-        benchmark(fa.ssim_loss, x, y, grad=True, out=out)
-    else:
-        benchmark(peer_step(x, y, lambda X, Y: 1 - peer.ssim(X, Y, data_range=1.0)))
+    ours, theirs = FORWARD_BACKWARD[loss]
+    benchmark.group = f"{loss} forward+backward, 8x3x256^2 float32"
+    benchmark(ours, x, y, out) if who == "fastae" else benchmark(peer_step(x, y, theirs))
 
 
 @pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
@@ -48,13 +55,3 @@ def test_ssim_forward(benchmark, images, who):
         benchmark(fa.ssim, x, y)
     else:
         benchmark(peer.ssim, torch.from_numpy(x), torch.from_numpy(y), data_range=1.0)
-
-
-@pytest.mark.parametrize("who", ["fastae", "pytorch-msssim"])
-def test_ms_ssim_forward_backward(benchmark, images, who):
-    x, y, out = images
-    benchmark.group = "MS-SSIM forward+backward, 8x3x256^2 float32"
-    if who == "fastae":
-        benchmark(fa.ms_ssim, x, y, grad=True, out=out)
-    else:
-        benchmark(peer_step(x, y, lambda X, Y: peer.ms_ssim(X, Y, data_range=1.0)))

@@ -105,18 +105,19 @@ class Call:
         return a
 
     def weight(self, weight):
-        """None, or a C-contiguous array of pred's shape from a number or a broadcastable array."""
+        """None; a float for a number or a one-element array (the kernels take it as is);
+        else a C-contiguous array of pred's shape from a broadcastable array."""
         if weight is None:
             return None
         if is_number(weight):
-            return np.full(self.pred.shape, weight, self.pred.dtype)
+            return float(weight)
         w = self.like_pred(weight, "weight", shape=False)
         try:
-            w = np.broadcast_to(w, self.pred.shape)
+            full = np.broadcast_to(w, self.pred.shape)
         except ValueError:
             raise ValueError(f"weight of shape {w.shape} does not broadcast to {self.name}'s shape "
                              f"{self.pred.shape}") from None
-        return contiguous(w)
+        return float(w.reshape(())) if w.size == 1 else contiguous(full)
 
     def out(self, out, name="out"):
         """A new C-contiguous buffer of pred's shape and dtype, or ``out`` checked to be one."""

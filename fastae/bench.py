@@ -21,11 +21,11 @@ from fastae.cpu._threads import run_chunks
 CEILING_CHUNK = 1 << 16
 
 
-def threaded_add(a, b, out):
-    """np.add over the kernels' threads: the streaming ceiling at their thread count."""
+def threaded(ufunc, *arrays, out):
+    """``ufunc(*arrays, out=out)`` over the kernels' threads: the streaming ceiling at their thread count."""
     c = CEILING_CHUNK
-    run_chunks(lambda first, stop: np.add(a[first * c:stop * c], b[first * c:stop * c], out=out[first * c:stop * c]),
-               -(-a.size // c))
+    run_chunks(lambda first, stop: ufunc(*(a[first * c:stop * c] for a in arrays), out=out[first * c:stop * c]),
+               -(-out.size // c))
 
 
 @dataclass
@@ -115,7 +115,7 @@ def pointwise_rows(n, dtype, repeats, cases=POINTWISE, with_torch=True):
     for case in cases:
         pred, target = case.make(n, dtype)
         out, add_out = np.empty_like(pred), np.empty_like(pred)
-        functions = [lambda: np.add(pred, target, out=add_out), lambda: threaded_add(pred, target, add_out),
+        functions = [lambda: np.add(pred, target, out=add_out), lambda: threaded(np.add, pred, target, out=add_out),
                      lambda: case.fastae(pred, target, out)]
         if with_torch:
             p = torch.from_numpy(pred).requires_grad_()
@@ -134,12 +134,6 @@ def pointwise_rows(n, dtype, repeats, cases=POINTWISE, with_torch=True):
     return rows
 
 
-def threaded_abs(a, out):
-    """np.abs over the kernels' threads: the 1 read + 1 write ceiling at their thread count."""
-    c = CEILING_CHUNK
-    run_chunks(lambda first, stop: np.abs(a[first * c:stop * c], out=out[first * c:stop * c]), -(-a.size // c))
-
-
 def sparse_rows(n, dtype, repeats):
     """Soft-thresholding and fused weight decay against their streaming ceilings:
     np.abs (1 read, 1 write) and np.add (2 reads + 1 write, or 1 read + 2 writes)."""
@@ -148,13 +142,13 @@ def sparse_rows(n, dtype, repeats):
     g = rng.standard_normal(n).astype(dtype)
     out, mask, o = np.empty_like(c), np.empty_like(c), np.empty_like(c)
     atoms = rng.random(64).astype(dtype)  # one threshold per atom, codes of 64 atoms
-    cases = [("soft_threshold", 2, lambda: np.abs(c, out=o), lambda: threaded_abs(c, o),
+    cases = [("soft_threshold", 2, lambda: np.abs(c, out=o), lambda: threaded(np.abs, c, out=o),
               lambda: fa.soft_threshold(c, 0.5, out=out)),
-             ("soft_threshold per atom", 2, lambda: np.abs(c, out=o), lambda: threaded_abs(c, o),
+             ("soft_threshold per atom", 2, lambda: np.abs(c, out=o), lambda: threaded(np.abs, c, out=o),
               lambda: fa.soft_threshold(c.reshape(-1, 64), atoms, out=out.reshape(-1, 64))),
-             ("soft_threshold+mask", 3, lambda: np.add(c, g, out=o), lambda: threaded_add(c, g, o),
+             ("soft_threshold+mask", 3, lambda: np.add(c, g, out=o), lambda: threaded(np.add, c, g, out=o),
               lambda: fa.soft_threshold(c, 0.5, grad=True, out=out, mask_out=mask)),
-             ("l2_penalty accumulate", 3, lambda: np.add(c, g, out=o), lambda: threaded_add(c, g, o),
+             ("l2_penalty accumulate", 3, lambda: np.add(c, g, out=o), lambda: threaded(np.add, c, g, out=o),
               lambda: fa.l2_penalty(c, 1e-4, accumulate_into=g))]
     rows = []
     for name, arrays, plain, ceiling, ours in cases:

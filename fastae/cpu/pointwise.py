@@ -179,14 +179,25 @@ def _point(loss, act, z, t):
 
 # ---------------------------------------------------------------- the loop
 def window(a, start, stop):
-    """``a[start:stop]``, or None when ``a`` is None (resolved at compile time)."""
+    """``a[start:stop]`` for an array; None or a scalar as it is (resolved at compile time)."""
 
 
 @overload(window, inline="always")
 def _window(a, start, stop):
-    if a is None or isinstance(a, types.NoneType):
-        return lambda a, start, stop: None
-    return lambda a, start, stop: a[start:stop]
+    if isinstance(a, types.Array):
+        return lambda a, start, stop: a[start:stop]
+    return lambda a, start, stop: a
+
+
+def item(a, i):
+    """``a[i]`` for an array, a scalar as it is (resolved at compile time)."""
+
+
+@overload(item, inline="always")
+def _item(a, i):
+    if isinstance(a, types.Array):
+        return lambda a, i: a[i]
+    return lambda a, i: a
 
 
 @njit(**KERNEL_OPTIONS)
@@ -198,8 +209,8 @@ def _block(loss, act, z, t, w, grad, grad_add, values, scale):
     for i in range(z.size):
         value, slope, outside = point(loss, act, z[i], like(scale, 0.0) if t is None else t[i])
         if w is not None:
-            value = value * w[i]
-            slope = slope * w[i]
+            value = value * item(w, i)
+            slope = slope * item(w, i)
         if grad is not None:
             grad[i] = slope * scale
         if grad_add is not None:
@@ -217,7 +228,8 @@ def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums
     each chunk's sum into ``sums`` and its count of elements outside the
     loss's domain into ``bad``.
 
-    ``t`` (None: a zero target, for penalties), ``w`` (weights), ``grad``
+    ``t`` (None: a zero target, for penalties), ``w`` (weights: an array or
+    one scalar for all), ``grad``
     (receives scale * w * dloss/dz), ``grad_add`` (has it added) and
     ``values`` (receives w * loss per element) may each be None: the branches
     on them are removed at compile time. Each block is handed over as slices: LLVM
@@ -268,10 +280,12 @@ def pointwise(loss, params, activation, negative_slope, pred, target, weight, gr
 
     Returns ``(total, n_outside_domain)``; writes ``grad`` and ``values`` and
     adds into ``grad_add`` when they are arrays. ``target`` None is a zero
-    target; ``weight`` is None or an array of pred's size.
+    target; ``weight`` is None, a scalar, or an array of pred's size.
     """
     dtype = pred.dtype
-    flat = [None if a is None else a.reshape(-1) for a in (pred, target, weight, grad, grad_add, values)]
+    flat = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in (pred, target, weight, grad, grad_add, values)]
+    if flat[2] is not None and not isinstance(flat[2], np.ndarray):
+        flat[2] = dtype.type(flat[2])
     specs = _loss_spec(loss, params, dtype), _activation_spec(activation, negative_slope, dtype)
     n_chunks = -(-pred.size // CHUNK)
     sums = np.empty(n_chunks)

@@ -5,41 +5,18 @@
 shrinkage step of ISTA/FISTA.
 """
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from numba import njit
 
 from ._math import like
 from ._threads import run_chunks
-from .pointwise import BLOCK, CHUNK, KERNEL_OPTIONS, window
-
-
-def lam_window(lam, start, stop):
-    """The thresholds for elements start..stop of a segment: a scalar as is, an array sliced."""
-
-
-@overload(lam_window)
-def _lam_window(lam, start, stop):
-    if isinstance(lam, types.Array):
-        return lambda lam, start, stop: lam[start:stop]
-    return lambda lam, start, stop: lam
-
-
-def lam_at(lam, i):
-    """Threshold ``i`` of a segment."""
-
-
-@overload(lam_at)
-def _lam_at(lam, i):
-    if isinstance(lam, types.Array):
-        return lambda lam, i: lam[i]
-    return lambda lam, i: lam
+from .pointwise import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 
 
 @njit(**KERNEL_OPTIONS)
 def _soft_block(c, lam, out, mask):
     for i in range(c.size):
         x = c[i]
-        t = lam_at(lam, i)
+        t = item(lam, i)
         zero = like(x, 0.0)
         small = abs(x) <= t  # false for nan: nan stays nan, its mask is 1 (as torch's softshrink)
         out[i] = zero if small else (x - t if x > zero else x + t)
@@ -56,7 +33,7 @@ def _soft_segments(c, lam, period, out, mask, seg, first, stop):
         b = s * seg
         e = min(b + seg, n)
         o = b % period
-        _soft_block(c[b:e], lam_window(lam, o, o + e - b), out[b:e], window(mask, b, e))
+        _soft_block(c[b:e], window(lam, o, o + e - b), out[b:e], window(mask, b, e))
 
 
 def soft_threshold(c, lam, out, mask):
