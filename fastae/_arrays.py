@@ -1,16 +1,21 @@
 """Argument checks and array-type dispatch shared by every public function.
 
-A call's arrays must all be of one kind: NumPy arrays run on the CPU kernels,
-torch CPU tensors are viewed as NumPy arrays through DLPack (no copy) and the
-results are handed back as tensors. CUDA arrays (CuPy, torch on CUDA) belong
-to the CUDA backend.
+A call's arrays must all be of one kind. NumPy arrays run on the CPU kernels
+and torch CPU tensors are viewed as NumPy arrays through DLPack (no copy).
+CuPy arrays, torch CUDA tensors (through DLPack) and any other
+``__cuda_array_interface__`` array run on the CUDA kernels. Results come back
+in the caller's array type, on its device.
 """
+import contextlib
 import numbers
 import sys
 
 import numpy as np
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+CPU_DTYPES = ("float32", "float64")
+GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
+GPU_KINDS = ("cupy", "cuda", "torch_cuda")
+CTYPES = {"float32": "float", "float64": "double", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 
 def _torch_tensor_type():
@@ -19,44 +24,69 @@ def _torch_tensor_type():
 
 
 def kind_of(x, name):
-    """'numpy' or 'torch'; TypeError for anything else."""
+    """'numpy', 'torch', 'cupy', 'torch_cuda' or 'cuda' (another CUDA array); TypeError for anything else."""
     if isinstance(x, np.ndarray):
         return "numpy"
     tensor = _torch_tensor_type()
     if tensor is not None and isinstance(x, tensor):
-        if x.device.type != "cpu":
-            raise NotImplementedError(f"{name} is a torch tensor on {x.device}: the CUDA backend is not built yet")
-        return "torch"
+        if x.device.type == "cpu":
+            return "torch"
+        if x.device.type == "cuda":
+            return "torch_cuda"
+        raise TypeError(f"{name} is a torch tensor on {x.device}: fastae runs on the CPU and on CUDA devices")
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return "cupy"
     if hasattr(x, "__cuda_array_interface__"):
-        raise NotImplementedError(f"{name} is a CUDA array ({type(x).__name__}): the CUDA backend is not built yet")
-    raise TypeError(f"{name} must be a numpy.ndarray or a torch.Tensor, got {type(x).__name__}")
+        return "cuda"
+    raise TypeError(f"{name} must be a numpy.ndarray, a cupy.ndarray or a torch.Tensor, got {type(x).__name__}")
 
 
-def as_numpy(x, kind):
-    """A NumPy view of ``x`` (no copy)."""
-    return x if kind == "numpy" else np.from_dlpack(x.detach())
+def dtype_name(x):
+    """'float32', 'bfloat16', ... of an array or tensor."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.name
+    tensor = _torch_tensor_type()
+    if tensor is not None and isinstance(x, tensor):
+        return str(x.dtype).removeprefix("torch.")
+    return np.dtype(x.dtype).name if hasattr(x, "dtype") else np.dtype(x.__cuda_array_interface__["typestr"]).name
 
 
-def from_numpy(a, kind):
-    """``a`` handed back in the caller's array type (no copy)."""
-    if kind == "numpy":
-        return a
-    return sys.modules["torch"].from_dlpack(a)
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError("a CUDA array was passed: the CUDA backend needs CuPy "
+                          "(pip install 'fastae[cuda]')") from None
+    return cupy
+
+
+def as_array(x, kind):
+    """A NumPy (CPU) or CuPy (CUDA) view of ``x``, no copy. bfloat16 tensors are
+    viewed as int16 (CuPy has no bfloat16): the kernels read their bits."""
+    if kind == "numpy" or kind == "cupy":
+        return x
+    if kind == "torch":
+        return np.from_dlpack(x.detach())
+    cupy = _cupy()
+    if kind == "cuda":
+        return cupy.asarray(x)
+    x = x.detach()
+    if x.dtype == sys.modules["torch"].bfloat16:
+        x = x.view(sys.modules["torch"].int16)
+    return cupy.from_dlpack(x)
+
+
+def check_float(name_of_dtype, name, gpu=False):
+    allowed = GPU_DTYPES if gpu else CPU_DTYPES
+    if name_of_dtype not in allowed:
+        where = " (float16 and bfloat16 run on CUDA devices only)" if not gpu and name_of_dtype in GPU_DTYPES else ""
+        raise TypeError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {name_of_dtype}{where}")
 
 
 def contiguous(a):
     """``a`` itself when C-contiguous, else a C-ordered copy (0-d stays 0-d)."""
     return a if a.flags.c_contiguous else a.copy(order="C")
-
-
-def check_float(a, name):
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-
-
-def check_same_dtype(a, name, ref, ref_name):
-    if a.dtype != ref.dtype:
-        raise TypeError(f"mixed dtypes: {name} is {a.dtype}, {ref_name} is {ref.dtype}")
 
 
 def check_choice(value, name, choices):
@@ -80,26 +110,39 @@ def check_number(value, name, *, positive=False, nonnegative=False):
 
 
 class Call:
-    """The arrays of one call, checked and viewed as NumPy.
+    """The arrays of one call, checked and viewed as NumPy (CPU) or CuPy (CUDA).
 
-    ``pred`` fixes the array kind, the dtype and the shape; every other array
-    is checked against it.
+    ``pred`` fixes the array kind, the device, the dtype and the shape; every
+    other array is checked against it. ``xp`` is the array module of the
+    views, ``gpu`` whether they run on the CUDA kernels, ``ctype`` the
+    kernels' element type.
     """
 
     def __init__(self, pred, name="pred"):
         self.kind = kind_of(pred, name)
-        self.pred = as_numpy(pred, self.kind)
-        check_float(self.pred, name)
+        self.gpu = self.kind in GPU_KINDS
+        self.dtype_name = dtype_name(pred)
+        check_float(self.dtype_name, name, self.gpu)
+        self.ctype = CTYPES[self.dtype_name]
+        self.pred = as_array(pred, self.kind)
+        self.xp = sys.modules["cupy"] if self.gpu else np
         self.name = name
+        # the dtype in which values (losses) are computed before they are handed back
+        self.value_dtype = np.dtype(np.float32) if self.dtype_name == "bfloat16" else self.pred.dtype
 
     def like_pred(self, x, name, *, shape=True):
-        """``x`` checked to be of pred's kind and dtype (and shape), as NumPy."""
+        """``x`` checked to be of pred's kind, device and dtype (and shape), as a view."""
         kind = kind_of(x, name)
         if kind != self.kind:
             raise TypeError(f"mixed array types: {self.name} is {self.kind}, {name} is {kind}")
-        a = as_numpy(x, kind)
-        check_float(a, name)
-        check_same_dtype(a, name, self.pred, self.name)
+        dtype = dtype_name(x)
+        check_float(dtype, name, self.gpu)
+        if dtype != self.dtype_name:
+            raise TypeError(f"mixed dtypes: {name} is {dtype}, {self.name} is {self.dtype_name}")
+        a = as_array(x, kind)
+        if self.gpu and a.device.id != self.pred.device.id:
+            raise TypeError(f"mixed devices: {name} is on CUDA device {a.device.id}, {self.name} on "
+                            f"{self.pred.device.id}")
         if shape and a.shape != self.pred.shape:
             raise ValueError(f"{name} has shape {a.shape}, {self.name} has shape {self.pred.shape}")
         return a
@@ -113,20 +156,50 @@ class Call:
             return float(weight)
         w = self.like_pred(weight, "weight", shape=False)
         try:
-            full = np.broadcast_to(w, self.pred.shape)
+            full = self.xp.broadcast_to(w, self.pred.shape)
         except ValueError:
             raise ValueError(f"weight of shape {w.shape} does not broadcast to {self.name}'s shape "
                              f"{self.pred.shape}") from None
-        return float(w.reshape(())) if w.size == 1 else contiguous(full)
+        if w.size == 1 and not self.gpu:
+            return float(w.reshape(()))
+        return contiguous(full)  # on the GPU, float() would wait for the device
+
+    def empty(self, shape=None):
+        """A new C-contiguous array of pred's dtype (and shape), on its device."""
+        return self.xp.empty(self.pred.shape if shape is None else shape, self.pred.dtype)
 
     def out(self, out, name="out"):
         """A new C-contiguous buffer of pred's shape and dtype, or ``out`` checked to be one."""
         if out is None:
-            return np.empty(self.pred.shape, self.pred.dtype)
+            return self.empty()
         a = self.like_pred(out, name)
-        if not a.flags.c_contiguous or not a.flags.writeable:
+        if not a.flags.c_contiguous or (not self.gpu and not a.flags.writeable):
             raise ValueError(f"{name} must be a writeable C-contiguous array")
         return a
 
+    def context(self):
+        """Where the CUDA kernels of this call run: pred's device and the caller's
+        current stream (torch's, for torch tensors). Nothing on the CPU."""
+        if not self.gpu:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        cupy = self.xp
+        stack.enter_context(cupy.cuda.Device(self.pred.device.id))
+        if self.kind == "torch_cuda":
+            torch = sys.modules["torch"]
+            stream = torch.cuda.current_stream(self.pred.device.id)
+            stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, self.pred.device.id))
+        return stack
+
     def back(self, a):
-        return from_numpy(a, self.kind)
+        """``a`` handed back in the caller's array type (no copy, but a value of a
+        bfloat16 call, computed in float32, is cast)."""
+        if self.kind == "torch":
+            return sys.modules["torch"].from_dlpack(a)
+        if self.kind != "torch_cuda":
+            return a
+        torch = sys.modules["torch"]
+        t = torch.from_dlpack(a)
+        if self.dtype_name == "bfloat16":
+            t = t.view(torch.bfloat16) if t.dtype == torch.int16 else t.to(torch.bfloat16)
+        return t

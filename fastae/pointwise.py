@@ -20,6 +20,7 @@ import numpy as np
 
 from ._arrays import Call, check_choice, check_number, contiguous
 from .cpu import pointwise as cpu_pointwise
+from .cuda import pointwise as cuda_pointwise
 
 LossGrad = namedtuple("LossGrad", "loss grad")
 LossGrad.__doc__ = "A loss and its gradient with respect to the prediction."
@@ -41,21 +42,23 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
         raise ValueError("out receives the gradient: pass grad=True with it")
     w = call.weight(weight)
     g = call.out(out) if grad else None
-    values = np.empty(p.shape, p.dtype) if reduction == "none" else None
+    values = call.empty() if reduction == "none" else None
 
     n = p.size
     count = {"mean": n, "sum": 1, "none": 1, "batchmean": p.shape[0] if p.ndim else 1}[reduction]
     scale = 1.0 / count if count else 0.0
-    total, outside = cpu_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values, scale)
-    if outside:
-        where = "pred" if activation == "identity" else f"{activation}(pred)"
-        raise ValueError(f"{loss}: {outside} of {n} values of {where} lie outside [0, 1]; "
-                         "for logits pass activation='sigmoid'")
-    if values is not None:
-        value = values
+    if call.gpu:  # out-of-domain values make the loss NaN: raising would wait for the device
+        with call.context():
+            value, _ = cuda_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values,
+                                                scale, 1.0 / count if count else np.nan, call.ctype)
     else:
+        total, outside = cpu_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values, scale)
+        if outside:
+            where = "pred" if activation == "identity" else f"{activation}(pred)"
+            raise ValueError(f"{loss}: {outside} of {n} values of {where} lie outside [0, 1]; "
+                             "for logits pass activation='sigmoid'")
         value = np.array(total / count if count else np.nan, p.dtype)
-    value = call.back(value)
+    value = call.back(values if values is not None else value)
     if not grad:
         return value
     return LossGrad(value, out if out is not None else call.back(g))
@@ -97,7 +100,8 @@ def gaussian_nll(pred, target, *, sigma=1.0, reduction="mean", weight=None, acti
                  negative_slope=0.01, grad=False, out=None):
     """Gaussian negative log-likelihood ((y - t) / sigma)^2 / 2 + log sigma + log(2 pi) / 2:
     MSE as a likelihood with fixed noise scale sigma."""
-    params = {"sigma": check_number(sigma, "sigma", positive=True)}
+    sigma = check_number(sigma, "sigma", positive=True)
+    params = {"inv_var": 1.0 / sigma**2, "const": np.log(sigma) + 0.5 * np.log(2 * np.pi)}
     return _pointwise("gaussian_nll", params, pred, target, reduction, weight, activation, negative_slope,
                       grad, out)
 
@@ -105,6 +109,7 @@ def gaussian_nll(pred, target, *, sigma=1.0, reduction="mean", weight=None, acti
 def laplace_nll(pred, target, *, scale=1.0, reduction="mean", weight=None, activation="identity",
                 negative_slope=0.01, grad=False, out=None):
     """Laplace negative log-likelihood |y - t| / scale + log(2 scale): L1 as a likelihood."""
-    params = {"scale": check_number(scale, "scale", positive=True)}
+    scale = check_number(scale, "scale", positive=True)
+    params = {"inv_scale": 1.0 / scale, "const": np.log(2 * scale)}
     return _pointwise("laplace_nll", params, pred, target, reduction, weight, activation, negative_slope,
                       grad, out)

@@ -14,6 +14,8 @@ import numpy as np
 from ._arrays import Call, check_number, contiguous, is_number
 from .cpu import pointwise as cpu_pointwise
 from .cpu import sparse as cpu_sparse
+from .cuda import pointwise as cuda_pointwise
+from .cuda import sparse as cuda_sparse
 from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
@@ -22,7 +24,9 @@ Thresholded.__doc__ = "Soft-thresholded codes and their derivative (1 where |c| 
 
 def _thresholds(call, lam):
     """lam as a non-negative number, or as a C-contiguous array whose flat
-    values repeat along c's (varying along trailing axes only) or match them."""
+    values repeat along c's (varying along trailing axes only) or match them.
+    (On a CUDA device the signs of an array lam are not checked: that would
+    wait for the device.)"""
     if is_number(lam):
         return check_number(lam, "lam", nonnegative=True)
     a = call.like_pred(lam, "lam", shape=False)
@@ -33,14 +37,14 @@ def _thresholds(call, lam):
         fits = False
     if not fits:
         raise ValueError(f"lam of shape {a.shape} does not broadcast to {call.name}'s shape {shape}")
-    if not (a >= 0).all():
+    if not call.gpu and not (a >= 0).all():
         raise ValueError(f"lam must be non-negative, got min {a.min()}")
-    if a.size == 1:
+    if a.size == 1 and not call.gpu:
         return float(a.reshape(()))
     core = a.reshape(a.shape[next(i for i, d in enumerate(a.shape) if d != 1):])  # leading 1s dropped
     if core.shape == shape[len(shape) - core.ndim:]:
         return contiguous(core)
-    return contiguous(np.broadcast_to(a, shape))
+    return contiguous(call.xp.broadcast_to(a, shape))
 
 
 def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
@@ -59,7 +63,11 @@ def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
         raise ValueError("mask_out receives the derivative: pass grad=True with it")
     codes = call.out(out)
     mask = call.out(mask_out, "mask_out") if grad else None
-    cpu_sparse.soft_threshold(a, lam, codes, mask)
+    if call.gpu:
+        with call.context():
+            cuda_sparse.soft_threshold(a, lam, codes, mask, call.ctype)
+    else:
+        cpu_sparse.soft_threshold(a, lam, codes, mask)
     result = out if out is not None else call.back(codes)
     if not grad:
         return result
@@ -72,8 +80,15 @@ def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     a = contiguous(call.pred)
     g = call.out(out) if grad else None
     acc = None if accumulate_into is None else call.out(accumulate_into, "accumulate_into")
-    total, _ = cpu_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient, grad_add=acc)
-    value = call.back(np.array(coefficient * total, a.dtype))
+    if call.gpu:
+        with call.context():
+            value, _ = cuda_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
+                                                coefficient, call.ctype, grad_add=acc)
+    else:
+        total, _ = cpu_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
+                                           grad_add=acc)
+        value = np.array(coefficient * total, a.dtype)
+    value = call.back(value)
     if not grad:
         return value
     return LossGrad(value, out if out is not None else call.back(g))
@@ -112,6 +127,12 @@ def kl_sparsity(h, rho, *, beta=1.0, grad=False):
         raise ValueError(f"rho must lie in (0, 1), got {rho}")
     if a.ndim != 2 or a.shape[0] == 0:
         raise ValueError(f"h must have shape (n, k) with n >= 1, got {a.shape}")
+    if call.gpu:  # a value outside (0, 1) makes the result NaN: raising would wait for the device
+        g = call.empty() if grad else None
+        with call.context():
+            value = cuda_sparse.kl_sparsity(contiguous(a), rho, beta, g, call.ctype)
+            value = call.back(call.xp.asarray(value, call.value_dtype))
+        return LossGrad(value, call.back(g)) if grad else value
     if not ((a > 0) & (a < 1)).all():
         raise ValueError(f"h must lie in (0, 1) (activations of a sigmoid): found values in "
                          f"[{np.nanmin(a)}, {np.nanmax(a)}]" + (" and nan" if np.isnan(a).any() else ""))
@@ -122,6 +143,8 @@ def kl_sparsity(h, rho, *, beta=1.0, grad=False):
 
 def _signals_and_dictionary(x, D, name):
     call = Call(x, "x")
+    if call.gpu and call.dtype_name not in ("float32", "float64"):
+        raise TypeError(f"x is {call.dtype_name}: sparse codes are solved in float32 or float64")
     a = call.pred
     d = call.like_pred(D, name, shape=False)
     if d.ndim != 2:
@@ -134,16 +157,23 @@ def _signals_and_dictionary(x, D, name):
 
 def lasso_codes(x, U, alpha):
     """argmin_z ||x - U z||^2 + alpha ||z||_1 for U (d, k) with orthonormal
-    columns: soft(U^T x, alpha / 2), for x of shape (n, d) or (d,)."""
+    columns: soft(U^T x, alpha / 2), for x of shape (n, d) or (d,). (On a
+    CUDA device the orthonormality check waits for the device.)"""
     call, a, u = _signals_and_dictionary(x, U, "U")
     alpha = check_number(alpha, "alpha", nonnegative=True)
-    off = np.abs(u.T @ u - np.eye(u.shape[1], dtype=u.dtype)).max(initial=0.0)
-    tolerance = np.sqrt(np.finfo(u.dtype).eps)
-    if off > tolerance:
-        raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
-                         f"{tolerance:.1g}); use fastae.ista for a general dictionary")
-    codes = a @ u
-    cpu_sparse.soft_threshold(codes, alpha / 2, codes, None)
+    xp = call.xp
+    with call.context():
+        gram = u.T @ u
+        off = float(xp.abs(gram - xp.eye(u.shape[1], dtype=u.dtype)).max()) if gram.size else 0.0
+        tolerance = np.sqrt(np.finfo(u.dtype).eps)
+        if off > tolerance:
+            raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
+                             f"{tolerance:.1g}); use fastae.ista for a general dictionary")
+        codes = a @ u
+        if call.gpu:
+            cuda_sparse.soft_threshold(codes, alpha / 2, codes, None, call.ctype)
+        else:
+            cpu_sparse.soft_threshold(codes, alpha / 2, codes, None)
     return call.back(codes)
 
 
@@ -152,21 +182,29 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     batched over the rows of x ((n, d) or (d,)); returns codes (n, k) or (k,).
 
     FISTA (``accelerated=True``, with adaptive momentum restart) or ISTA, step
-    1 / L with L = 2 ||D||_2^2. Each signal stops when the relative change of
-    its codes ||z' - z|| / ||z'|| falls under ``tol``, or when, its support
-    found, one small linear solve on that support gives the exact optimum
-    (checked by the optimality conditions); at most ``n_iter`` steps.
+    1 / L with L = 2 ||D||_2^2. On the CPU each signal stops when the relative
+    change of its codes ||z' - z|| / ||z'|| falls under ``tol``, or when, its
+    support found, one small linear solve on that support gives the exact
+    optimum (checked by the optimality conditions); on a CUDA device the batch
+    stops when every signal's change is under ``tol`` (checked every few
+    steps). At most ``n_iter`` steps.
     """
     call, a, d = _signals_and_dictionary(x, D, "D")
     alpha = check_number(alpha, "alpha", nonnegative=True)
     tol = check_number(tol, "tol", nonnegative=True)
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
-    signals = a.reshape(-1, d.shape[0])
-    lipschitz = 2.0 * float(np.linalg.norm(d.astype(np.float64), 2)) ** 2
-    if lipschitz == 0.0:
-        codes = np.zeros((signals.shape[0], d.shape[1]), a.dtype)
-    else:
-        codes = cpu_sparse.fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz,
-                                 n_iter, tol, accelerated)
+    xp = call.xp
+    with call.context():
+        signals = a.reshape(-1, d.shape[0])
+        d64 = d.astype(np.float64)
+        norm = float(xp.linalg.svd(d64, compute_uv=False)[0]) if d.size else 0.0
+        lipschitz = 2.0 * norm ** 2
+        if lipschitz == 0.0:
+            codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
+        else:
+            solve = cuda_sparse.fista if call.gpu else cpu_sparse.fista
+            extra = (call.ctype,) if call.gpu else ()
+            codes = solve(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz, n_iter, tol,
+                          accelerated, *extra)
     return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))

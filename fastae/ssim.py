@@ -14,6 +14,9 @@ import numpy as np
 from ._arrays import Call, check_choice, check_number, contiguous
 from .cpu import pointwise as cpu_pointwise
 from .cpu import ssim as cpu_ssim
+from .cuda import pointwise as cuda_pointwise
+from .cuda import bfloat16 as cuda_bfloat16
+from .cuda import ssim as cuda_ssim
 from .pointwise import LossGrad
 
 PADDINGS = ("valid", "same")
@@ -46,6 +49,7 @@ class _Images:
         self.batch = p.shape[:-3]  # () or (N,)
         self.x = contiguous(p).reshape(-1, self.h, self.w)
         self.y = contiguous(t).reshape(-1, self.h, self.w)
+        self.xp, self.ctype = self.call.xp, self.call.ctype
         self.window = cpu_ssim.gaussian_window(self.win_size, self.sigma)
         self.pad = self.win_size // 2 if padding == "same" else 0
         self.c1 = (self.k1 * self.data_range) ** 2
@@ -59,20 +63,27 @@ class _Images:
         return (h + 2 * self.pad - self.win_size + 1) * (w + 2 * self.pad - self.win_size + 1)
 
     def planes(self, x, y, use_cs, scales, grad, accumulate=False):
+        """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad``, scales[p] times
+        each plane's gradient written (or added) into it."""
+        if self.call.gpu:
+            return cuda_ssim.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
+                                         accumulate, self.ctype)
         return cpu_ssim.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
                                     accumulate)
+
+    def full(self, planes, value):
+        return self.xp.full(planes, value, np.float64)
 
     def per_image(self, per_plane):
         """Mean over channels: one value per image, shaped as the batch axes."""
         return per_plane.reshape(-1, self.channels).mean(axis=1).reshape(self.batch)
 
     def reduce(self, per_plane, sign=1.0, offset=0.0):
-        dtype = self.x.dtype
         if self.reduction == "none":
-            value = np.asarray(offset + sign * self.per_image(per_plane), dtype)
+            value = offset + sign * self.per_image(per_plane)
         else:
-            value = np.array(offset + sign * per_plane.mean(), dtype)
-        return self.call.back(value)
+            value = offset + sign * per_plane.mean()
+        return self.call.back(self.xp.asarray(value, self.call.value_dtype))
 
     def plane_weight(self):
         """d (reduced value) / d (plane value): planes averaged over all, or over channels."""
@@ -82,9 +93,10 @@ class _Images:
 def _ssim(images, sign, offset, grad, out):
     n_pos = images.positions(images.h, images.w)
     g = images.call.out(out).reshape(images.x.shape) if grad else None
-    scales = np.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
-    per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
-    value = images.reduce(per_plane, sign, offset)
+    with images.call.context():
+        scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
+        per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
+        value = images.reduce(per_plane, sign, offset)
     if not grad:
         return value
     return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
@@ -124,12 +136,17 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     n_pos = images.positions(images.h, images.w)
     g = images.call.out(out).reshape(images.x.shape) if grad else None
     n = images.x.size
-    pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                           alpha / n if n else 0.0)
-    scales = np.full(images.x.shape[0], -(1.0 - alpha) / (images.x.shape[0] * n_pos))
-    per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
-    value = images.call.back(np.array(alpha * pixel_sum / n + (1.0 - alpha) * (1.0 - per_plane.mean()),
-                                      images.x.dtype))
+    with images.call.context():
+        if images.call.gpu:
+            _, pixel_sum = cuda_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
+                                                    alpha / n if n else 0.0, 1.0, images.ctype)
+        else:
+            pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
+                                                   alpha / n if n else 0.0)
+        scales = images.full(images.x.shape[0], -(1.0 - alpha) / (images.x.shape[0] * n_pos))
+        per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
+        value = images.call.back(images.xp.asarray(alpha * pixel_sum / n + (1.0 - alpha) * (1.0 - per_plane.mean()),
+                                                   images.call.value_dtype))
     if not grad:
         return value
     return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
@@ -143,7 +160,7 @@ def _avg_pool(a, pads):
     """2x2 average pooling with zero padding (ph, pw) on both sides, padding counted (torch's avg_pool2d)."""
     ph, pw = pads
     p, h, w = a.shape
-    padded = np.zeros((p, h + 2 * ph, w + 2 * pw), a.dtype)
+    padded = np.zeros_like(a, shape=(p, h + 2 * ph, w + 2 * pw))
     padded[:, ph:ph + h, pw:pw + w] = a
     ho, wo = (h + 2 * ph) // 2, (w + 2 * pw) // 2
     a = padded[:, :2 * ho, :2 * wo]
@@ -154,7 +171,7 @@ def _avg_pool_adjoint(g, pads, h, w):
     """The gradient through _avg_pool: each output spreads a quarter to its four inputs."""
     ph, pw = pads
     p, ho, wo = g.shape
-    padded = np.zeros((p, h + 2 * ph, w + 2 * pw), g.dtype)
+    padded = np.zeros_like(g, shape=(p, h + 2 * ph, w + 2 * pw))
     quarter = g * g.dtype.type(0.25)
     for i in (0, 1):
         for j in (0, 1):
@@ -169,7 +186,7 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     prod_l value_l ** weight_l, the images halved by 2x2 average pooling (odd
     sizes zero-padded) between levels. Valid filtering; the smaller side must
     exceed (win_size - 1) * 2 ** (levels - 1). Gradient exact (a level whose
-    value is clamped to 0 passes no gradient).
+    value is clamped to 0 passes no gradient). bfloat16 images run in float32.
     """
     images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction)
     w = np.asarray(MS_SSIM_WEIGHTS if weights is None else weights, dtype=np.float64)
@@ -180,32 +197,42 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     if min(images.h, images.w) <= need:
         raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
                          f"than {need} pixels a side, got {images.h}x{images.w}")
-    # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
-    # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
-    g = images.call.out(out).reshape(images.x.shape) if grad else None
-    x, y, pads, values, grads = images.x, images.y, [], [], []
-    for level in range(levels):
-        n_pos = images.positions(*x.shape[1:])
-        last = level == levels - 1
-        here = None if not grad else (g if level == 0 else np.empty_like(x))
-        values.append(np.maximum(images.planes(x, y, not last, np.full(x.shape[0], 1.0 / n_pos), here) / n_pos,
-                                 0.0))
-        grads.append(here)
-        if not last:
-            pads.append(_pool_pads(*x.shape[1:]))
-            x, y = _avg_pool(x, pads[-1]), _avg_pool(y, pads[-1])
-    values = np.array(values)  # (levels, planes)
-    per_plane = np.prod(values ** w[:, None], axis=0)
-    value = images.reduce(per_plane)
-    if not grad:
-        return value
-    total = None
-    for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d_value = np.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
-        here = grads[level]
-        here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
-        if total is not None:
-            here += _avg_pool_adjoint(total, pads[level], *here.shape[1:])
-        total = here
-    return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
+    xp = images.xp
+    result = images.call.out(out).reshape(images.x.shape) if grad else None
+    x, y, g = images.x, images.y, result
+    if images.ctype == "__nv_bfloat16":  # pooling needs arithmetic on the values: run in float32
+        x, y = cuda_bfloat16.to_float32(x), cuda_bfloat16.to_float32(y)
+        g = None if result is None else xp.empty(x.shape, np.float32)
+        images.ctype = "float"
+    with images.call.context():
+        # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
+        # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
+        pads, values, grads = [], [], []
+        for level in range(levels):
+            n_pos = images.positions(*x.shape[1:])
+            last = level == levels - 1
+            here = None if not grad else (g if level == 0 else xp.empty_like(x))
+            values.append(xp.maximum(images.planes(x, y, not last, images.full(x.shape[0], 1.0 / n_pos), here)
+                                     / n_pos, 0.0))
+            grads.append(here)
+            if not last:
+                pads.append(_pool_pads(*x.shape[1:]))
+                x, y = _avg_pool(x, pads[-1]), _avg_pool(y, pads[-1])
+        values = xp.stack(values)  # (levels, planes)
+        w = xp.asarray(w)
+        per_plane = xp.prod(values ** w[:, None], axis=0)
+        value = images.reduce(per_plane)
+        if not grad:
+            return value
+        total = None
+        for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
+            here = grads[level]
+            here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
+            if total is not None:
+                here += _avg_pool_adjoint(total, pads[level], *here.shape[1:])
+            total = here
+        if g is not result:
+            cuda_bfloat16.from_float32(g, result)
+    return LossGrad(value, out if out is not None else images.call.back(result.reshape(images.shape)))

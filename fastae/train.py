@@ -48,7 +48,8 @@ def build(config, shape):
 def train(config, progress=True):
     """Train one model; returns (model, history, validation data, image shape)."""
     if config["device"] != "cpu":
-        raise NotImplementedError("--device cuda needs the CUDA backend, which is not built yet")
+        raise NotImplementedError("--device cuda: the models run on NumPy arrays only so far; on a GPU, use the "
+                                  "losses directly on CuPy arrays or torch tensors (fastae.torch)")
     train_x, val_x, shape = load_data(config["data"], config["quick"])
     model = build(config, shape)
     history = []

@@ -250,23 +250,13 @@ def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums
 
 
 # ---------------------------------------------------------------- launcher
+SPECS = {"mse": MSE, "l1": L1, "huber": Huber, "bce": BCE, "gaussian_nll": GaussianNLL, "laplace_nll": LaplaceNLL}
+
+
 def _loss_spec(name, params, dtype):
-    f = dtype.type
-    if name == "mse":
-        return MSE()
-    if name == "l1":
-        return L1()
-    if name == "huber":
-        return Huber(f(params["delta"]))
-    if name == "bce":
-        return BCE()
-    if name == "gaussian_nll":
-        sigma = params["sigma"]
-        return GaussianNLL(f(1.0 / sigma**2), f(np.log(sigma) + 0.5 * np.log(2 * np.pi)))
-    if name == "laplace_nll":
-        scale = params["scale"]
-        return LaplaceNLL(f(1.0 / scale), f(np.log(2 * scale)))
-    raise KeyError(name)
+    """The spec of loss ``name``; ``params`` holds its fields by name (see fastae.pointwise)."""
+    spec = SPECS[name]
+    return spec(*(dtype.type(params[field]) for field in spec._fields))
 
 
 def _activation_spec(name, negative_slope, dtype):

@@ -1,0 +1,72 @@
+"""Load ``kernels/*.cu`` through CuPy: NVRTC compiles each template instance
+on first use (CuPy keeps it in its on-disk cache), per device."""
+import functools
+import glob
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+THREADS = 256       # threads per block of the element-wise kernels
+MAX_BLOCKS = 1024   # grid of the reductions: fixed by the size alone, so results do not depend on the device
+
+
+def kernel_dir():
+    """``fastae/kernels`` in an installed wheel, ``kernels/`` beside the package in a checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for where in (package / "kernels", package.parent / "kernels"):
+        if (where / "common.cuh").is_file():
+            return where
+    raise FileNotFoundError(f"fastae's CUDA sources (kernels/*.cu) are missing beside {package}")
+
+
+@functools.cache
+def source(file):
+    """The text of ``file`` with ``common.cuh`` inlined, so CuPy's cache key covers the helpers too."""
+    where = kernel_dir()
+    return (where / file).read_text().replace('#include "common.cuh"', (where / "common.cuh").read_text())
+
+
+@functools.cache
+def include_options():
+    """-I options for the CUDA headers (cuda_fp16.h, cuda_bf16.h): the toolkit CuPy found, else
+    CUDA_HOME/CUDA_PATH, else the headers of NVIDIA's pip packages."""
+    import cupy
+    roots = [cupy.cuda.get_cuda_path(), os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates = [os.path.join(root, "include") for root in roots if root]
+    for entry in sys.path:
+        candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "include")))
+    for where in candidates:
+        if os.path.isfile(os.path.join(where, "cuda_fp16.h")):
+            return (f"-I{where}",)
+    return ()  # NVRTC's own headers, where it has them
+
+
+@functools.cache
+def _function(file, expression, device):
+    import cupy
+    module = cupy.RawModule(code=source(file), options=("--std=c++17",) + include_options(),
+                            name_expressions=(expression,))
+    return module.get_function(expression)
+
+
+def function(file, expression):
+    """The kernel ``expression`` (e.g. ``fastae::soft_threshold<float>``) of ``file``, for the current device."""
+    import cupy
+    return _function(file, expression, cupy.cuda.Device().id)
+
+
+def ptr(a):
+    """A kernel argument for an optional array: the array, or a null pointer for None."""
+    return np.uint64(0) if a is None else a
+
+
+def aligned(*arrays):
+    """True when every array given (None skipped) starts on a 16-byte boundary."""
+    return all(a is None or a.data.ptr % 16 == 0 for a in arrays)
+
+
+def blocks_for(n, per_thread=1):
+    """Grid size of a grid-stride loop over ``n`` elements: at most MAX_BLOCKS, at least 1."""
+    return max(1, min(MAX_BLOCKS, -(-n // (THREADS * per_thread))))

@@ -1,0 +1,73 @@
+"""Sparse-coding kernels on CUDA devices (``kernels/sparse.cu``): soft-thresholding,
+the KL sparsity penalty and batched FISTA (cuBLAS products through CuPy)."""
+import numpy as np
+
+from ._module import THREADS, aligned, blocks_for, function, ptr
+
+CHECK_EVERY = 8  # FISTA steps between convergence checks (each waits for the device)
+
+
+def instances():
+    for ctype in ("float", "double", "__half", "__nv_bfloat16"):
+        yield "sparse.cu", f"fastae::soft_threshold<{ctype}>"
+        yield "sparse.cu", f"fastae::column_means<{ctype}>"
+        yield "sparse.cu", f"fastae::spread_columns<{ctype}>"
+    for ctype in ("float", "double"):
+        yield "sparse.cu", f"fastae::fista_step<{ctype}>"
+
+
+def soft_threshold(c, lam, out, mask, ctype):
+    """soft(c, lam) into ``out`` (may be ``c``) and its derivative into ``mask``
+    unless None; ``lam`` a number or a C-contiguous array whose flat values
+    repeat along c's (or match them one to one)."""
+    import cupy
+    n = c.size
+    lams = lam if isinstance(lam, cupy.ndarray) else None
+    scalar = 0.0 if lams is not None else float(lam)
+    period = n if lams is None else lams.size
+    vectorized = lams is None and aligned(c, out, mask)
+    function("sparse.cu", f"fastae::soft_threshold<{ctype}>")(
+        (blocks_for(n, 16 // c.itemsize if vectorized else 1),), (THREADS,),
+        (c, ptr(lams), np.float64(scalar), np.int64(period), out, ptr(mask), np.int64(n), np.int32(vectorized)))
+
+
+def kl_sparsity(h, rho, beta, grad, ctype):
+    """beta * sum_j KL(rho || mean_i h_ij) as a 0-d float64 device array (NaN
+    when a value of h lies outside (0, 1)), and its gradient into ``grad``."""
+    import cupy
+    n, k = h.shape
+    rho_hat = cupy.empty(k, np.float64)
+    bad = cupy.empty(k, np.float64)
+    function("sparse.cu", f"fastae::column_means<{ctype}>")((blocks_for(k),), (THREADS,),
+                                                            (h, np.int64(n), np.int64(k), rho_hat, bad))
+    value = beta * cupy.sum(rho * cupy.log(rho / rho_hat) + (1 - rho) * cupy.log((1 - rho) / (1 - rho_hat)))
+    value = cupy.where(bad.sum() > 0, np.nan, value)
+    if grad is not None:
+        per_column = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat)) / n
+        function("sparse.cu", f"fastae::spread_columns<{ctype}>")((blocks_for(n * k),), (THREADS,),
+                                                                  (per_column, np.int64(n), np.int64(k), grad))
+    return value
+
+
+def fista(b, gram, step, thr, n_iter, tol, accelerated, ctype):
+    """Codes (n, k) minimising ||x - D z||^2 + alpha ||z||_1 for every signal,
+    from b = x D and gram = D^T D; step = 1 / L, thr = alpha * step. Stops
+    when every signal's codes changed by at most ``tol`` relatively (checked
+    every CHECK_EVERY steps) or after ``n_iter`` steps."""
+    import cupy
+    n, k = b.shape
+    z = cupy.zeros((n, k), b.dtype)
+    y = cupy.zeros((n, k), b.dtype)
+    gy = cupy.empty((n, k), b.dtype)
+    z_new = cupy.empty((n, k), b.dtype)
+    t = cupy.ones(n, np.float64)
+    change = cupy.empty(n, np.float64)
+    step_kernel = function("sparse.cu", f"fastae::fista_step<{ctype}>")
+    for i in range(n_iter):
+        cupy.matmul(y, gram, out=gy)
+        step_kernel((-(-n // THREADS),), (THREADS,),
+                    (y, gy, b, z, z_new, np.int64(n), np.int32(k), np.float64(step), np.float64(thr), t,
+                     np.int32(accelerated), change))
+        if (i + 1) % CHECK_EVERY == 0 and float(change.max()) <= tol * tol:
+            break
+    return z

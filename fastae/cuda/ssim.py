@@ -1,0 +1,92 @@
+"""SSIM on CUDA devices (``kernels/ssim.cu``): a tiled forward writing the
+per-tile sums and the SSIM map's three partial derivatives, a tiled backward
+filtering them into the gradient, and a fixed-order sum of the tiles."""
+import functools
+
+import numpy as np
+
+from ._module import function
+
+TILE_W = 32        # positions per tile row (the block's x extent)
+MAX_PLANES = 65535  # a grid's z extent
+SHARED_DEFAULT = 48 * 1024  # bytes of shared memory a block gets without opting in
+SHARED_STATIC = 512 * 8     # the kernels' own scratch for the block sum
+
+
+def tile_height(ctype):
+    return 8 if ctype == "double" else 16
+
+
+def acc_dtype(ctype):
+    return np.dtype(np.float64) if ctype == "double" else np.dtype(np.float32)
+
+
+def forward_shared(ctype, win):
+    """Bytes of dynamic shared memory of ssim_forward: the window, x and y tiles with halo, five row-filtered maps."""
+    rows, cols = tile_height(ctype) + win - 1, TILE_W + win - 1
+    return (win + 2 * rows * cols + 5 * rows * TILE_W) * acc_dtype(ctype).itemsize
+
+
+def backward_shared(ctype, win):
+    """Bytes of dynamic shared memory of ssim_backward: the window, three coefficient tiles, three filtered."""
+    rows, cols = tile_height(ctype) + win - 1, TILE_W + win - 1
+    return (win + 3 * rows * cols + 3 * rows * TILE_W) * acc_dtype(ctype).itemsize
+
+
+def instances():
+    for ctype in ("float", "double", "__half", "__nv_bfloat16"):
+        yield "ssim.cu", f"fastae::ssim_forward<{ctype}>"
+        yield "ssim.cu", f"fastae::ssim_backward<{ctype}>"
+    yield "ssim.cu", "fastae::plane_sums"
+
+
+@functools.cache
+def _device_window(window_bytes, device):
+    import cupy
+    return cupy.asarray(np.frombuffer(window_bytes, np.float64))
+
+
+def _kernel(name, ctype, shared):
+    import cupy
+    kernel = function("ssim.cu", f"fastae::{name}<{ctype}>")
+    if shared + SHARED_STATIC > SHARED_DEFAULT:
+        limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+        if shared + SHARED_STATIC > limit:
+            raise ValueError(f"the SSIM window is too large for this device: its tiles need {shared} bytes of "
+                             f"shared memory, the device offers {limit}")
+        kernel.max_dynamic_shared_size_bytes = shared
+    return kernel
+
+
+def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, ctype):
+    """Per-plane sums (float64, on the device) of the SSIM map (or, with
+    ``use_cs``, the contrast-structure map) of the planes x, y (P, H, W),
+    zero-padded by ``pad``. With ``grad`` an array of x's shape, writes (or
+    adds, with ``accumulate``) scales[p] * d sum_p / dx into it; ``scales``
+    is a (P,) float64 device array. No host synchronisation."""
+    import cupy
+    planes, h, w = x.shape
+    win = window.size
+    ho, wo = h + 2 * pad - win + 1, w + 2 * pad - win + 1
+    th = tile_height(ctype)
+    g = _device_window(np.ascontiguousarray(window, np.float64).tobytes(), cupy.cuda.Device().id)
+    tiles = (-(-wo // TILE_W), -(-ho // th))
+    tile_sums = cupy.empty((planes, tiles[0] * tiles[1]), np.float64)
+    coef = cupy.empty((planes, 3, ho, wo), acc_dtype(ctype)) if grad is not None else None
+    fshared, bshared = forward_shared(ctype, win), backward_shared(ctype, win)
+    forward = _kernel("ssim_forward", ctype, fshared)
+    backward = _kernel("ssim_backward", ctype, bshared) if grad is not None else None
+    for first in range(0, planes, MAX_PLANES):
+        part = slice(first, min(first + MAX_PLANES, planes))
+        count = part.stop - part.start
+        forward(tiles + (count,), (TILE_W, th),
+                (x[part], y[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo), np.int32(pad), g,
+                 np.int32(win), np.float64(c1), np.float64(c2), np.int32(use_cs),
+                 np.uint64(0) if coef is None else coef[part], tile_sums[part]), shared_mem=fshared)
+        if grad is not None:
+            backward((-(-w // TILE_W), -(-h // th), count), (TILE_W, th),
+                     (x[part], y[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo), np.int32(pad), g,
+                      np.int32(win), coef[part], scales[part], np.int32(accumulate), grad[part]), shared_mem=bshared)
+    sums = cupy.empty(planes, np.float64)
+    function("ssim.cu", "fastae::plane_sums")((planes,), (256,), (tile_sums, np.int64(tile_sums.shape[1]), sums))
+    return sums

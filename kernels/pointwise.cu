@@ -1,0 +1,207 @@
+// Fused pointwise losses: value, gradient and a deterministic reduction in
+// one pass over memory. Each loss is one small device function
+// (y, t) -> (loss, dloss/dy, outside) and each output activation one
+// function z -> (y, dy/dz); Compose chains them (BCE after a sigmoid gets its
+// own stable form), and the one loop in pointwise_partials weighs, writes the
+// gradient and sums. Template instances are named by the launcher
+// (fastae/cuda/pointwise.py), e.g. fastae::pointwise_partials<float, fastae::MSE, fastae::Sigmoid>.
+#include "common.cuh"
+
+namespace fastae {
+
+template <typename A> struct Point { A value, slope, outside; };
+
+// ---------------------------------------------------------------- losses
+// p0, p1: the loss's parameters (see the launcher), in the accumulation type.
+struct MSE {
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A, A) {
+        A d = y - t;
+        return {d * d, d + d, A(0)};
+    }
+};
+
+struct L1 {
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A, A) {
+        A d = y - t;
+        A sign = A(d > A(0)) - A(d < A(0));
+        return {abs_(d), d != d ? d : sign, A(0)};  // sign(0) = 0, sign(nan) = nan
+    }
+};
+
+struct Huber {  // p0 = delta
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A delta, A) {
+        A d = y - t;
+        A a = abs_(d);
+        A value = a < delta ? A(0.5) * d * d : delta * (a - A(0.5) * delta);
+        A slope = d < -delta ? -delta : (d > delta ? delta : d);  // clamp, nan stays nan
+        return {value, slope, A(0)};
+    }
+};
+
+struct BCE {  // on probabilities, as torch: logs clamped at -100, gradient denominator at 1e-12
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A, A) {
+        A log_y = log_(y), log_1my = log1p_(-y);
+        log_y = log_y < A(-100) ? A(-100) : log_y;
+        log_1my = log_1my < A(-100) ? A(-100) : log_1my;
+        A den = (A(1) - y) * y;
+        const A eps = A(1e-12f);  // torch's constant is a float32, in double too
+        den = den < eps ? eps : den;
+        return {-(t * log_y + (A(1) - t) * log_1my), (y - t) / den, A((y < A(0)) | (y > A(1)))};
+    }
+};
+
+struct GaussianNLL {  // p0 = 1 / sigma^2, p1 = log sigma + log(2 pi) / 2
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A inv_var, A c) {
+        A d = y - t;
+        return {A(0.5) * d * d * inv_var + c, d * inv_var, A(0)};
+    }
+};
+
+struct LaplaceNLL {  // p0 = 1 / scale, p1 = log(2 scale)
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A inv_scale, A c) {
+        Point<A> p = L1::at(y, t, A(0), A(0));
+        return {p.value * inv_scale + c, p.slope * inv_scale, A(0)};
+    }
+};
+
+// ---------------------------------------------------------------- activations
+template <typename A> struct Act { A y, dy; };
+
+struct Identity {
+    template <typename A> static __device__ __forceinline__ Act<A> at(A z, A) { return {z, A(1)}; }
+};
+
+struct Sigmoid {
+    template <typename A> static __device__ __forceinline__ Act<A> at(A z, A) {
+        A e = exp_(-abs_(z));  // in (0, 1]: no overflow for any z
+        A r = A(1) / (A(1) + e);
+        A y = z >= A(0) ? r : e * r;
+        return {y, y * (A(1) - y)};
+    }
+};
+
+struct Tanh {
+    template <typename A> static __device__ __forceinline__ Act<A> at(A z, A) {
+        A y = tanh_(z);
+        return {y, A(1) - y * y};
+    }
+};
+
+struct ReLU {
+    template <typename A> static __device__ __forceinline__ Act<A> at(A z, A) {
+        return {z <= A(0) ? A(0) : z, z <= A(0) ? A(0) : A(1)};  // nan stays nan
+    }
+};
+
+struct LeakyReLU {
+    template <typename A> static __device__ __forceinline__ Act<A> at(A z, A slope) {
+        return {z <= A(0) ? z * slope : z, z <= A(0) ? slope : A(1)};
+    }
+};
+
+// loss(act(z), t) and its derivative w.r.t. z.
+template <class Loss, class Activation> struct Compose {
+    template <typename A> static __device__ __forceinline__ Point<A> at(A z, A t, A p0, A p1, A slope) {
+        Act<A> a = Activation::template at<A>(z, slope);
+        Point<A> p = Loss::template at<A>(a.y, t, p0, p1);
+        p.slope *= a.dy;
+        return p;
+    }
+};
+
+// BCE fused with the sigmoid (binary_cross_entropy_with_logits), stable for any finite logit.
+template <> struct Compose<BCE, Sigmoid> {
+    template <typename A> static __device__ __forceinline__ Point<A> at(A z, A t, A, A, A) {
+        A e = exp_(-abs_(z));
+        A r = A(1) / (A(1) + e);
+        A y = z >= A(0) ? r : e * r;
+        return {(z > A(0) ? z : A(0)) - z * t + log1p_(e), y - t, A(0)};
+    }
+};
+
+// ---------------------------------------------------------------- the loop
+// One element: its weighted loss into `total`, out-of-domain flag into `bad`;
+// returns the scaled, weighted gradient; `value` receives the weighted loss
+// (NaN where the value lies outside the loss's domain).
+template <class F, typename A>
+__device__ __forceinline__ A element(A z, A t, A w, A scale, A p0, A p1, A slope, A& total, A& bad, A& value) {
+    Point<A> p = F::template at<A>(z, t, p0, p1, slope);
+    value = p.value * w;
+    total += value;
+    bad += p.outside;
+    if (p.outside > A(0)) value = A(__longlong_as_double(0x7ff8000000000000LL));
+    return p.slope * w * scale;
+}
+
+// Partial sums of w * loss(act(z), t) per block (256 threads, a grid-stride
+// loop); the gradient scale * w * dloss/dz into `grad` (added to it with
+// `accumulate`), the per-element loss into `values`. Null `t` is a zero
+// target (penalties), null `w` the scalar weight `w_scalar`, null `grad` or
+// `values` nothing written. `vectorized`: every pointer is 16-byte aligned.
+template <typename T, class Loss, class Activation>
+__global__ void __launch_bounds__(256) pointwise_partials(
+        const T* z, const T* t, const T* w, double w_scalar, T* grad, int accumulate, T* values,
+        double scale, double p0, double p1, double slope, index_t n, int vectorized,
+        double* block_sums, double* block_bad) {
+    typedef typename Acc<T>::type A;
+    typedef Compose<Loss, Activation> F;
+    __shared__ double scratch[256];
+    const A a_scale = A(scale), a_p0 = A(p0), a_p1 = A(p1), a_slope = A(slope), a_w = A(w_scalar);
+    const index_t stride = (index_t)gridDim.x * blockDim.x;
+    index_t first = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
+    A total = A(0), bad = A(0), value;
+    if (vectorized) {
+        const int V = Width<T>::value;
+        const index_t packs = n / V;
+        for (index_t i = first; i < packs; i += stride) {
+            Pack<T, V> zp = load_pack<T, V>(z, i), tp, wp, gp, vp;
+            if (t) tp = load_pack<T, V>(t, i);
+            if (w) wp = load_pack<T, V>(w, i);
+            if (grad && accumulate) gp = load_pack<T, V>(grad, i);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                A g = element<F, A>(to_acc(zp.v[k]), t ? to_acc(tp.v[k]) : A(0), w ? to_acc(wp.v[k]) : a_w,
+                                    a_scale, a_p0, a_p1, a_slope, total, bad, value);
+                gp.v[k] = store<T>(grad && accumulate ? to_acc(gp.v[k]) + g : g);
+                vp.v[k] = store<T>(value);
+            }
+            if (grad) store_pack<T, V>(grad, i, gp);
+            if (values) store_pack<T, V>(values, i, vp);
+        }
+        first += packs * V;  // the tail, element by element
+    }
+    for (index_t i = first; i < n; i += stride) {
+        A g = element<F, A>(to_acc(z[i]), t ? to_acc(t[i]) : A(0), w ? to_acc(w[i]) : a_w,
+                            a_scale, a_p0, a_p1, a_slope, total, bad, value);
+        if (grad) grad[i] = store<T>(accumulate ? to_acc(grad[i]) + g : g);
+        if (values) values[i] = store<T>(value);
+    }
+    double block_total = block_sum((double)total, scratch);
+    double block_bad_count = block_sum((double)bad, scratch);
+    if (threadIdx.x == 0) {
+        block_sums[blockIdx.x] = block_total;
+        block_bad[blockIdx.x] = block_bad_count;
+    }
+}
+
+// Second pass, one block of 1024 threads: `total` receives the sum of the
+// partials, `value` the reduced loss (sum * scale, NaN when any element lay
+// outside the loss's domain) in the data's type.
+template <typename T>
+__global__ void __launch_bounds__(1024) pointwise_finish(
+        const double* block_sums, const double* block_bad, index_t count, double scale, T* value, double* total) {
+    __shared__ double scratch[1024];
+    double s = 0.0, b = 0.0;
+    for (index_t i = threadIdx.x; i < count; i += blockDim.x) {
+        s += block_sums[i];
+        b += block_bad[i];
+    }
+    s = block_sum(s, scratch);
+    b = block_sum(b, scratch);
+    if (threadIdx.x == 0) {
+        total[0] = s;
+        value[0] = store<T>(b > 0.0 ? __longlong_as_double(0x7ff8000000000000LL) : s * scale);
+    }
+}
+
+}  // namespace fastae

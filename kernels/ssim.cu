@@ -1,0 +1,175 @@
+// SSIM on the GPU: a tiled forward that computes the five moment maps and the
+// SSIM map's partial derivatives in shared memory, and a tiled backward that
+// filters those partials once more (the window's adjoint) into the gradient.
+//
+// Output position (i, j) of a plane sees the input rows i - pad .. i - pad + win - 1
+// (zero outside the image): pad = 0 is "valid" filtering, pad = win / 2 "same".
+// The forward writes per tile the sum of the map (SSIM, or contrast-structure
+// with use_cs) and, with coef, the three maps a = dS/dmu_x, b = dS/dE[x^2],
+// c = dS/dE[xy]; then dS/dx = G^T a + 2 x G^T b + y G^T c.
+// Tiles are TW = 32 positions wide and blockDim.y positions tall; the window
+// weights and the tile plus its halo live in dynamic shared memory.
+#include "common.cuh"
+
+namespace fastae {
+
+#define FASTAE_TW 32
+
+// The SSIM (or contrast-structure) value of one position from its moments,
+// and the three partial derivatives.
+template <typename A>
+__device__ __forceinline__ A ssim_at(A mx, A my, A xx, A yy, A xy, A c1, A c2, int use_cs, A& a, A& b, A& c) {
+    A a1 = A(2) * mx * my + c1;
+    A b1 = mx * mx + my * my + c1;
+    A a2 = A(2) * (xy - mx * my) + c2;
+    A b2 = (xx - mx * mx) + (yy - my * my) + c2;
+    A lum = a1 / b1, cs = a2 / b2, s = lum * cs;
+    if (use_cs) {
+        a = A(2) * (mx * cs - my) / b2;
+        b = -cs / b2;
+        c = A(2) / b2;
+        return cs;
+    }
+    a = A(2) * (my * (cs / b1 - lum / b2) + mx * s * (A(1) / b2 - A(1) / b1));
+    b = -s / b2;
+    c = A(2) * lum / b2;
+    return s;
+}
+
+// grid (tiles across, tiles down, planes); block (32, th); dynamic shared
+// memory: see ssim_forward_shared in fastae/cuda/ssim.py.
+// x, y: planes (P, H, W); coef: (P, 3, Ho, Wo) or null; tile_sums: (P, tiles).
+template <typename T>
+__global__ void __launch_bounds__(512) ssim_forward(
+        const T* x, const T* y, int h, int w, int ho, int wo, int pad, const double* window, int win,
+        double c1, double c2, int use_cs, typename Acc<T>::type* coef, double* tile_sums) {
+    typedef typename Acc<T>::type A;
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    A* g = reinterpret_cast<A*>(shared_bytes);
+    const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
+    A* xs = g + win;                // (rows, cols): the input tile and its halo
+    A* ys = xs + rows * cols;
+    A* hs = ys + rows * cols;       // (5, rows, TW): the horizontal pass
+    __shared__ double scratch[512];
+    const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * th;
+    const index_t plane = blockIdx.z;
+    const int row0 = blockIdx.y * th, col0 = blockIdx.x * FASTAE_TW;  // first output position of the tile
+    const T* xp = x + plane * h * (index_t)w;
+    const T* yp = y + plane * h * (index_t)w;
+    for (int k = tid; k < win; k += n_threads) g[k] = A(window[k]);
+    for (int k = tid; k < rows * cols; k += n_threads) {
+        int r = row0 - pad + k / cols, q = col0 - pad + k % cols;
+        bool inside = r >= 0 && r < h && q >= 0 && q < w;
+        xs[k] = inside ? to_acc(xp[r * (index_t)w + q]) : A(0);
+        ys[k] = inside ? to_acc(yp[r * (index_t)w + q]) : A(0);
+    }
+    __syncthreads();
+    const int plane_size = rows * FASTAE_TW;
+    for (int k = tid; k < plane_size; k += n_threads) {
+        int r = k / FASTAE_TW, j = k % FASTAE_TW;
+        A s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+        for (int t = 0; t < win; ++t) {
+            A gt = g[t], xv = xs[r * cols + j + t], yv = ys[r * cols + j + t];
+            s0 += gt * xv;
+            s1 += gt * yv;
+            s2 += gt * xv * xv;
+            s3 += gt * yv * yv;
+            s4 += gt * xv * yv;
+        }
+        hs[k] = s0;
+        hs[k + plane_size] = s1;
+        hs[k + 2 * plane_size] = s2;
+        hs[k + 3 * plane_size] = s3;
+        hs[k + 4 * plane_size] = s4;
+    }
+    __syncthreads();
+    const int i = row0 + threadIdx.y, j = col0 + threadIdx.x;
+    A m[5] = {0, 0, 0, 0, 0};
+    for (int t = 0; t < win; ++t) {
+        A gt = g[t];
+        int k = (threadIdx.y + t) * FASTAE_TW + threadIdx.x;
+#pragma unroll
+        for (int q = 0; q < 5; ++q) m[q] += gt * hs[k + q * plane_size];
+    }
+    double value = 0.0;
+    if (i < ho && j < wo) {
+        A a, b, c;
+        value = ssim_at<A>(m[0], m[1], m[2], m[3], m[4], A(c1), A(c2), use_cs, a, b, c);
+        if (coef) {
+            const index_t map = ho * (index_t)wo, at = 3 * plane * map + i * (index_t)wo + j;
+            coef[at] = a;
+            coef[at + map] = b;
+            coef[at + 2 * map] = c;
+        }
+    }
+    double total = block_sum(value, scratch);
+    if (tid == 0) tile_sums[plane * gridDim.x * gridDim.y + blockIdx.y * gridDim.x + blockIdx.x] = total;
+}
+
+// grid (tiles across, tiles down, planes) over the input; block (32, th).
+// grad = scales[plane] * (G^T a + 2 x G^T b + y G^T c), added to grad with accumulate.
+template <typename T>
+__global__ void __launch_bounds__(512) ssim_backward(
+        const T* x, const T* y, int h, int w, int ho, int wo, int pad, const double* window, int win,
+        const typename Acc<T>::type* coef, const double* scales, int accumulate, T* grad) {
+    typedef typename Acc<T>::type A;
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    A* g = reinterpret_cast<A*>(shared_bytes);
+    const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
+    A* cs = g + win;                   // (3, rows, cols): the coefficient tile and its halo
+    A* hs = cs + 3 * rows * cols;      // (3, rows, TW): the horizontal pass
+    const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * th;
+    const index_t plane = blockIdx.z;
+    const int row0 = blockIdx.y * th, col0 = blockIdx.x * FASTAE_TW;  // first input pixel of the tile
+    // input row r receives from output rows r + pad - t, t = 0 .. win - 1
+    const int orow0 = row0 + pad - (win - 1), ocol0 = col0 + pad - (win - 1);
+    const index_t map = ho * (index_t)wo;
+    const A* cp = coef + 3 * plane * map;
+    for (int k = tid; k < win; k += n_threads) g[k] = A(window[k]);
+    for (int k = tid; k < rows * cols; k += n_threads) {
+        int i = orow0 + k / cols, j = ocol0 + k % cols;
+        bool inside = i >= 0 && i < ho && j >= 0 && j < wo;
+        index_t at = i * (index_t)wo + j;
+        cs[k] = inside ? cp[at] : A(0);
+        cs[k + rows * cols] = inside ? cp[at + map] : A(0);
+        cs[k + 2 * rows * cols] = inside ? cp[at + 2 * map] : A(0);
+    }
+    __syncthreads();
+    const int plane_size = rows * FASTAE_TW;
+    for (int k = tid; k < plane_size; k += n_threads) {
+        int r = k / FASTAE_TW, j = k % FASTAE_TW;
+        A s0 = 0, s1 = 0, s2 = 0;
+        for (int t = 0; t < win; ++t) {
+            A gt = g[t];
+            int at = r * cols + j + (win - 1) - t;
+            s0 += gt * cs[at];
+            s1 += gt * cs[at + rows * cols];
+            s2 += gt * cs[at + 2 * rows * cols];
+        }
+        hs[k] = s0;
+        hs[k + plane_size] = s1;
+        hs[k + 2 * plane_size] = s2;
+    }
+    __syncthreads();
+    const int r = row0 + threadIdx.y, q = col0 + threadIdx.x;
+    if (r >= h || q >= w) return;
+    A f0 = 0, f1 = 0, f2 = 0;
+    for (int t = 0; t < win; ++t) {
+        A gt = g[t];
+        int k = (threadIdx.y + (win - 1) - t) * FASTAE_TW + threadIdx.x;
+        f0 += gt * hs[k];
+        f1 += gt * hs[k + plane_size];
+        f2 += gt * hs[k + 2 * plane_size];
+    }
+    const index_t at = (plane * h + r) * (index_t)w + q;
+    A v = A(scales[plane]) * (f0 + A(2) * to_acc(x[at]) * f1 + to_acc(y[at]) * f2);
+    grad[at] = store<T>(accumulate ? to_acc(grad[at]) + v : v);
+}
+
+// One block of 256 threads per plane: the sum of its tiles, in a fixed order.
+__global__ void __launch_bounds__(256) plane_sums(const double* tile_sums, index_t n_tiles, double* sums) {
+    __shared__ double scratch[256];
+    row_sums(tile_sums, n_tiles, sums, scratch);
+}
+
+}  // namespace fastae
