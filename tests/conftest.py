@@ -23,3 +23,21 @@ def assert_close(actual, expected, dtype, what="", rtol32=2e-5):
     np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=f"{what}: non-finite values")
     scale = np.abs(expected[finite]).max(initial=0.0)
     np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def _cuda_device_count():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, no device
+        return 0
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CuPy and a CUDA device; without them they are skipped, saying why."""
+    if _cuda_device_count() > 0:
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

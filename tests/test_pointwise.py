@@ -253,7 +253,7 @@ def test_errors_name_the_argument():
 
 def test_type_errors_name_the_argument():
     x = np.zeros((2, 3), np.float32)
-    with pytest.raises(TypeError, match="pred must be a numpy.ndarray or a torch.Tensor, got list"):
+    with pytest.raises(TypeError, match="pred must be a numpy.ndarray, a cupy.ndarray or a torch.Tensor, got list"):
         fa.mse([[0.0] * 3] * 2, x)
     with pytest.raises(TypeError, match="target must be"):
         fa.mse(x, 1.0)

@@ -1,0 +1,249 @@
+"""The CUDA backend against the float64 references, the CPU backend and torch on CUDA.
+
+Every test here carries the ``gpu`` marker: without CuPy and a CUDA device it
+is skipped (tests/conftest.py), so CI on machines without a GPU stays green
+while the kernels are compile-checked there by ``python -m fastae.cuda.check``.
+"""
+import numpy as np
+import pytest
+
+import fastae as fa
+from reference import pointwise as reference_pointwise
+from conftest import assert_close
+
+pytestmark = pytest.mark.gpu
+cp = pytest.importorskip("cupy")
+torch = pytest.importorskip("torch")
+
+LOSSES = [("mse", {}), ("l1", {}), ("huber", {"delta": 0.7}), ("bce", {}), ("gaussian_nll", {"sigma": 1.3}),
+          ("laplace_nll", {"scale": 0.6})]
+ACTIVATIONS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+REDUCTIONS = ["mean", "sum", "none", "batchmean"]
+
+
+def _inputs(rng, loss, activation, shape, dtype):
+    pred = rng.standard_normal(shape).astype(dtype)
+    if loss == "bce" and activation in ("identity", "relu", "leaky_relu"):
+        pred = rng.uniform(0.02, 0.98, shape).astype(dtype)
+    if loss == "bce" and activation == "tanh":
+        pred = np.abs(pred)
+    return pred, rng.random(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("loss,params", LOSSES)
+def test_pointwise_matches_reference_and_cpu(rng, loss, params, activation, dtype):
+    shape = (5, 3, 67, 41)  # odd: a vector body and a scalar tail
+    pred, target = _inputs(rng, loss, activation, shape, dtype)
+    weight = rng.random((3, 1, 41)).astype(dtype)
+    for reduction in REDUCTIONS:
+        for w in (None, 0.5, weight):
+            value, grad = getattr(fa, loss)(cp.asarray(pred), cp.asarray(target), reduction=reduction, weight=None if
+                                            w is None else (w if np.isscalar(w) else cp.asarray(w)),
+                                            activation=activation, grad=True, **params)
+            assert isinstance(value, cp.ndarray) and isinstance(grad, cp.ndarray)
+            assert value.dtype == dtype and grad.dtype == dtype
+            ref_w = None if w is None else np.broadcast_to(w, shape)
+            ref_value, ref_grad = reference_pointwise(loss, pred, target, reduction=reduction, weight=ref_w,
+                                                      activation=activation, **params)
+            what = f"{loss}/{activation}/{reduction}/{type(w).__name__}"
+            assert_close(cp.asnumpy(value), ref_value, dtype, what)
+            assert_close(cp.asnumpy(grad), ref_grad, dtype, what + " grad")
+            cpu_value, cpu_grad = getattr(fa, loss)(pred, target, reduction=reduction, weight=w if w is None or
+                                                    np.isscalar(w) else weight, activation=activation, grad=True,
+                                                    **params)
+            assert_close(cp.asnumpy(grad), cpu_grad, dtype, what + " vs cpu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_unaligned_views_out_and_determinism(rng, dtype):
+    base = rng.standard_normal(100_003).astype(dtype)
+    pred = cp.asarray(base)[1:]        # 4 or 8 bytes off a 16-byte boundary: the scalar path
+    target = cp.asarray(rng.random(100_002).astype(dtype))
+    out = cp.empty_like(target)
+    value, grad = fa.bce(pred, target, activation="sigmoid", grad=True, out=out)
+    assert grad is out
+    ref_value, ref_grad = reference_pointwise("bce", base[1:], cp.asnumpy(target), activation="sigmoid")
+    assert_close(cp.asnumpy(value), ref_value, dtype)
+    assert_close(cp.asnumpy(out), ref_grad, dtype)
+    again = fa.bce(pred, target, activation="sigmoid")
+    assert cp.asnumpy(again).tobytes() == cp.asnumpy(value).tobytes()  # bit-identical, run after run
+    strided = cp.asarray(rng.standard_normal((64, 80)).astype(dtype))[:, ::2]
+    t = cp.asarray(rng.random((64, 40)).astype(dtype))
+    ref = reference_pointwise("mse", cp.asnumpy(strided), cp.asnumpy(t))
+    value, grad = fa.mse(strided, t, grad=True)
+    assert_close(cp.asnumpy(value), ref[0], dtype)
+    assert_close(cp.asnumpy(grad), ref[1], dtype)
+
+
+def test_pointwise_nan_and_out_of_domain():
+    pred = cp.asarray(np.array([0.5, np.nan, 0.2, 1.5], np.float32))
+    target = cp.asarray(np.array([0.0, 1.0, 0.5, 1.0], np.float32))
+    value, grad = fa.mse(pred, target, grad=True)
+    assert np.isnan(float(value)) and np.isnan(cp.asnumpy(grad)[1]) and np.isfinite(cp.asnumpy(grad)[[0, 2, 3]]).all()
+    assert np.isnan(float(fa.bce(pred[[0, 2, 3]], target[[0, 2, 3]])))  # 1.5 is no probability: NaN, no raise
+    per = cp.asnumpy(fa.bce(pred[[0, 2, 3]], target[[0, 2, 3]], reduction="none"))
+    assert np.isfinite(per[:2]).all() and np.isnan(per[2])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("loss,activation", [("mse", "identity"), ("l1", "tanh"), ("bce", "sigmoid"),
+                                             ("mse", "sigmoid")])
+def test_half_precision_through_torch(rng, loss, activation, dtype):
+    tdtype = getattr(torch, dtype)
+    pred = torch.tensor(rng.standard_normal((7, 3, 33, 35)), dtype=tdtype, device="cuda")
+    target = torch.tensor(rng.random((7, 3, 33, 35)), dtype=tdtype, device="cuda")
+    value, grad = getattr(fa, loss)(pred, target, activation=activation, grad=True)
+    assert value.dtype == tdtype and grad.dtype == tdtype and grad.device == pred.device
+    ref_value, ref_grad = reference_pointwise(loss, pred.double().cpu().numpy(), target.double().cpu().numpy(),
+                                              activation=activation)
+    rtol = 1e-2 if dtype == "bfloat16" else 2e-3  # the result's own rounding; sums accumulate in float32
+    assert_close(value.double().cpu().numpy(), ref_value, np.float32, loss, rtol32=rtol)
+    assert_close(grad.double().cpu().numpy(), ref_grad, np.float32, loss + " grad", rtol32=rtol)
+
+
+def test_torch_cuda_tensors_and_modules_match_torch(rng):
+    import fastae.torch as ft
+    import torch.nn.functional as F
+    x = torch.tensor(rng.standard_normal((4, 3, 40, 48)), dtype=torch.float32, device="cuda", requires_grad=True)
+    t = torch.tensor(rng.random((4, 3, 40, 48)), dtype=torch.float32, device="cuda")
+    for ours, theirs in [(ft.mse_loss, F.mse_loss), (ft.l1_loss, F.l1_loss),
+                         (ft.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits)]:
+        (g_ours,) = torch.autograd.grad(ours(x, t), x)
+        (g_theirs,) = torch.autograd.grad(theirs(x, t), x)
+        assert g_ours.device == x.device
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-5, atol=1e-8)
+    compiled = torch.compile(lambda a, b: ft.mse_loss(a, b), fullgraph=True)
+    torch.testing.assert_close(compiled(x, t), F.mse_loss(x, t), rtol=1e-6, atol=0)
+
+
+def test_respects_the_current_stream(rng):
+    pred = cp.asarray(rng.standard_normal(1 << 20).astype(np.float32))
+    target = cp.asarray(rng.random(1 << 20).astype(np.float32))
+    expected = cp.asnumpy(fa.mse(pred, target))
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        value = fa.mse(pred, target)
+    stream.synchronize()
+    assert cp.asnumpy(value).tobytes() == expected.tobytes()
+    torch_stream = torch.cuda.Stream()
+    with torch.cuda.stream(torch_stream):
+        tp, tt = torch.as_tensor(pred, device="cuda"), torch.as_tensor(target, device="cuda")
+        tv = fa.mse(tp, tt)
+    torch_stream.synchronize()
+    assert tv.cpu().numpy().tobytes() == expected.tobytes()
+
+
+def test_errors_on_mixed_kinds_and_dtypes():
+    a = cp.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match="mixed array types: pred is cupy, target is numpy"):
+        fa.mse(a, np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="mixed dtypes: target is float64, pred is float32"):
+        fa.mse(a, cp.zeros((2, 3), np.float64))
+    with pytest.raises(TypeError, match="pred must be float32, float64, float16 or bfloat16, got int32"):
+        fa.mse(cp.zeros(3, np.int32), cp.zeros(3, np.int32))
+
+
+@pytest.mark.slow
+def test_indexing_beyond_2_to_the_31():
+    n = (1 << 31) + 17
+    pred = cp.ones(n, np.float16)
+    target = cp.zeros(n, np.float16)
+    value, grad = fa.mse(pred, target, reduction="sum", grad=True)
+    assert float(value) == float(np.float16(n))  # every element counted once
+    assert float(grad[-1]) == 2.0 and float(grad[(1 << 31) + 3]) == 2.0 and float(grad[0]) == 2.0
+
+
+# ---------------------------------------------------------------- SSIM family
+SSIM_CASES = [((2, 3, 37, 53), 11, "valid"), ((3, 1, 29, 31), 7, "same"), ((45, 40), 11, "same")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,win,padding", SSIM_CASES)
+def test_ssim_matches_cpu(rng, shape, win, padding, dtype):
+    x = rng.random(shape).astype(dtype)
+    y = np.clip(x + 0.1 * rng.standard_normal(shape), 0, 1).astype(dtype)
+    for fn in (fa.ssim, fa.ssim_loss):
+        for reduction in ("mean", "none"):
+            v, g = fn(cp.asarray(x), cp.asarray(y), win_size=win, padding=padding, reduction=reduction, grad=True)
+            rv, rg = fn(x, y, win_size=win, padding=padding, reduction=reduction, grad=True)
+            assert_close(cp.asnumpy(v), rv, dtype, f"{fn.__name__} {reduction}")
+            assert_close(cp.asnumpy(g), rg, dtype, f"{fn.__name__} {reduction} grad", rtol32=1e-4)
+    v, g = fa.mixed_loss(cp.asarray(x), cp.asarray(y), alpha=0.3, win_size=win, padding=padding, grad=True)
+    rv, rg = fa.mixed_loss(x, y, alpha=0.3, win_size=win, padding=padding, grad=True)
+    assert_close(cp.asnumpy(v), rv, dtype, "mixed")
+    assert_close(cp.asnumpy(g), rg, dtype, "mixed grad", rtol32=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ms_ssim_matches_cpu(rng, dtype):
+    x = rng.random((2, 3, 181, 171)).astype(dtype)
+    y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1).astype(dtype)
+    v, g = fa.ms_ssim(cp.asarray(x), cp.asarray(y), grad=True)
+    rv, rg = fa.ms_ssim(x, y, grad=True)
+    assert_close(cp.asnumpy(v), rv, dtype, "ms_ssim")
+    assert_close(cp.asnumpy(g), rg, dtype, "ms_ssim grad", rtol32=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_ssim_half_precision_and_pytorch_msssim(rng, dtype):
+    from pytorch_msssim import ms_ssim, ssim
+    x64 = rng.random((4, 3, 180, 180))
+    y64 = np.clip(x64 + 0.1 * rng.standard_normal(x64.shape), 0, 1)
+    tdtype = getattr(torch, dtype)
+    x = torch.tensor(x64, dtype=tdtype, device="cuda")
+    y = torch.tensor(y64, dtype=tdtype, device="cuda")
+    xd = x.double().requires_grad_()
+    ref = ssim(xd, y.double(), data_range=1.0)
+    (ref_grad,) = torch.autograd.grad(ref, xd)
+    v, g = fa.ssim(x, y, grad=True)
+    assert v.dtype == tdtype and g.dtype == tdtype
+    assert abs(float(v) - float(ref)) < (1e-2 if dtype == "bfloat16" else 2e-3)
+    assert_close(g.double().cpu().numpy(), ref_grad.cpu().numpy(), np.float32, "grad", rtol32=2e-2)
+    ms = fa.ms_ssim(x, y)
+    assert abs(float(ms) - float(ms_ssim(x.double(), y.double(), data_range=1.0))) < 1e-2
+
+
+# ---------------------------------------------------------------- sparse
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_operators_match_cpu(rng, dtype):
+    c = rng.standard_normal((301, 48)).astype(dtype)
+    for lam in (0.4, rng.random(48).astype(dtype), rng.random((301, 48)).astype(dtype)):
+        device_lam = lam if np.isscalar(lam) else cp.asarray(lam)
+        codes, mask = fa.soft_threshold(cp.asarray(c), device_lam, grad=True)
+        ref_codes, ref_mask = fa.soft_threshold(c, lam, grad=True)
+        assert_close(cp.asnumpy(codes), ref_codes, dtype)
+        np.testing.assert_array_equal(cp.asnumpy(mask), ref_mask)
+    v, g = fa.l1_penalty(cp.asarray(c), 0.3, grad=True)
+    rv, rg = fa.l1_penalty(c, 0.3, grad=True)
+    assert_close(cp.asnumpy(v), rv, dtype)
+    assert_close(cp.asnumpy(g), rg, dtype)
+    acc = cp.asarray(c.copy())
+    v = fa.l2_penalty(cp.asarray(c), 0.2, accumulate_into=acc)
+    assert_close(cp.asnumpy(v), fa.l2_penalty(c, 0.2), dtype)
+    assert_close(cp.asnumpy(acc), c + 0.4 * c, dtype)
+    h = rng.uniform(0.01, 0.99, (200, 48)).astype(dtype)
+    v, g = fa.kl_sparsity(cp.asarray(h), 0.05, beta=2.0, grad=True)
+    rv, rg = fa.kl_sparsity(h, 0.05, beta=2.0, grad=True)
+    assert_close(cp.asnumpy(v), rv, dtype)
+    assert_close(cp.asnumpy(g), rg, dtype)
+    assert np.isnan(float(fa.kl_sparsity(cp.asarray(np.full((3, 2), 1.5, dtype)), 0.1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lasso_and_ista_match_cpu(rng, dtype):
+    q, _ = np.linalg.qr(rng.standard_normal((64, 48)))
+    x = rng.standard_normal((500, 64)).astype(dtype)
+    assert_close(cp.asnumpy(fa.lasso_codes(cp.asarray(x), cp.asarray(q.astype(dtype)), 0.5)),
+                 fa.lasso_codes(x, q.astype(dtype), 0.5), dtype)
+    d = rng.standard_normal((64, 48)).astype(dtype)
+    d /= np.linalg.norm(d, axis=0)
+
+    def objective(z):
+        return np.sum((x - z @ d.T) ** 2, axis=1) + 0.2 * np.abs(z).sum(axis=1)
+
+    z_gpu = cp.asnumpy(fa.ista(cp.asarray(x), cp.asarray(d), 0.2, n_iter=2000, tol=1e-10))
+    z_cpu = fa.ista(x, d, 0.2, n_iter=2000, tol=1e-10)
+    gap = (objective(z_gpu.astype(np.float64)) - objective(z_cpu.astype(np.float64))) / objective(z_cpu)
+    assert gap.max() < (1e-5 if dtype == np.float32 else 1e-8)
