@@ -25,6 +25,7 @@ def main(argv=None):
     bench.add_argument("--dtype", choices=["float32", "float64"], action="append")
     bench.add_argument("--threads", type=int, help="threads for fastae and torch (default: all cores)")
     bench.add_argument("--repeats", type=int)
+    bench.add_argument("--cuda", action="store_true", help="the GPU benchmark (needs CuPy, torch on CUDA and a device)")
     train = sub.add_parser("train", help="train an autoencoder on real images")
     _data_options(train)
     train.add_argument("--loss", choices=["mse", "l1", "bce", "ssim", "mixed"], default="mixed")
@@ -47,7 +48,10 @@ def main(argv=None):
         from . import train as train_module
         (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
         return 0
-    if args.command == "bench":
+    if args.command == "bench" and args.cuda:
+        from . import bench_cuda
+        bench_cuda.main(repeats=args.repeats or 7)
+    elif args.command == "bench":
         from . import bench as bench_module
         bench_module.main(quick=args.quick, sizes=args.size, dtypes=args.dtype, threads=args.threads,
                           repeats=args.repeats)
