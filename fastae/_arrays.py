@@ -25,6 +25,9 @@ def _torch_tensor_type():
 
 def kind_of(x, name):
     """'numpy', 'torch', 'cupy', 'torch_cuda' or 'cuda' (another CUDA array); TypeError for anything else."""
+    cupy = sys.modules.get("cupy")  # never import CuPy ourselves
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return "cupy"
     if isinstance(x, np.ndarray):
         return "numpy"
     tensor = _torch_tensor_type()
@@ -34,9 +37,6 @@ def kind_of(x, name):
         if x.device.type == "cuda":
             return "torch_cuda"
         raise TypeError(f"{name} is a torch tensor on {x.device}: fastae runs on the CPU and on CUDA devices")
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return "cupy"
     if hasattr(x, "__cuda_array_interface__"):
         return "cuda"
     raise TypeError(f"{name} must be a numpy.ndarray, a cupy.ndarray or a torch.Tensor, got {type(x).__name__}")
