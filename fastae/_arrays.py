@@ -7,6 +7,7 @@ CuPy arrays, torch CUDA tensors (through DLPack) and any other
 in the caller's array type, on its device.
 """
 import contextlib
+import functools
 import numbers
 import sys
 
@@ -75,6 +76,36 @@ def as_array(x, kind):
     if x.dtype == sys.modules["torch"].bfloat16:
         x = x.view(sys.modules["torch"].int16)
     return cupy.from_dlpack(x)
+
+
+def device_context(x):
+    """Where the CUDA kernels of a call on ``x`` run: x's device and the caller's
+    current stream (torch's, for a torch tensor). Nothing for CPU arrays."""
+    try:
+        kind = kind_of(x, "x")
+    except TypeError:
+        return contextlib.nullcontext()  # the call's own checks will say what is wrong
+    if kind not in GPU_KINDS:
+        return contextlib.nullcontext()
+    cupy = _cupy()
+    stack = contextlib.ExitStack()
+    if kind == "torch_cuda":
+        torch = sys.modules["torch"]
+        stack.enter_context(cupy.cuda.Device(x.device.index))
+        stack.enter_context(cupy.cuda.ExternalStream(torch.cuda.current_stream(x.device).cuda_stream, x.device.index))
+    else:
+        stack.enter_context(cupy.cuda.Device(as_array(x, kind).device.id))
+    return stack
+
+
+def on_device(function):
+    """Run ``function(x, ...)`` inside ``device_context(x)``: every copy, allocation and
+    kernel of the call on x's device and the caller's stream."""
+    @functools.wraps(function)
+    def run(x, *args, **kwargs):
+        with device_context(x):
+            return function(x, *args, **kwargs)
+    return run
 
 
 def check_float(name_of_dtype, name, gpu=False):
@@ -176,20 +207,6 @@ class Call:
         if not a.flags.c_contiguous or (not self.gpu and not a.flags.writeable):
             raise ValueError(f"{name} must be a writeable C-contiguous array")
         return a
-
-    def context(self):
-        """Where the CUDA kernels of this call run: pred's device and the caller's
-        current stream (torch's, for torch tensors). Nothing on the CPU."""
-        if not self.gpu:
-            return contextlib.nullcontext()
-        stack = contextlib.ExitStack()
-        cupy = self.xp
-        stack.enter_context(cupy.cuda.Device(self.pred.device.id))
-        if self.kind == "torch_cuda":
-            torch = sys.modules["torch"]
-            stream = torch.cuda.current_stream(self.pred.device.id)
-            stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, self.pred.device.id))
-        return stack
 
     def back(self, a):
         """``a`` handed back in the caller's array type (no copy, but a value of a

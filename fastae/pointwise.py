@@ -18,7 +18,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number, contiguous
+from ._arrays import Call, check_choice, check_number, contiguous, on_device
 from .cpu import pointwise as cpu_pointwise
 from .cuda import pointwise as cuda_pointwise
 
@@ -29,6 +29,7 @@ REDUCTIONS = ("mean", "sum", "none", "batchmean")
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
 
 
+@on_device
 def _pointwise(loss, params, pred, target, reduction, weight, activation, negative_slope, grad, out):
     call = Call(pred)
     p = contiguous(call.pred)
@@ -48,9 +49,8 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
     count = {"mean": n, "sum": 1, "none": 1, "batchmean": p.shape[0] if p.ndim else 1}[reduction]
     scale = 1.0 / count if count else 0.0
     if call.gpu:  # out-of-domain values make the loss NaN: raising would wait for the device
-        with call.context():
-            value, _ = cuda_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values,
-                                                scale, 1.0 / count if count else np.nan, call.ctype)
+        value, _ = cuda_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values,
+                                            scale, 1.0 / count if count else np.nan, call.ctype)
     else:
         total, outside = cpu_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values, scale)
         if outside:

@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._arrays import Call, check_number, contiguous, is_number
+from ._arrays import Call, check_number, contiguous, is_number, on_device
 from .cpu import pointwise as cpu_pointwise
 from .cpu import sparse as cpu_sparse
 from .cuda import pointwise as cuda_pointwise
@@ -47,6 +47,7 @@ def _thresholds(call, lam):
     return contiguous(call.xp.broadcast_to(a, shape))
 
 
+@on_device
 def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
     """sign(c) max(|c| - lam, 0), the proximal operator of lam |c|.
 
@@ -64,8 +65,7 @@ def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
     codes = call.out(out)
     mask = call.out(mask_out, "mask_out") if grad else None
     if call.gpu:
-        with call.context():
-            cuda_sparse.soft_threshold(a, lam, codes, mask, call.ctype)
+        cuda_sparse.soft_threshold(a, lam, codes, mask, call.ctype)
     else:
         cpu_sparse.soft_threshold(a, lam, codes, mask)
     result = out if out is not None else call.back(codes)
@@ -81,9 +81,8 @@ def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     g = call.out(out) if grad else None
     acc = None if accumulate_into is None else call.out(accumulate_into, "accumulate_into")
     if call.gpu:
-        with call.context():
-            value, _ = cuda_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
-                                                coefficient, call.ctype, grad_add=acc)
+        value, _ = cuda_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
+                                            coefficient, call.ctype, grad_add=acc)
     else:
         total, _ = cpu_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
                                            grad_add=acc)
@@ -94,6 +93,7 @@ def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     return LossGrad(value, out if out is not None else call.back(g))
 
 
+@on_device
 def l1_penalty(z, alpha, *, grad=False, out=None):
     """alpha * sum |z| (a Laplace prior on the codes); gradient alpha * sign(z), 0 at 0."""
     alpha = check_number(alpha, "alpha", nonnegative=True)
@@ -102,6 +102,7 @@ def l1_penalty(z, alpha, *, grad=False, out=None):
     return _penalty("l1", z, alpha, "z", grad, out)
 
 
+@on_device
 def l2_penalty(w, lam, *, grad=False, accumulate_into=None):
     """lam * sum w^2 (weight decay, a Gaussian prior); gradient 2 lam w.
 
@@ -114,6 +115,7 @@ def l2_penalty(w, lam, *, grad=False, accumulate_into=None):
     return _penalty("mse", w, lam, "w", grad, None, accumulate_into)
 
 
+@on_device
 def kl_sparsity(h, rho, *, beta=1.0, grad=False):
     """beta * sum_j KL(rho || rho_hat_j), rho_hat_j = mean_i h_ij, for
     activations ``h`` of shape (n, k) in (0, 1): the sparse autoencoder's
@@ -129,9 +131,8 @@ def kl_sparsity(h, rho, *, beta=1.0, grad=False):
         raise ValueError(f"h must have shape (n, k) with n >= 1, got {a.shape}")
     if call.gpu:  # a value outside (0, 1) makes the result NaN: raising would wait for the device
         g = call.empty() if grad else None
-        with call.context():
-            value = cuda_sparse.kl_sparsity(contiguous(a), rho, beta, g, call.ctype)
-            value = call.back(call.xp.asarray(value, call.value_dtype))
+        value = cuda_sparse.kl_sparsity(contiguous(a), rho, beta, g, call.ctype)
+        value = call.back(call.xp.asarray(value, call.value_dtype))
         return LossGrad(value, call.back(g)) if grad else value
     if not ((a > 0) & (a < 1)).all():
         raise ValueError(f"h must lie in (0, 1) (activations of a sigmoid): found values in "
@@ -155,6 +156,7 @@ def _signals_and_dictionary(x, D, name):
     return call, a, d
 
 
+@on_device
 def lasso_codes(x, U, alpha):
     """argmin_z ||x - U z||^2 + alpha ||z||_1 for U (d, k) with orthonormal
     columns: soft(U^T x, alpha / 2), for x of shape (n, d) or (d,). (On a
@@ -162,21 +164,21 @@ def lasso_codes(x, U, alpha):
     call, a, u = _signals_and_dictionary(x, U, "U")
     alpha = check_number(alpha, "alpha", nonnegative=True)
     xp = call.xp
-    with call.context():
-        gram = u.T @ u
-        off = float(xp.abs(gram - xp.eye(u.shape[1], dtype=u.dtype)).max()) if gram.size else 0.0
-        tolerance = np.sqrt(np.finfo(u.dtype).eps)
-        if off > tolerance:
-            raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
-                             f"{tolerance:.1g}); use fastae.ista for a general dictionary")
-        codes = a @ u
-        if call.gpu:
-            cuda_sparse.soft_threshold(codes, alpha / 2, codes, None, call.ctype)
-        else:
-            cpu_sparse.soft_threshold(codes, alpha / 2, codes, None)
+    gram = u.T @ u
+    off = float(xp.abs(gram - xp.eye(u.shape[1], dtype=u.dtype)).max()) if gram.size else 0.0
+    tolerance = np.sqrt(np.finfo(u.dtype).eps)
+    if off > tolerance:
+        raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
+                         f"{tolerance:.1g}); use fastae.ista for a general dictionary")
+    codes = a @ u
+    if call.gpu:
+        cuda_sparse.soft_threshold(codes, alpha / 2, codes, None, call.ctype)
+    else:
+        cpu_sparse.soft_threshold(codes, alpha / 2, codes, None)
     return call.back(codes)
 
 
+@on_device
 def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     """argmin_z ||x - D z||^2 + alpha ||z||_1 for any dictionary D (d, k),
     batched over the rows of x ((n, d) or (d,)); returns codes (n, k) or (k,).
@@ -195,16 +197,15 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
     xp = call.xp
-    with call.context():
-        signals = a.reshape(-1, d.shape[0])
-        d64 = d.astype(np.float64)
-        norm = float(xp.linalg.svd(d64, compute_uv=False)[0]) if d.size else 0.0
-        lipschitz = 2.0 * norm ** 2
-        if lipschitz == 0.0:
-            codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
-        else:
-            solve = cuda_sparse.fista if call.gpu else cpu_sparse.fista
-            extra = (call.ctype,) if call.gpu else ()
-            codes = solve(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz, n_iter, tol,
-                          accelerated, *extra)
+    signals = a.reshape(-1, d.shape[0])
+    d64 = d.astype(np.float64)
+    norm = float(xp.linalg.svd(d64, compute_uv=False)[0]) if d.size else 0.0
+    lipschitz = 2.0 * norm ** 2
+    if lipschitz == 0.0:
+        codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
+    else:
+        solve = cuda_sparse.fista if call.gpu else cpu_sparse.fista
+        extra = (call.ctype,) if call.gpu else ()
+        codes = solve(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz, n_iter, tol,
+                      accelerated, *extra)
     return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))

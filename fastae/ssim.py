@@ -11,7 +11,7 @@ Images are (H, W), (C, H, W) or (N, C, H, W); the gradient is exact.
 """
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number, contiguous
+from ._arrays import Call, check_choice, check_number, contiguous, on_device
 from .cpu import pointwise as cpu_pointwise
 from .cpu import ssim as cpu_ssim
 from .cuda import pointwise as cuda_pointwise
@@ -93,15 +93,15 @@ class _Images:
 def _ssim(images, sign, offset, grad, out):
     n_pos = images.positions(images.h, images.w)
     g = images.call.out(out).reshape(images.x.shape) if grad else None
-    with images.call.context():
-        scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
-        per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
-        value = images.reduce(per_plane, sign, offset)
+    scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
+    per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
+    value = images.reduce(per_plane, sign, offset)
     if not grad:
         return value
     return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
 
 
+@on_device
 def ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
          reduction="mean", grad=False, out=None):
     """Mean SSIM of pred against target (``reduction="none"``: one value per
@@ -111,6 +111,7 @@ def ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.
     return _ssim(images, 1.0, 0.0, grad, out)
 
 
+@on_device
 def ssim_loss(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
               reduction="mean", grad=False, out=None):
     """1 - SSIM, and its gradient (the SSIM gradient negated)."""
@@ -118,6 +119,7 @@ def ssim_loss(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, 
     return _ssim(images, -1.0, 1.0, grad, out)
 
 
+@on_device
 def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
                padding="valid", grad=False, out=None):
     """alpha * pixel + (1 - alpha) * (1 - SSIM), pixel the mean L1 or MSE.
@@ -136,17 +138,16 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     n_pos = images.positions(images.h, images.w)
     g = images.call.out(out).reshape(images.x.shape) if grad else None
     n = images.x.size
-    with images.call.context():
-        if images.call.gpu:
-            _, pixel_sum = cuda_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                                    alpha / n if n else 0.0, 1.0, images.ctype)
-        else:
-            pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                                   alpha / n if n else 0.0)
-        scales = images.full(images.x.shape[0], -(1.0 - alpha) / (images.x.shape[0] * n_pos))
-        per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
-        value = images.call.back(images.xp.asarray(alpha * pixel_sum / n + (1.0 - alpha) * (1.0 - per_plane.mean()),
-                                                   images.call.value_dtype))
+    if images.call.gpu:
+        _, pixel_sum = cuda_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
+                                                alpha / n if n else 0.0, 1.0, images.ctype)
+    else:
+        pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
+                                               alpha / n if n else 0.0)
+    scales = images.full(images.x.shape[0], -(1.0 - alpha) / (images.x.shape[0] * n_pos))
+    per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
+    value = images.call.back(images.xp.asarray(alpha * pixel_sum / n + (1.0 - alpha) * (1.0 - per_plane.mean()),
+                                               images.call.value_dtype))
     if not grad:
         return value
     return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
@@ -179,6 +180,7 @@ def _avg_pool_adjoint(g, pads, h, w):
     return padded[:, ph:ph + h, pw:pw + w]
 
 
+@on_device
 def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, weights=None,
             reduction="mean", grad=False, out=None):
     """Multi-scale SSIM as pytorch-msssim computes it: per level the mean
@@ -204,35 +206,34 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         x, y = cuda_bfloat16.to_float32(x), cuda_bfloat16.to_float32(y)
         g = None if result is None else xp.empty(x.shape, np.float32)
         images.ctype = "float"
-    with images.call.context():
-        # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
-        # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
-        pads, values, grads = [], [], []
-        for level in range(levels):
-            n_pos = images.positions(*x.shape[1:])
-            last = level == levels - 1
-            here = None if not grad else (g if level == 0 else xp.empty_like(x))
-            values.append(xp.maximum(images.planes(x, y, not last, images.full(x.shape[0], 1.0 / n_pos), here)
-                                     / n_pos, 0.0))
-            grads.append(here)
-            if not last:
-                pads.append(_pool_pads(*x.shape[1:]))
-                x, y = _avg_pool(x, pads[-1]), _avg_pool(y, pads[-1])
-        values = xp.stack(values)  # (levels, planes)
-        w = xp.asarray(w)
-        per_plane = xp.prod(values ** w[:, None], axis=0)
-        value = images.reduce(per_plane)
-        if not grad:
-            return value
-        total = None
-        for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
-            with np.errstate(divide="ignore", invalid="ignore"):
-                d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
-            here = grads[level]
-            here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
-            if total is not None:
-                here += _avg_pool_adjoint(total, pads[level], *here.shape[1:])
-            total = here
-        if g is not result:
-            cuda_bfloat16.from_float32(g, result)
+    # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
+    # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
+    pads, values, grads = [], [], []
+    for level in range(levels):
+        n_pos = images.positions(*x.shape[1:])
+        last = level == levels - 1
+        here = None if not grad else (g if level == 0 else xp.empty_like(x))
+        values.append(xp.maximum(images.planes(x, y, not last, images.full(x.shape[0], 1.0 / n_pos), here)
+                                 / n_pos, 0.0))
+        grads.append(here)
+        if not last:
+            pads.append(_pool_pads(*x.shape[1:]))
+            x, y = _avg_pool(x, pads[-1]), _avg_pool(y, pads[-1])
+    values = xp.stack(values)  # (levels, planes)
+    w = xp.asarray(w)
+    per_plane = xp.prod(values ** w[:, None], axis=0)
+    value = images.reduce(per_plane)
+    if not grad:
+        return value
+    total = None
+    for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
+        here = grads[level]
+        here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
+        if total is not None:
+            here += _avg_pool_adjoint(total, pads[level], *here.shape[1:])
+        total = here
+    if g is not result:
+        cuda_bfloat16.from_float32(g, result)
     return LossGrad(value, out if out is not None else images.call.back(result.reshape(images.shape)))
