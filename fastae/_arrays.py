@@ -16,7 +16,6 @@ import numpy as np
 CPU_DTYPES = ("float32", "float64")
 GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
 GPU_KINDS = ("cupy", "cuda", "torch_cuda")
-CTYPES = {"float32": "float", "float64": "double", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 
 def _torch_tensor_type():
@@ -145,8 +144,7 @@ class Call:
 
     ``pred`` fixes the array kind, the device, the dtype and the shape; every
     other array is checked against it. ``xp`` is the array module of the
-    views, ``gpu`` whether they run on the CUDA kernels, ``ctype`` the
-    kernels' element type.
+    views, ``gpu`` whether they run on the CUDA kernels.
     """
 
     def __init__(self, pred, name="pred"):
@@ -154,7 +152,6 @@ class Call:
         self.gpu = self.kind in GPU_KINDS
         self.dtype_name = dtype_name(pred)
         check_float(self.dtype_name, name, self.gpu)
-        self.ctype = CTYPES[self.dtype_name]
         self.pred = as_array(pred, self.kind)
         self.xp = sys.modules["cupy"] if self.gpu else np
         self.name = name

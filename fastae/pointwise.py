@@ -50,7 +50,7 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
     scale = 1.0 / count if count else 0.0
     if call.gpu:  # out-of-domain values make the loss NaN: raising would wait for the device
         value, _ = cuda_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values,
-                                            scale, 1.0 / count if count else np.nan, call.ctype)
+                                            scale, 1.0 / count if count else np.nan)
     else:
         total, outside = cpu_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values, scale)
         if outside:

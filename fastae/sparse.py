@@ -22,6 +22,10 @@ Thresholded = namedtuple("Thresholded", "codes mask")
 Thresholded.__doc__ = "Soft-thresholded codes and their derivative (1 where |c| > lam, else 0)."
 
 
+def _backend(call):
+    return cuda_sparse if call.gpu else cpu_sparse
+
+
 def _thresholds(call, lam):
     """lam as a non-negative number, or as a C-contiguous array whose flat
     values repeat along c's (varying along trailing axes only) or match them.
@@ -64,10 +68,7 @@ def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
         raise ValueError("mask_out receives the derivative: pass grad=True with it")
     codes = call.out(out)
     mask = call.out(mask_out, "mask_out") if grad else None
-    if call.gpu:
-        cuda_sparse.soft_threshold(a, lam, codes, mask, call.ctype)
-    else:
-        cpu_sparse.soft_threshold(a, lam, codes, mask)
+    _backend(call).soft_threshold(a, lam, codes, mask)
     result = out if out is not None else call.back(codes)
     if not grad:
         return result
@@ -82,7 +83,7 @@ def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     acc = None if accumulate_into is None else call.out(accumulate_into, "accumulate_into")
     if call.gpu:
         value, _ = cuda_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
-                                            coefficient, call.ctype, grad_add=acc)
+                                            coefficient, grad_add=acc)
     else:
         total, _ = cpu_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
                                            grad_add=acc)
@@ -129,16 +130,13 @@ def kl_sparsity(h, rho, *, beta=1.0, grad=False):
         raise ValueError(f"rho must lie in (0, 1), got {rho}")
     if a.ndim != 2 or a.shape[0] == 0:
         raise ValueError(f"h must have shape (n, k) with n >= 1, got {a.shape}")
-    if call.gpu:  # a value outside (0, 1) makes the result NaN: raising would wait for the device
-        g = call.empty() if grad else None
-        value = cuda_sparse.kl_sparsity(contiguous(a), rho, beta, g, call.ctype)
-        value = call.back(call.xp.asarray(value, call.value_dtype))
-        return LossGrad(value, call.back(g)) if grad else value
-    if not ((a > 0) & (a < 1)).all():
+    # On a CUDA device a value outside (0, 1) makes the result NaN: raising would wait for the device.
+    if not call.gpu and not ((a > 0) & (a < 1)).all():
         raise ValueError(f"h must lie in (0, 1) (activations of a sigmoid): found values in "
                          f"[{np.nanmin(a)}, {np.nanmax(a)}]" + (" and nan" if np.isnan(a).any() else ""))
-    g = np.empty(a.shape, a.dtype) if grad else None
-    value = call.back(np.array(cpu_sparse.kl_sparsity(a, rho, beta, g), a.dtype))
+    g = call.empty() if grad else None
+    value = _backend(call).kl_sparsity(contiguous(a), rho, beta, g)
+    value = call.back(call.xp.asarray(value, call.value_dtype))
     return LossGrad(value, call.back(g)) if grad else value
 
 
@@ -171,10 +169,7 @@ def lasso_codes(x, U, alpha):
         raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
                          f"{tolerance:.1g}); use fastae.ista for a general dictionary")
     codes = a @ u
-    if call.gpu:
-        cuda_sparse.soft_threshold(codes, alpha / 2, codes, None, call.ctype)
-    else:
-        cpu_sparse.soft_threshold(codes, alpha / 2, codes, None)
+    _backend(call).soft_threshold(codes, alpha / 2, codes, None)
     return call.back(codes)
 
 
@@ -204,8 +199,6 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     if lipschitz == 0.0:
         codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
     else:
-        solve = cuda_sparse.fista if call.gpu else cpu_sparse.fista
-        extra = (call.ctype,) if call.gpu else ()
-        codes = solve(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz, n_iter, tol,
-                      accelerated, *extra)
+        codes = _backend(call).fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz,
+                                     n_iter, tol, accelerated)
     return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))

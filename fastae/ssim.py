@@ -49,7 +49,8 @@ class _Images:
         self.batch = p.shape[:-3]  # () or (N,)
         self.x = contiguous(p).reshape(-1, self.h, self.w)
         self.y = contiguous(t).reshape(-1, self.h, self.w)
-        self.xp, self.ctype = self.call.xp, self.call.ctype
+        self.xp = self.call.xp
+        self.backend = cuda_ssim if self.call.gpu else cpu_ssim
         self.window = cpu_ssim.gaussian_window(self.win_size, self.sigma)
         self.pad = self.win_size // 2 if padding == "same" else 0
         self.c1 = (self.k1 * self.data_range) ** 2
@@ -65,11 +66,8 @@ class _Images:
     def planes(self, x, y, use_cs, scales, grad, accumulate=False):
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad``, scales[p] times
         each plane's gradient written (or added) into it."""
-        if self.call.gpu:
-            return cuda_ssim.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
-                                         accumulate, self.ctype)
-        return cpu_ssim.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
-                                    accumulate)
+        return self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
+                                        accumulate)
 
     def full(self, planes, value):
         return self.xp.full(planes, value, np.float64)
@@ -140,7 +138,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     n = images.x.size
     if images.call.gpu:
         _, pixel_sum = cuda_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                                alpha / n if n else 0.0, 1.0, images.ctype)
+                                                alpha / n if n else 0.0, 1.0)
     else:
         pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
                                                alpha / n if n else 0.0)
@@ -202,10 +200,9 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     xp = images.xp
     result = images.call.out(out).reshape(images.x.shape) if grad else None
     x, y, g = images.x, images.y, result
-    if images.ctype == "__nv_bfloat16":  # pooling needs arithmetic on the values: run in float32
+    if images.call.dtype_name == "bfloat16":  # pooling needs arithmetic on the values: run in float32
         x, y = cuda_bfloat16.to_float32(x), cuda_bfloat16.to_float32(y)
         g = None if result is None else xp.empty(x.shape, np.float32)
-        images.ctype = "float"
     # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
     # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
     pads, values, grads = [], [], []

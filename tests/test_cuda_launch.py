@@ -15,6 +15,7 @@ import pytest
 
 import fastae as fa
 from fastae.cuda import _module
+from fastae.cuda.check import instances_by_file
 from fastae.cuda import pointwise as cuda_pointwise
 from fastae.cuda import sparse as cuda_sparse
 from fastae.cuda import ssim as cuda_ssim
@@ -155,19 +156,20 @@ def test_every_public_function_launches_kernels_as_they_are_declared(cupy, rng, 
     ran = {re.sub(r"<.*", "", e) for e in Checker.launches}
     expected = {f"fastae::{name}" for name in signatures()} - ({"fastae::fista_step"} if dtype == np.float16 else set())
     assert ran == expected, "a kernel was never launched"
+    compiled = {expression for expressions in instances_by_file().values() for expression in expressions}
+    assert set(Checker.launches) <= compiled, "a launch names an instance the nvcc check does not compile"
 
 
 def test_bfloat16_launches_take_int16_bits(cupy, rng):
     """bfloat16 travels as int16 bit patterns (torch tensors viewed through DLPack)."""
     x, y = (rng.integers(-2**15, 2**15, (2, 3, 40, 37)).astype(np.int16).view(FakeArray) for _ in range(2))
     g = np.empty_like(x)
-    value, total = cuda_pointwise.pointwise("bce", {}, "sigmoid", 0.0, x, y, None, g, None, 1.0, 1.0,
-                                            "__nv_bfloat16")
+    value, total = cuda_pointwise.pointwise("bce", {}, "sigmoid", 0.0, x, y, None, g, None, 1.0, 1.0)
     assert value.dtype == np.int16 and total.dtype == np.float64
     planes = x.reshape(-1, 40, 37)
     window = np.ones(11) / 11
     sums = cuda_ssim.ssim_planes(planes, y.reshape(-1, 40, 37), window, 0, 1e-4, 9e-4, False,
-                                 cupy.full(6, 1.0), g.reshape(-1, 40, 37), True, "__nv_bfloat16")
+                                 cupy.full(6, 1.0), g.reshape(-1, 40, 37), True)
     assert sums.shape == (6,)
-    cuda_sparse.soft_threshold(x, 0.5, g, None, "__nv_bfloat16")
+    cuda_sparse.soft_threshold(x, 0.5, g, None)
     assert len(Checker.launches) == 6

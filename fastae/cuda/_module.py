@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+# The kernels' element type of each array dtype; bfloat16 travels as its int16 bits (CuPy has no bfloat16).
+ELEMENT_TYPES = {"float32": "float", "float64": "double", "float16": "__half", "int16": "__nv_bfloat16"}
 THREADS = 256       # threads per block of the element-wise kernels
 MAX_BLOCKS = 1024   # grid of the reductions: fixed by the size alone, so results do not depend on the device
 
@@ -55,6 +57,11 @@ def function(file, expression):
     """The kernel ``expression`` (e.g. ``fastae::soft_threshold<float>``) of ``file``, for the current device."""
     import cupy
     return _function(file, expression, cupy.cuda.Device().id)
+
+
+def element_type(a):
+    """The C++ element type the kernels take for the array ``a``."""
+    return ELEMENT_TYPES[a.dtype.name]
 
 
 def ptr(a):

@@ -2,13 +2,12 @@
 gradient and a deterministic two-pass reduction, results left on the device."""
 import numpy as np
 
-from ._module import THREADS, aligned, blocks_for, function, ptr
+from ._module import ELEMENT_TYPES, THREADS, aligned, blocks_for, element_type, function, ptr
 
 LOSSES = {"mse": "MSE", "l1": "L1", "huber": "Huber", "bce": "BCE", "gaussian_nll": "GaussianNLL",
           "laplace_nll": "LaplaceNLL"}
 ACTIVATIONS = {"identity": "Identity", "sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "ReLU",
                "leaky_relu": "LeakyReLU"}
-CTYPES = ("float", "double", "__half", "__nv_bfloat16")
 
 
 def partials_kernel(ctype, loss, activation):
@@ -21,7 +20,7 @@ def finish_kernel(ctype):
 
 def instances():
     """Every kernel this module can launch: (file, name expression)."""
-    for ctype in CTYPES:
+    for ctype in ELEMENT_TYPES.values():
         for loss in LOSSES:
             for activation in ACTIVATIONS:
                 yield "pointwise.cu", partials_kernel(ctype, loss, activation)
@@ -29,9 +28,8 @@ def instances():
 
 
 def pointwise(loss, params, activation, negative_slope, pred, target, weight, grad, values, scale, value_scale,
-              ctype, grad_add=None):
-    """Run the fused loop over C-contiguous CuPy arrays of one dtype (``ctype``
-    the kernels' element type).
+              grad_add=None):
+    """Run the fused loop over C-contiguous CuPy arrays of one dtype.
 
     Returns ``(value, total)`` as 0-d device arrays: ``value`` the sum times
     ``value_scale`` in pred's dtype, NaN when any element lay outside the
@@ -43,6 +41,7 @@ def pointwise(loss, params, activation, negative_slope, pred, target, weight, gr
     """
     import cupy
     n = pred.size
+    ctype = element_type(pred)
     p0, p1 = (tuple(params.values()) + (0.0, 0.0))[:2]  # the loss's fields, in its spec's order
     weights = weight if isinstance(weight, cupy.ndarray) else None
     w_scalar = 1.0 if weight is None or weights is not None else float(weight)

@@ -2,13 +2,13 @@
 the KL sparsity penalty and batched FISTA (cuBLAS products through CuPy)."""
 import numpy as np
 
-from ._module import THREADS, aligned, blocks_for, function, ptr
+from ._module import ELEMENT_TYPES, THREADS, aligned, blocks_for, element_type, function, ptr
 
 CHECK_EVERY = 8  # FISTA steps between convergence checks (each waits for the device)
 
 
 def instances():
-    for ctype in ("float", "double", "__half", "__nv_bfloat16"):
+    for ctype in ELEMENT_TYPES.values():
         yield "sparse.cu", f"fastae::soft_threshold<{ctype}>"
         yield "sparse.cu", f"fastae::column_means<{ctype}>"
         yield "sparse.cu", f"fastae::spread_columns<{ctype}>"
@@ -16,7 +16,7 @@ def instances():
         yield "sparse.cu", f"fastae::fista_step<{ctype}>"
 
 
-def soft_threshold(c, lam, out, mask, ctype):
+def soft_threshold(c, lam, out, mask):
     """soft(c, lam) into ``out`` (may be ``c``) and its derivative into ``mask``
     unless None; ``lam`` a number or a C-contiguous array whose flat values
     repeat along c's (or match them one to one)."""
@@ -26,16 +26,17 @@ def soft_threshold(c, lam, out, mask, ctype):
     scalar = 0.0 if lams is not None else float(lam)
     period = n if lams is None else lams.size
     vectorized = lams is None and aligned(c, out, mask)
-    function("sparse.cu", f"fastae::soft_threshold<{ctype}>")(
+    function("sparse.cu", f"fastae::soft_threshold<{element_type(c)}>")(
         (blocks_for(n, 16 // c.itemsize if vectorized else 1),), (THREADS,),
         (c, ptr(lams), np.float64(scalar), np.int64(period), out, ptr(mask), np.int64(n), np.int32(vectorized)))
 
 
-def kl_sparsity(h, rho, beta, grad, ctype):
+def kl_sparsity(h, rho, beta, grad):
     """beta * sum_j KL(rho || mean_i h_ij) as a 0-d float64 device array (NaN
     when a value of h lies outside (0, 1)), and its gradient into ``grad``."""
     import cupy
     n, k = h.shape
+    ctype = element_type(h)
     rho_hat = cupy.empty(k, np.float64)
     bad = cupy.empty(k, np.float64)
     function("sparse.cu", f"fastae::column_means<{ctype}>")((blocks_for(k),), (THREADS,),
@@ -49,7 +50,7 @@ def kl_sparsity(h, rho, beta, grad, ctype):
     return value
 
 
-def fista(b, gram, step, thr, n_iter, tol, accelerated, ctype):
+def fista(b, gram, step, thr, n_iter, tol, accelerated):
     """Codes (n, k) minimising ||x - D z||^2 + alpha ||z||_1 for every signal,
     from b = x D and gram = D^T D; step = 1 / L, thr = alpha * step. Stops
     when every signal's codes changed by at most ``tol`` relatively (checked
@@ -62,7 +63,7 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated, ctype):
     z_new = cupy.empty((n, k), b.dtype)
     t = cupy.ones(n, np.float64)
     change = cupy.empty(n, np.float64)
-    step_kernel = function("sparse.cu", f"fastae::fista_step<{ctype}>")
+    step_kernel = function("sparse.cu", f"fastae::fista_step<{element_type(b)}>")
     for i in range(n_iter):
         cupy.matmul(y, gram, out=gy)
         step_kernel((-(-n // THREADS),), (THREADS,),

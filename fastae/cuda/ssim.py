@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from ._module import function
+from ._module import ELEMENT_TYPES, element_type, function
 
 TILE_W = 32        # positions per tile row (the block's x extent)
 MAX_PLANES = 65535  # a grid's z extent
@@ -34,7 +34,7 @@ def backward_shared(ctype, win):
 
 
 def instances():
-    for ctype in ("float", "double", "__half", "__nv_bfloat16"):
+    for ctype in ELEMENT_TYPES.values():
         yield "ssim.cu", f"fastae::ssim_forward<{ctype}>"
         yield "ssim.cu", f"fastae::ssim_backward<{ctype}>"
     yield "ssim.cu", "fastae::plane_sums"
@@ -58,7 +58,7 @@ def _kernel(name, ctype, shared):
     return kernel
 
 
-def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, ctype):
+def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate):
     """Per-plane sums (float64, on the device) of the SSIM map (or, with
     ``use_cs``, the contrast-structure map) of the planes x, y (P, H, W),
     zero-padded by ``pad``. With ``grad`` an array of x's shape, writes (or
@@ -66,6 +66,7 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, cty
     is a (P,) float64 device array. No host synchronisation."""
     import cupy
     planes, h, w = x.shape
+    ctype = element_type(x)
     win = window.size
     ho, wo = h + 2 * pad - win + 1, w + 2 * pad - win + 1
     th = tile_height(ctype)
