@@ -181,10 +181,11 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     FISTA (``accelerated=True``, with adaptive momentum restart) or ISTA, step
     1 / L with L = 2 ||D||_2^2. On the CPU each signal stops when the relative
     change of its codes ||z' - z|| / ||z'|| falls under ``tol``, or when, its
-    support found, one small linear solve on that support gives the exact
-    optimum (checked by the optimality conditions); on a CUDA device the batch
-    stops when every signal's change is under ``tol`` (checked every few
-    steps). At most ``n_iter`` steps.
+    support (nearly) found, small linear solves on that support give the
+    exact optimum (checked by the optimality conditions); float64 signals
+    take their first steps in float32 and are exact at convergence. On a CUDA
+    device the batch stops when every signal's change is under ``tol``
+    (checked every few steps). At most ``n_iter`` steps.
     """
     call, a, d = _signals_and_dictionary(x, D, "D")
     alpha = check_number(alpha, "alpha", nonnegative=True)
@@ -199,6 +200,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     if lipschitz == 0.0:
         codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
     else:
-        codes = _backend(call).fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz,
-                                     n_iter, tol, accelerated)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
+            codes = _backend(call).fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz,
+                                         n_iter, tol, accelerated)
     return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))

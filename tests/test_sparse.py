@@ -226,6 +226,77 @@ def test_ista_reaches_sklearn_objective(rng, dtype):
     assert ours <= theirs * (1 + 1e-5)
 
 
+def fista_reference(x, D, alpha, n_steps, accelerated=True):
+    """Plain float64 FISTA with the gradient-test restart, ``n_steps`` steps from zero."""
+    L = 2 * np.linalg.norm(D, 2) ** 2
+    z = y = np.zeros((x.shape[0], D.shape[1]))
+    t = np.ones(x.shape[0])
+    for _ in range(n_steps):
+        v = y - 2 * ((y @ D.T - x) @ D) / L
+        new = np.sign(v) * np.maximum(np.abs(v) - alpha / L, 0)
+        restart = np.sum((y - new) * (new - z), axis=1) > 0
+        tr = np.where(restart | (not accelerated), 1.0, t)
+        t = (1 + np.sqrt(1 + 4 * tr * tr)) / 2
+        y, z = new + ((tr - 1) / t)[:, None] * (new - z), new
+    return z
+
+
+def optimality_gap(x, D, z, alpha):
+    """How far codes are from the LASSO optimality conditions, relative to alpha/2:
+    b - G z must equal alpha/2 sign(z) on the support and stay within alpha/2 off it."""
+    x, D, z = (np.asarray(a, np.float64) for a in (x, D, z))
+    residual = (x - z @ D.T) @ D
+    on = np.abs(residual - alpha / 2 * np.sign(z))[z != 0]
+    off = np.maximum(np.abs(residual) - alpha / 2, 0)[z == 0]
+    return max(on.max(initial=0), off.max(initial=0)) / (alpha / 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ista_returns_the_exact_optimum(rng, dtype):
+    """The support polish makes the codes exact: the optimality conditions hold
+    to rounding, float64 codes to ~1e-12 although the early steps run in float32."""
+    D = dictionary(rng, 37, 29)
+    x = signals(rng, D, 301)[::2]  # non-contiguous rows
+    codes = fa.ista(x.astype(dtype), D.astype(dtype), 0.1)
+    assert optimality_gap(x.astype(dtype), D.astype(dtype), codes, 0.1) < (1e-4 if dtype == np.float32 else 1e-10)
+    assert (codes != 0).any() and (codes == 0).any()
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["fista", "ista"])
+def test_ista_steps_follow_the_reference_iteration(rng, accelerated):
+    """Stopped after a few steps (before any polish), the codes are those
+    FISTA's (or ISTA's) iterates reach; float64 signals take their first steps
+    in float32, so to float32 accuracy."""
+    D = dictionary(rng, 40, 24)
+    x = signals(rng, D, 64)
+    for n_steps in (1, 3):
+        codes = fa.ista(x, D, 0.2, n_iter=n_steps, tol=0.0, accelerated=accelerated)
+        np.testing.assert_allclose(codes, fista_reference(x, D, 0.2, n_steps, accelerated), atol=1e-5)
+
+
+def test_ista_with_duplicate_atoms_converges_by_iterating(rng):
+    """Two equal atoms make G_SS singular on supports holding both: the polish
+    cannot solve those signals, which then converge by the float64 iterations."""
+    D = dictionary(rng, 30, 16)
+    D = np.concatenate([D, D[:, :3]], axis=1)
+    x = signals(rng, D[:, :16], 80)
+    codes = fa.ista(x, D, 0.1, n_iter=5000, tol=1e-10)
+    assert optimality_gap(x, D, codes, 0.1) < 1e-5
+    assert objective(x, D, codes, 0.1) <= objective(x, D[:, :16], fa.ista(x, D[:, :16], 0.1), 0.1) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ista_propagates_nan_and_inf_per_signal(rng, dtype):
+    D = dictionary(rng, 20, 10, dtype)
+    x = signals(rng, D, 6)
+    x[1, 3], x[4, 0] = np.nan, -np.inf
+    codes = fa.ista(x, D, 0.1)
+    assert np.isnan(codes[[1, 4]]).all()
+    clean = [0, 2, 3, 5]
+    # the same codes as without the bad signals (to the rounding of x D, which BLAS blocks by batch size)
+    np.testing.assert_allclose(codes[clean], fa.ista(x[clean], D, 0.1), rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_ista_on_image_patches_with_a_patch_dictionary():
     """A coherent dictionary (patches of the same image): the harder case."""
     from skimage import data

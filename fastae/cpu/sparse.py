@@ -61,24 +61,27 @@ def soft_threshold(c, lam, out, mask):
     run_chunks(run, n_chunks)
 
 
+ITERATING, CONVERGED, SOLVED = 0, 1, 2  # a signal's state in the batch
+
+
 @njit(**KERNEL_OPTIONS)
-def fista_rows(y, gy, b, z, step, thr, tol2, t, change, done):
-    """One FISTA step with adaptive restart, in place, on every row of the
-    codes (n, k).
+def fista_rows(y, gy, b, z, step, thr, tol2, t, change, state):
+    """One FISTA step with adaptive restart, in place, on every iterating row
+    of the codes (n, k).
 
     Per signal (row): z' = soft(y - step * 2 (gy - b), thr), where gy = y G
     (G = D^T D) and b = x D make 2 (gy - b) the gradient of ||x - D z||^2;
     the momentum restarts when the step points back (O'Donoghue and Candes'
     gradient test); then y <- z' + (t - 1) / t_next (z' - z) and z <- z'.
     ``change`` receives ||z' - z||^2 / ||z'||^2 per row (0 when z' = z = 0);
-    a row whose change is at most ``tol2`` is marked ``done`` and left as it
-    is from then on. Returns the count of rows done.
+    a row whose change is at most ``tol2`` becomes CONVERGED and is left as
+    it is from then on. Returns the count of rows no longer iterating.
     """
     n, k = y.shape
     two_step = like(step, 2.0) * step
     finished = 0
     for r in range(n):  # 2-D indexing: a row view per row costs reference counting
-        if done[r]:
+        if state[r] != ITERATING:
             finished += 1
             continue
         back = like(step, 0.0)
@@ -100,99 +103,181 @@ def fista_rows(y, gy, b, z, step, thr, tol2, t, change, done):
             size += gy[r, j] * gy[r, j]
         change[r] = 0.0 if moved == 0 else (np.inf if size == 0 else moved / size)
         if change[r] <= tol2:
-            done[r] = True
+            state[r] = CONVERGED
             finished += 1
     return finished
 
 
 @njit(**KERNEL_OPTIONS)
-def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, done, first, stop):
-    """Jump to the exact optimum where FISTA has (likely) found the support:
-    on rows ``first`` to ``stop`` whose ``change`` is under ``below``.
+def solve_on_support(gram, b, half_alpha, support, sign, m, u, x):
+    """x[:m] = the stationary point on ``support`` with ``sign``: the solution
+    of G_SS x = b_S - alpha/2 sign_S: right-looking Cholesky U^T U = G_SS in
+    ``u`` (its diagonal inverted) with the forward substitution alongside,
+    then the back substitution; the loops update independent entries, no
+    dot-product chains. False when G_SS is not positive definite."""
+    for p in range(m):
+        sp = support[p]
+        for q in range(p, m):
+            u[p, q] = gram[sp, support[q]]
+        x[p] = b[sp] - half_alpha * sign[p]
+    for p in range(m):
+        if not u[p, p] > 0:
+            return False
+        inverse = 1.0 / np.sqrt(u[p, p])
+        u[p, p] = inverse  # the diagonal keeps 1 / U_pp
+        for i in range(p + 1, m):
+            u[p, i] *= inverse
+        x[p] *= inverse
+        for i in range(p + 1, m):
+            f = u[p, i]
+            x[i] -= f * x[p]
+            for j in range(i, m):
+                u[i, j] -= f * u[p, j]
+    for p in range(m - 1, -1, -1):
+        x[p] *= u[p, p]
+        for i in range(p):
+            x[i] -= u[i, p] * x[p]
+    return True
 
-    For a row with support S and signs s, the optimum on that support solves
-    G_SS z_S = b_S - alpha/2 s_S (a small Cholesky solve). When the solution
-    keeps the signs and the other coordinates satisfy the optimality test
-    |b_j - (G z)_j| <= alpha/2 (within ``slack``, relative), it is the
-    minimiser: the row is written and marked ``done``; the count of such rows
-    is returned.
-    ``tried`` keeps a signature of each row's last failed sign pattern, so
-    that a pattern is solved for once.
+
+@njit(**KERNEL_OPTIONS)
+def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, state, rows, codes):
+    """Jump to the exact optimum where FISTA is close to the support: on the
+    iterating rows whose ``change`` is under ``below``.
+    Row r of the batch is signal ``rows[r]`` of ``b`` (all n signals) and of
+    ``codes``; ``b`` and ``gram`` are float64 whatever the iterates' dtype.
+
+    Starting from the support S and signs s of the row's codes, the optimum
+    on the support solves G_SS x = b_S - alpha/2 s_S. When x keeps the signs
+    and every other coordinate satisfies |b_j - (G x)_j| <= alpha/2 (within
+    ``slack``, relative), x is the minimiser (the optimality conditions):
+    it is written into ``codes[rows[r]]`` and the row becomes SOLVED; the
+    count of such rows is returned. Otherwise the guess is corrected, at most
+    ``POLISH_FIXES`` times: atoms whose sign flipped leave the support, or
+    else the zero coordinate that violates its condition most joins it with
+    the sign of its residual. ``tried`` keeps a signature of each row's last
+    failed sign pattern, so that a pattern is tried once.
     """
     n, k = z.shape
-    a = np.empty((k, k), z.dtype)
-    x = np.empty(k, z.dtype)
-    support = np.empty(k, np.int64)
+    u = np.empty((k, k))  # G_SS, factorised in place
+    x = np.empty(k)  # the solution on the support
+    residual = np.empty(k)  # b - G x
+    support = np.empty(k, np.int64)  # in increasing order
+    sign = np.empty(k)
+    limit = half_alpha * slack
     solved = 0
-    for r in range(first, stop):
-        if done[r] or change[r] > below:
-            continue
+    for r in range(n):
+        if state[r] != ITERATING or not change[r] <= below:
+            continue  # (NaN codes never qualify: they propagate)
         m = 0
         signature = np.uint64(m)
         for j in range(k):
             if z[r, j] != 0:
                 support[m] = j
+                sign[m] = 1.0 if z[r, j] > 0 else -1.0
                 m += 1
                 signature = signature * np.uint64(1000003) + np.uint64(2 * j + (z[r, j] > 0) + 1)
         if signature == tried[r]:
             continue
         tried[r] = signature
-        ok = True
-        for p in range(m):  # Cholesky of G_SS, in place in a
-            for q in range(p + 1):
-                v = gram[support[p], support[q]]
-                for l in range(q):
-                    v -= a[p, l] * a[q, l]
-                if p == q:
-                    if v <= 0:
-                        ok = False
-                        break
-                    a[p, p] = np.sqrt(v)
-                else:
-                    a[p, q] = v / a[q, q]
-            if not ok:
+        br = b[rows[r]]
+        for _ in range(POLISH_FIXES + 1):
+            if not solve_on_support(gram, br, half_alpha, support, sign, m, u, x):
                 break
-        if not ok:
-            continue
-        for p in range(m):  # forward then backward substitution
-            j = support[p]
-            v = b[r, j] - (half_alpha if z[r, j] > 0 else -half_alpha)
-            for l in range(p):
-                v -= a[p, l] * x[l]
-            x[p] = v / a[p, p]
-        for p in range(m - 1, -1, -1):
-            v = x[p]
-            for l in range(p + 1, m):
-                v -= a[l, p] * x[l]
-            x[p] = v / a[p, p]
-        for p in range(m):
-            if x[p] * z[r, support[p]] <= 0:  # a sign flipped: not this support
-                ok = False
-        if not ok:
-            continue
-        p = 0
-        for j in range(k):  # optimality of the zero coordinates; stop at the first violation
-            if p < m and support[p] == j:
-                p += 1
+            kept = 0
+            for p in range(m):  # drop the atoms whose sign flipped
+                if x[p] * sign[p] > 0:
+                    support[kept], sign[kept], x[kept] = support[p], sign[p], x[p]
+                    kept += 1
+            if kept < m:
+                m = kept
                 continue
-            v = b[r, j]
+            for j in range(k):
+                residual[j] = br[j]
             for q in range(m):
-                v -= gram[j, support[q]] * x[q]
-            if abs(v) > half_alpha * slack:
-                ok = False
+                sq, xq = support[q], x[q]
+                for j in range(k):
+                    residual[j] -= gram[sq, j] * xq
+            worst, excess, p = -1, limit, 0
+            for j in range(k):  # optimality of the zero coordinates
+                if p < m and support[p] == j:
+                    p += 1
+                elif abs(residual[j]) > excess:
+                    worst, excess = j, abs(residual[j])
+            if worst < 0:
+                row = codes[rows[r]]
+                row[:] = 0
+                for p in range(m):
+                    row[support[p]] = x[p]
+                state[r] = SOLVED
+                solved += 1
                 break
-        if ok:
-            z[r, :] = 0
-            for p in range(m):
-                z[r, support[p]] = x[p]
-            done[r] = True
-            solved += 1
+            p = m  # the worst violator joins the support, in order
+            while p > 0 and support[p - 1] > worst:
+                support[p], sign[p] = support[p - 1], sign[p - 1]
+                p -= 1
+            support[p], sign[p] = worst, 1.0 if residual[worst] > 0 else -1.0
+            m += 1
     return solved
 
 
 POLISH_EVERY = 4  # FISTA steps between attempts at the exact optimum
-POLISH_ROWS = 128  # rows per parallel task
+POLISH_FIXES = 3  # corrections of a support guess per attempt
 POLISH_BELOW = 1e-4  # ... on rows whose codes changed less than this (squared, relative)
+SCOUT_TOL = 1e-5  # float64 signals iterate in float32 until their codes change less than this
+
+
+class _Batch:
+    """Signals being iterated: their rows in the result, codes z, FISTA
+    points y (both in the iterates' dtype), momentum t, and the signature of
+    the last sign pattern the polish tried."""
+
+    def __init__(self, rows, z, y, t, tried):
+        self.rows, self.z, self.y, self.t, self.tried = rows, z, y, t, tried
+
+    def take(self, keep):
+        return _Batch(self.rows[keep], self.z[keep], self.y[keep], self.t[keep], self.tried[keep])
+
+    @staticmethod
+    def join(parts, dtype):
+        """One batch of ``parts``, its iterates cast to ``dtype``."""
+        rows, z, y, t, tried = (np.concatenate([getattr(p, name) for p in parts])
+                                for name in ("rows", "z", "y", "t", "tried"))
+        return _Batch(rows, z.astype(dtype), y.astype(dtype), t, tried)
+
+
+def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
+    """At most ``n_iter`` FISTA steps on ``batch`` in its dtype, polishing
+    every few steps in float64; solved signals go straight into ``codes``.
+    Returns the steps taken and the signals left (converged or out of
+    steps), in pieces."""
+    dtype = batch.z.dtype
+    b = b64[batch.rows].astype(dtype)
+    gram = gram64.astype(dtype)
+    gy = np.empty_like(batch.z)
+    n = batch.rows.size
+    change, state = np.empty(n), np.zeros(n, np.int8)
+    half_alpha = thr / (2 * step)  # in float64, for the polish
+    step, thr, tol2 = dtype.type(step), dtype.type(thr), tol * tol
+    slack = 1 + np.sqrt(np.finfo(codes.dtype).eps)
+    left = []
+    i = 0
+    while i < n_iter and batch.rows.size:
+        m = batch.rows.size
+        np.matmul(batch.y, gram, out=gy[:m])
+        if not accelerated:
+            batch.t[:] = 1.0  # momentum factor 0: plain ISTA
+        finished = fista_rows(batch.y, gy[:m], b, batch.z, step, thr, tol2, batch.t, change, state)
+        i += 1
+        if i % POLISH_EVERY == 0:  # one thread: numpy's BLAS threads spin on the other cores after each product
+            finished += polish_rows(batch.z, b64, gram64, half_alpha, slack, change, POLISH_BELOW, batch.tried,
+                                    state, batch.rows, codes)
+        if finished * 4 >= m:  # set the finished signals aside: the products shrink
+            left.append(batch.take(state == CONVERGED))
+            keep = state == ITERATING
+            batch, b, state = batch.take(keep), b[keep], state[keep]
+    left.append(batch.take(state != SOLVED))
+    return i, left
 
 
 def fista(b, gram, step, thr, n_iter, tol, accelerated):
@@ -201,43 +286,25 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
 
     A signal is done when its codes changed by at most ``tol`` relatively, or
     when the polish (every few steps) found its exact optimum; done signals
-    stop moving, and once a quarter of those left are done they are set
-    aside, so that the matrix products shrink as the batch converges.
+    are set aside, so that the matrix products shrink as the batch converges.
+    Float64 signals first iterate in float32 (half the memory traffic, twice
+    the SIMD width): the polish works in float64 from the float32 iterates'
+    signs and is exact, and the signals it has not solved once their float32
+    codes settle (to ``SCOUT_TOL``) go on in float64 from where they are.
     """
     n, k = b.shape
-    dtype = b.dtype
-    codes = np.zeros((n, k), dtype)
-    todo = np.arange(n)
-    z = np.zeros((n, k), dtype)
-    y = np.zeros((n, k), dtype)
-    gy = np.empty((n, k), dtype)
-    t = np.ones(n)
-    change = np.empty(n)
-    tried = np.zeros(n, np.uint64)  # signatures of sign patterns that failed the polish
-    step, thr, tol2 = dtype.type(step), dtype.type(thr), tol * tol
-    slack = dtype.type(1 + np.sqrt(np.finfo(dtype).eps))
-    done = np.zeros(n, np.bool_)
-    for i in range(n_iter):
-        np.matmul(y, gram, out=gy)
-        if not accelerated:
-            t[:] = 1.0  # momentum factor 0: plain ISTA
-        m = todo.size
-        finished = fista_rows(y, gy, b, z, step, thr, tol2, t, change, done)
-        if (i + 1) % POLISH_EVERY == 0:
-            solved = []
-            run_chunks(lambda first, stop: solved.append(polish_rows(
-                z, b, gram, thr / (2 * step), slack, change, POLISH_BELOW, tried, done,
-                first * POLISH_ROWS, min(stop * POLISH_ROWS, m))), -(-m // POLISH_ROWS))
-            finished += sum(solved)
-        if finished == m:
-            break
-        if finished * 4 >= m:  # set the finished rows aside: the products shrink
-            codes[todo[done]] = z[done]
-            keep = ~done
-            todo, z, y, b, t, tried = todo[keep], z[keep], y[keep], b[keep], t[keep], tried[keep]
-            gy, change, done = gy[:todo.size], change[:todo.size], done[:todo.size]
-            done[:] = False
-    codes[todo] = z
+    codes = np.zeros((n, k), b.dtype)
+    b64, gram64 = b.astype(np.float64), gram.astype(np.float64)
+    zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
+    batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64))
+    scout = b.dtype == np.float64
+    steps, left = _iterate(batch, b64, gram64, step, thr, n_iter, max(tol, SCOUT_TOL) if scout else tol,
+                           accelerated, codes)
+    if scout:
+        _, left = _iterate(_Batch.join(left, np.float64), b64, gram64, step, thr, n_iter - steps, tol,
+                           accelerated, codes)
+    for part in left:
+        codes[part.rows] = part.z
     return codes
 
 
