@@ -252,7 +252,7 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
     Returns the steps taken and the signals left (converged or out of
     steps), in pieces."""
     dtype = batch.z.dtype
-    b = b64[batch.rows].astype(dtype)
+    b = b64[batch.rows].astype(dtype, copy=False)
     gram = gram64.astype(dtype)
     gy = np.empty_like(batch.z)
     n = batch.rows.size
@@ -294,7 +294,7 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     """
     n, k = b.shape
     codes = np.zeros((n, k), b.dtype)
-    b64, gram64 = b.astype(np.float64), gram.astype(np.float64)
+    b64, gram64 = b.astype(np.float64, copy=False), gram.astype(np.float64, copy=False)
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
     batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64))
     scout = b.dtype == np.float64
