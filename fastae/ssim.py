@@ -32,6 +32,8 @@ class _Images:
         t = self.call.like_pred(target, "target")
         if not 2 <= p.ndim <= 4:
             raise ValueError(f"pred must be (H, W), (C, H, W) or (N, C, H, W) images, got shape {p.shape}")
+        if 0 in p.shape[-3:]:
+            raise ValueError(f"pred's images must have channels and pixels, got shape {p.shape}")
         if isinstance(win_size, bool) or not isinstance(win_size, (int, np.integer)) or win_size < 1 \
                 or win_size % 2 == 0:
             raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}")
@@ -80,12 +82,19 @@ class _Images:
         if self.reduction == "none":
             value = offset + sign * self.per_image(per_plane)
         else:
-            value = offset + sign * per_plane.mean()
+            value = offset + sign * mean(per_plane)
         return self.call.back(self.xp.asarray(value, self.call.value_dtype))
 
     def plane_weight(self):
-        """d (reduced value) / d (plane value): planes averaged over all, or over channels."""
-        return 1.0 / (self.x.shape[0] if self.reduction != "none" else self.channels)
+        """d (reduced value) / d (plane value): planes averaged over all, or over channels
+        (0 for an empty batch, which has no gradient to spread)."""
+        planes = self.x.shape[0] if self.reduction != "none" else self.channels
+        return 1.0 / planes if planes else 0.0
+
+
+def mean(a):
+    """The mean of ``a``; NaN, quietly, for an empty batch (as torch's losses)."""
+    return a.mean() if a.size else np.nan
 
 
 def _ssim(images, sign, offset, grad, out):
@@ -142,9 +151,10 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     else:
         pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
                                                alpha / n if n else 0.0)
-    scales = images.full(images.x.shape[0], -(1.0 - alpha) / (images.x.shape[0] * n_pos))
+    scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos)
     per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
-    value = images.call.back(images.xp.asarray(alpha * pixel_sum / n + (1.0 - alpha) * (1.0 - per_plane.mean()),
+    pixel_mean = pixel_sum / n if n else np.nan
+    value = images.call.back(images.xp.asarray(alpha * pixel_mean + (1.0 - alpha) * (1.0 - mean(per_plane)),
                                                images.call.value_dtype))
     if not grad:
         return value

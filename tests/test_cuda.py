@@ -247,3 +247,13 @@ def test_lasso_and_ista_match_cpu(rng, dtype):
     z_cpu = fa.ista(x, d, 0.2, n_iter=2000, tol=1e-10)
     gap = (objective(z_gpu.astype(np.float64)) - objective(z_cpu.astype(np.float64))) / objective(z_cpu)
     assert gap.max() < (1e-5 if dtype == np.float32 else 1e-8)
+
+
+def test_empty_inputs_behave_as_on_the_cpu():
+    empty = cp.zeros((0, 5), cp.float32)
+    assert np.isnan(float(fa.mse(empty, empty))) and float(fa.mse(empty, empty, reduction="sum")) == 0
+    d = cp.asarray(np.eye(5, 3))
+    assert fa.ista(cp.zeros((0, 5)), d, 0.1).shape == (0, 3)
+    images = cp.zeros((0, 3, 16, 16), cp.float32)
+    value, grad = fa.ssim_loss(images, images, grad=True)
+    assert np.isnan(float(value)) and grad.shape == images.shape

@@ -95,6 +95,8 @@ class Checker:
     def __call__(self, grid, block, args, shared_mem=0):
         assert len(args) == len(self.params), f"{self.expression}: {len(args)} arguments for {self.params}"
         assert len(grid) <= 3 and len(block) <= 3 and np.prod(block) <= 1024, (grid, block)
+        assert all(1 <= g for g in grid) and all(g <= 65535 for g in grid[1:]) and grid[0] < 2**31, \
+            f"{self.expression}: grid {grid}"
         for param, arg in zip(self.params, args):
             what = f"{self.expression}: {param} got {type(arg).__name__}"
             if "*" in param:
@@ -173,3 +175,16 @@ def test_bfloat16_launches_take_int16_bits(cupy, rng):
     assert sums.shape == (6,)
     cuda_sparse.soft_threshold(x, 0.5, g, None)
     assert len(Checker.launches) == 6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_inputs_launch_valid_grids(cupy, dtype):
+    """Zero signals, elements or planes: every launch still has a grid of at least one block."""
+    empty = np.zeros((0, 5), dtype).view(FakeArray)
+    fa.mse(empty, empty, reduction="sum", grad=True)
+    fa.soft_threshold(empty, 0.1, grad=True)
+    d = np.eye(5, 3, dtype=dtype).view(FakeArray)
+    assert fa.ista(empty, d, 0.1).shape == (0, 3)
+    assert fa.lasso_codes(empty, d, 0.1).shape == (0, 3)
+    planes = np.zeros((0, 3, 16, 16), dtype).view(FakeArray)
+    fa.ssim(planes, planes, grad=True)

@@ -105,6 +105,21 @@ def test_identical_and_constant_images(rng):
     assert_close(g, ref_grad, np.float64)
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_empty_batch_gives_nan_as_pytorch_msssim(dtype):
+    """No images: the mean of nothing is NaN (pytorch-msssim and torch's losses agree), quietly;
+    the gradient is empty, and reduction="none" gives no values."""
+    from pytorch_msssim import ssim as peer
+    empty = np.zeros((0, 3, 16, 16), dtype)
+    assert np.isnan(peer(torch.from_numpy(empty), torch.from_numpy(empty), data_range=1.0).item())
+    for value, grad in (fa.ssim(empty, empty, grad=True), fa.ssim_loss(empty, empty, grad=True),
+                        fa.mixed_loss(empty, empty, alpha=0.3, grad=True),
+                        fa.ms_ssim(*(np.zeros((0, 1, 170, 170), dtype),) * 2, grad=True)):
+        assert value.dtype == dtype and np.isnan(value) and grad.size == 0
+    assert fa.ssim(empty, empty, reduction="none").shape == (0,)
+
+
 def test_torch_tensors_and_determinism(rng):
     pred, target = image_pair(rng, (4, 3, 40, 40), np.float32)
     first = fa.ssim_loss(pred, target, grad=True)
@@ -169,6 +184,9 @@ def test_errors_name_the_argument(rng):
         fa.ssim(x, x, reduction="sum")
     with pytest.raises(ValueError, match=r"pred must be \(H, W\), \(C, H, W\) or \(N, C, H, W\)"):
         fa.ssim(np.zeros(30), np.zeros(30))
+    for shape in [(1, 3, 0, 20), (2, 0, 20, 20), (20, 0)]:
+        with pytest.raises(ValueError, match=r"pred's images must have channels and pixels, got shape \("):
+            fa.ssim(np.zeros(shape), np.zeros(shape), padding="same")
     with pytest.raises(ValueError, match="needs images larger than 160 pixels a side"):
         fa.ms_ssim(np.zeros((1, 1, 160, 200)), np.zeros((1, 1, 160, 200)))
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):

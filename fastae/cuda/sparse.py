@@ -63,6 +63,8 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     z_new = cupy.empty((n, k), b.dtype)
     t = cupy.ones(n, np.float64)
     change = cupy.empty(n, np.float64)
+    if n == 0:
+        return z  # (a grid of no blocks is a launch error)
     step_kernel = function("sparse.cu", f"fastae::fista_step<{element_type(b)}>")
     for i in range(n_iter):
         cupy.matmul(y, gram, out=gy)
