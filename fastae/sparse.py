@@ -7,6 +7,7 @@
 - For any dictionary D, ``ista`` solves the same problem by (accelerated)
   proximal gradient descent, batched over signals.
 """
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -20,6 +21,10 @@ from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
 Thresholded.__doc__ = "Soft-thresholded codes and their derivative (1 where |c| > lam, else 0)."
+
+
+class ConvergenceWarning(UserWarning):
+    """``ista`` ran out of steps (``n_iter``) before some signals converged."""
 
 
 def _backend(call):
@@ -201,6 +206,10 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
         codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
     else:
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
-            codes = _backend(call).fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz, alpha / lipschitz,
-                                         n_iter, tol, accelerated)
+            codes, unfinished = _backend(call).fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz,
+                                                     alpha / lipschitz, n_iter, tol, accelerated)
+        if unfinished:
+            warnings.warn(f"ista: {unfinished} of {signals.shape[0]} signals still moved by more than "
+                          f"tol={tol:g} after n_iter={n_iter} steps; raise n_iter", ConvergenceWarning,
+                          stacklevel=3)
     return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))

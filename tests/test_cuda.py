@@ -4,6 +4,8 @@ Every test here carries the ``gpu`` marker: without CuPy and a CUDA device it
 is skipped (tests/conftest.py), so CI on machines without a GPU stays green
 while the kernels are compile-checked there by ``python -m fastae.cuda.check``.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -257,3 +259,15 @@ def test_empty_inputs_behave_as_on_the_cpu():
     images = cp.zeros((0, 3, 16, 16), cp.float32)
     value, grad = fa.ssim_loss(images, images, grad=True)
     assert np.isnan(float(value)) and grad.shape == images.shape
+
+
+def test_ista_warns_when_steps_run_out(rng):
+    d = rng.standard_normal((16, 8))
+    x = cp.asarray(rng.standard_normal((10, 16)))
+    with pytest.warns(fa.ConvergenceWarning, match="ista: 10 of 10 signals still moved"):
+        fa.ista(x, cp.asarray(d), 0.1, n_iter=2, tol=0.0)
+    x[3, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes = fa.ista(x, cp.asarray(d), 0.1, n_iter=5000)
+    assert cp.isnan(codes[3]).all() and cp.isfinite(codes[[0, 1, 2, 4]]).all()

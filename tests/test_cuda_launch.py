@@ -20,7 +20,8 @@ from fastae.cuda import pointwise as cuda_pointwise
 from fastae.cuda import sparse as cuda_sparse
 from fastae.cuda import ssim as cuda_ssim
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the stand-in's buffers hold garbage
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),  # the stand-in's buffers hold garbage
+              pytest.mark.filterwarnings("ignore::fastae.ConvergenceWarning")]
 ELEMENT = {"float": np.float32, "double": np.float64, "__half": np.float16, "__nv_bfloat16": np.int16}
 
 
@@ -56,7 +57,7 @@ def fake_cupy():
     cupy = types.ModuleType("cupy")
     cupy.ndarray = FakeArray
     for name in ("empty", "zeros", "ones", "full", "asarray", "where", "stack", "sum", "log", "eye", "abs",
-                 "matmul", "maximum", "prod", "isnan", "broadcast_to", "empty_like"):
+                 "matmul", "maximum", "prod", "isnan", "broadcast_to", "empty_like", "count_nonzero"):
         setattr(cupy, name, (lambda f: lambda *a, **k: _fake(f(*a, **k)))(getattr(np, name)))
     cupy.linalg = types.SimpleNamespace(svd=lambda a, compute_uv: _fake(np.linalg.svd(a, compute_uv=compute_uv)))
     cupy.cuda = types.SimpleNamespace(Device=_Device, ExternalStream=None)

@@ -74,8 +74,8 @@ def fista_rows(y, gy, b, z, step, thr, tol2, t, change, state):
     the momentum restarts when the step points back (O'Donoghue and Candes'
     gradient test); then y <- z' + (t - 1) / t_next (z' - z) and z <- z'.
     ``change`` receives ||z' - z||^2 / ||z'||^2 per row (0 when z' = z = 0);
-    a row whose change is at most ``tol2`` becomes CONVERGED and is left as
-    it is from then on. Returns the count of rows no longer iterating.
+    a row whose change is at most ``tol2`` (or NaN) becomes CONVERGED and is
+    left as it is from then on. Returns the count of rows no longer iterating.
     """
     n, k = y.shape
     two_step = like(step, 2.0) * step
@@ -102,7 +102,7 @@ def fista_rows(y, gy, b, z, step, thr, tol2, t, change, state):
             moved += d * d
             size += gy[r, j] * gy[r, j]
         change[r] = 0.0 if moved == 0 else (np.inf if size == 0 else moved / size)
-        if change[r] <= tol2:
+        if not change[r] > tol2:  # NaN codes (a non-finite signal) too: no step mends them
             state[r] = CONVERGED
             finished += 1
     return finished
@@ -249,8 +249,8 @@ class _Batch:
 def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
     """At most ``n_iter`` FISTA steps on ``batch`` in its dtype, polishing
     every few steps in float64; solved signals go straight into ``codes``.
-    Returns the steps taken and the signals left (converged or out of
-    steps), in pieces."""
+    Returns the steps taken, the signals converged (in pieces) and those
+    still iterating when the steps ran out."""
     dtype = batch.z.dtype
     b = b64[batch.rows].astype(dtype, copy=False)
     gram = gram64.astype(dtype)
@@ -276,8 +276,8 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
             left.append(batch.take(state == CONVERGED))
             keep = state == ITERATING
             batch, b, state = batch.take(keep), b[keep], state[keep]
-    left.append(batch.take(state != SOLVED))
-    return i, left
+    left.append(batch.take(state == CONVERGED))
+    return i, left, batch.take(state == ITERATING)
 
 
 def fista(b, gram, step, thr, n_iter, tol, accelerated):
@@ -287,6 +287,7 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     A signal is done when its codes changed by at most ``tol`` relatively, or
     when the polish (every few steps) found its exact optimum; done signals
     are set aside, so that the matrix products shrink as the batch converges.
+    Returns the codes and the count of signals not done after ``n_iter`` steps.
     Float64 signals first iterate in float32 (half the memory traffic, twice
     the SIMD width): the polish works in float64 from the float32 iterates'
     signs and is exact, and the signals it has not solved once their float32
@@ -298,14 +299,14 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
     batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64))
     scout = b.dtype == np.float64
-    steps, left = _iterate(batch, b64, gram64, step, thr, n_iter, max(tol, SCOUT_TOL) if scout else tol,
-                           accelerated, codes)
+    steps, left, unfinished = _iterate(batch, b64, gram64, step, thr, n_iter,
+                                       max(tol, SCOUT_TOL) if scout else tol, accelerated, codes)
     if scout:
-        _, left = _iterate(_Batch.join(left, np.float64), b64, gram64, step, thr, n_iter - steps, tol,
-                           accelerated, codes)
-    for part in left:
+        _, left, unfinished = _iterate(_Batch.join(left + [unfinished], np.float64), b64, gram64, step, thr,
+                                       n_iter - steps, tol, accelerated, codes)
+    for part in left + [unfinished]:
         codes[part.rows] = part.z
-    return codes
+    return codes, unfinished.rows.size
 
 
 def kl_sparsity(h, rho, beta, grad):
