@@ -141,7 +141,7 @@ def solve_on_support(gram, b, half_alpha, support, sign, m, u, x):
 
 
 @njit(**KERNEL_OPTIONS)
-def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, state, rows, codes):
+def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step, state, rows, codes):
     """Jump to the exact optimum where FISTA is close to the support: on the
     iterating rows whose ``change`` is under ``below``.
     Row r of the batch is signal ``rows[r]`` of ``b`` (all n signals) and of
@@ -156,7 +156,12 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, state, rows
     ``POLISH_FIXES`` times: atoms whose sign flipped leave the support, or
     else the zero coordinate that violates its condition most joins it with
     the sign of its residual. ``tried`` keeps a signature of each row's last
-    failed sign pattern, so that a pattern is tried once.
+    failed sign pattern, so that a pattern is tried once, and ``retry`` the
+    FISTA step from which the row may be tried again: an attempt on m atoms
+    waits m^3 / (2 k^2) steps, about what one of its solves costs (m^3 / 6
+    scalar operations, against 2 k^2 per row and step in a matrix product
+    that runs some six times faster per operation), so that failures on
+    large supports cannot cost much more than the steps they might save.
     """
     n, k = z.shape
     u = np.empty((k, k))  # G_SS, factorised in place
@@ -167,7 +172,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, state, rows
     limit = half_alpha * slack
     solved = 0
     for r in range(n):
-        if state[r] != ITERATING or not change[r] <= below:
+        if state[r] != ITERATING or not change[r] <= below or step < retry[r]:
             continue  # (NaN codes never qualify: they propagate)
         m = 0
         signature = np.uint64(m)
@@ -180,6 +185,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, state, rows
         if signature == tried[r]:
             continue
         tried[r] = signature
+        retry[r] = step + m * m * m // (2 * k * k)
         br = b[rows[r]]
         for _ in range(POLISH_FIXES + 1):
             if not solve_on_support(gram, br, half_alpha, support, sign, m, u, x):
@@ -229,21 +235,23 @@ SCOUT_TOL = 1e-5  # float64 signals iterate in float32 until their codes change 
 
 class _Batch:
     """Signals being iterated: their rows in the result, codes z, FISTA
-    points y (both in the iterates' dtype), momentum t, and the signature of
-    the last sign pattern the polish tried."""
+    points y (both in the iterates' dtype), momentum t, and the polish's
+    bookkeeping: the signature of the last sign pattern tried, the step from
+    which to try again."""
 
-    def __init__(self, rows, z, y, t, tried):
-        self.rows, self.z, self.y, self.t, self.tried = rows, z, y, t, tried
+    FIELDS = ("rows", "z", "y", "t", "tried", "retry")
+
+    def __init__(self, rows, z, y, t, tried, retry):
+        self.rows, self.z, self.y, self.t, self.tried, self.retry = rows, z, y, t, tried, retry
 
     def take(self, keep):
-        return _Batch(self.rows[keep], self.z[keep], self.y[keep], self.t[keep], self.tried[keep])
+        return _Batch(*(getattr(self, name)[keep] for name in self.FIELDS))
 
     @staticmethod
     def join(parts, dtype):
-        """One batch of ``parts``, its iterates cast to ``dtype``."""
-        rows, z, y, t, tried = (np.concatenate([getattr(p, name) for p in parts])
-                                for name in ("rows", "z", "y", "t", "tried"))
-        return _Batch(rows, z.astype(dtype), y.astype(dtype), t, tried)
+        """One batch of ``parts``, its iterates cast to ``dtype``, to be tried afresh (steps count from 0)."""
+        rows, z, y, t, tried, _ = (np.concatenate([getattr(p, name) for p in parts]) for name in _Batch.FIELDS)
+        return _Batch(rows, z.astype(dtype), y.astype(dtype), t, tried, np.zeros(rows.size, np.int64))
 
 
 def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
@@ -271,7 +279,7 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
         i += 1
         if i % POLISH_EVERY == 0:  # one thread: numpy's BLAS threads spin on the other cores after each product
             finished += polish_rows(batch.z, b64, gram64, half_alpha, slack, change, POLISH_BELOW, batch.tried,
-                                    state, batch.rows, codes)
+                                    batch.retry, i, state, batch.rows, codes)
         if finished * 4 >= m:  # set the finished signals aside: the products shrink
             left.append(batch.take(state == CONVERGED))
             keep = state == ITERATING
@@ -297,7 +305,7 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     codes = np.zeros((n, k), b.dtype)
     b64, gram64 = b.astype(np.float64, copy=False), gram.astype(np.float64, copy=False)
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
-    batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64))
+    batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64), np.zeros(n, np.int64))
     scout = b.dtype == np.float64
     steps, left, unfinished = _iterate(batch, b64, gram64, step, thr, n_iter,
                                        max(tol, SCOUT_TOL) if scout else tol, accelerated, codes)
