@@ -109,35 +109,65 @@ def fista_rows(y, gy, b, z, step, thr, tol2, t, change, state):
 
 
 @njit(**KERNEL_OPTIONS)
-def solve_on_support(gram, b, half_alpha, support, sign, m, u, x):
-    """x[:m] = the stationary point on ``support`` with ``sign``: the solution
-    of G_SS x = b_S - alpha/2 sign_S: right-looking Cholesky U^T U = G_SS in
-    ``u`` (its diagonal inverted) with the forward substitution alongside,
-    then the back substitution; the loops update independent entries, no
-    dot-product chains. False when G_SS is not positive definite."""
+def factor_support(gram, b, half_alpha, support, sign, m, u, y):
+    """Right-looking Cholesky U^T U = G_SS in ``u`` (upper, its diagonal
+    inverted) and, alongside, y = U^-T (b_S - alpha/2 sign_S); the loops
+    update independent entries, no dot-product chains. False when G_SS is not
+    positive definite."""
     for p in range(m):
         sp = support[p]
         for q in range(p, m):
             u[p, q] = gram[sp, support[q]]
-        x[p] = b[sp] - half_alpha * sign[p]
+        y[p] = b[sp] - half_alpha * sign[p]
     for p in range(m):
         if not u[p, p] > 0:
             return False
         inverse = 1.0 / np.sqrt(u[p, p])
-        u[p, p] = inverse  # the diagonal keeps 1 / U_pp
+        u[p, p] = inverse
         for i in range(p + 1, m):
             u[p, i] *= inverse
-        x[p] *= inverse
+        y[p] *= inverse
         for i in range(p + 1, m):
             f = u[p, i]
-            x[i] -= f * x[p]
+            y[i] -= f * y[p]
             for j in range(i, m):
                 u[i, j] -= f * u[p, j]
+    return True
+
+
+@njit(**KERNEL_OPTIONS)
+def append_atom(gram, b, half_alpha, support, sign, m, u, y):
+    """Extend the factor and y of ``factor_support`` by atom support[m] (sign
+    sign[m]) in O(m^2): its column of U solves U^T w = G_S,j. False when
+    G_SS stops being positive definite."""
+    j = support[m]
+    for p in range(m):
+        u[p, m] = gram[support[p], j]
+    for p in range(m):  # forward substitution, column by column
+        u[p, m] *= u[p, p]
+        for i in range(p + 1, m):
+            u[i, m] -= u[p, i] * u[p, m]
+    d = gram[j, j]
+    v = b[j] - half_alpha * sign[m]
+    for p in range(m):
+        d -= u[p, m] * u[p, m]
+        v -= u[p, m] * y[p]
+    if not d > 0:
+        return False
+    u[m, m] = 1.0 / np.sqrt(d)
+    y[m] = v * u[m, m]
+    return True
+
+
+@njit(**KERNEL_OPTIONS)
+def back_substitute(u, y, m, x):
+    """x = U^-1 y: the solution on the support."""
+    for p in range(m):
+        x[p] = y[p]
     for p in range(m - 1, -1, -1):
         x[p] *= u[p, p]
         for i in range(p):
             x[i] -= u[i, p] * x[p]
-    return True
 
 
 @njit(**KERNEL_OPTIONS)
@@ -153,22 +183,25 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     ``slack``, relative), x is the minimiser (the optimality conditions):
     it is written into ``codes[rows[r]]`` and the row becomes SOLVED; the
     count of such rows is returned. Otherwise the guess is corrected, at most
-    ``POLISH_FIXES`` times: atoms whose sign flipped leave the support, or
-    else the zero coordinate that violates its condition most joins it with
-    the sign of its residual. ``tried`` keeps a signature of each row's last
-    failed sign pattern, so that a pattern is tried once, and ``retry`` the
-    FISTA step from which the row may be tried again: an attempt on m atoms
-    waits m^3 / (2 k^2) steps, about what one of its solves costs (m^3 / 6
-    scalar operations, against 2 k^2 per row and step in a matrix product
-    that runs some six times faster per operation), so that failures on
-    large supports cannot cost much more than the steps they might save.
+    ``POLISH_FIXES`` times: atoms whose sign flipped leave the support (a new
+    factorisation), or else the zero coordinate that violates its condition
+    most joins it with the sign of its residual (the factor grows by a
+    column). ``tried`` keeps a signature of each row's last failed sign
+    pattern, so that a pattern is tried once, and ``retry`` the FISTA step
+    from which the row may be tried again: an attempt on m atoms waits
+    m^3 / (2 k^2) steps, about what its factorisation costs (m^3 / 6 scalar
+    operations, against 2 k^2 per row and step in a matrix product that runs
+    some six times faster per operation), so that failures on large supports
+    cannot cost much more than the steps they might save.
     """
     n, k = z.shape
-    u = np.empty((k, k))  # G_SS, factorised in place
+    u = np.empty((k, k))  # the Cholesky factor of G_SS
+    y = np.empty(k)  # U^-T (b_S - alpha/2 s_S)
     x = np.empty(k)  # the solution on the support
     residual = np.empty(k)  # b - G x
-    support = np.empty(k, np.int64)  # in increasing order
+    support = np.empty(k, np.int64)
     sign = np.empty(k)
+    member = np.zeros(k, np.bool_)
     limit = half_alpha * slack
     solved = 0
     for r in range(n):
@@ -187,29 +220,33 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
         tried[r] = signature
         retry[r] = step + m * m * m // (2 * k * k)
         br = b[rows[r]]
+        factored = factor_support(gram, br, half_alpha, support, sign, m, u, y)
         for _ in range(POLISH_FIXES + 1):
-            if not solve_on_support(gram, br, half_alpha, support, sign, m, u, x):
+            if not factored:
                 break
+            back_substitute(u, y, m, x)
             kept = 0
             for p in range(m):  # drop the atoms whose sign flipped
                 if x[p] * sign[p] > 0:
-                    support[kept], sign[kept], x[kept] = support[p], sign[p], x[p]
+                    support[kept], sign[kept] = support[p], sign[p]
                     kept += 1
             if kept < m:
                 m = kept
+                factored = factor_support(gram, br, half_alpha, support, sign, m, u, y)
                 continue
             for j in range(k):
                 residual[j] = br[j]
             for q in range(m):
                 sq, xq = support[q], x[q]
+                member[sq] = True
                 for j in range(k):
                     residual[j] -= gram[sq, j] * xq
-            worst, excess, p = -1, limit, 0
+            worst, excess = -1, limit
             for j in range(k):  # optimality of the zero coordinates
-                if p < m and support[p] == j:
-                    p += 1
-                elif abs(residual[j]) > excess:
+                if not member[j] and abs(residual[j]) > excess:
                     worst, excess = j, abs(residual[j])
+            for q in range(m):
+                member[support[q]] = False
             if worst < 0:
                 row = codes[rows[r]]
                 row[:] = 0
@@ -218,17 +255,14 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
                 state[r] = SOLVED
                 solved += 1
                 break
-            p = m  # the worst violator joins the support, in order
-            while p > 0 and support[p - 1] > worst:
-                support[p], sign[p] = support[p - 1], sign[p - 1]
-                p -= 1
-            support[p], sign[p] = worst, 1.0 if residual[worst] > 0 else -1.0
+            support[m], sign[m] = worst, 1.0 if residual[worst] > 0 else -1.0  # the worst violator joins
+            factored = append_atom(gram, br, half_alpha, support, sign, m, u, y)
             m += 1
     return solved
 
 
 POLISH_EVERY = 4  # FISTA steps between attempts at the exact optimum
-POLISH_FIXES = 3  # corrections of a support guess per attempt
+POLISH_FIXES = 5  # corrections of a support guess per attempt
 POLISH_BELOW = 1e-4  # ... on rows whose codes changed less than this (squared, relative)
 SCOUT_TOL = 1e-5  # float64 signals iterate in float32 until their codes change less than this
 
