@@ -295,7 +295,7 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
     still iterating when the steps ran out."""
     dtype = batch.z.dtype
     b = b64[batch.rows].astype(dtype, copy=False)
-    gram = gram64.astype(dtype)
+    gram = gram64.astype(dtype, copy=False)
     gy = np.empty_like(batch.z)
     n = batch.rows.size
     change, state = np.empty(n), np.zeros(n, np.int8)
@@ -336,7 +336,7 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     codes settle (to ``SCOUT_TOL``) go on in float64 from where they are.
     """
     n, k = b.shape
-    codes = np.zeros((n, k), b.dtype)
+    codes = np.empty((n, k), b.dtype)  # every row is written: solved, converged or out of steps
     b64, gram64 = b.astype(np.float64, copy=False), gram.astype(np.float64, copy=False)
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
     batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64), np.zeros(n, np.int64))

@@ -59,13 +59,13 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     import cupy
     n, k = b.shape
     z = cupy.zeros((n, k), b.dtype)
+    if n == 0:
+        return z, 0  # (a grid of no blocks is a launch error)
     y = cupy.zeros((n, k), b.dtype)
     gy = cupy.empty((n, k), b.dtype)
     z_new = cupy.empty((n, k), b.dtype)
     t = cupy.ones(n, np.float64)
     change = cupy.empty(n, np.float64)
-    if n == 0:
-        return z, 0  # (a grid of no blocks is a launch error)
     step_kernel = function("sparse.cu", f"fastae::fista_step<{element_type(b)}>")
     for i in range(n_iter):
         cupy.matmul(y, gram, out=gy)
