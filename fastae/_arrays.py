@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from . import cuda
+
 CPU_DTYPES = ("float32", "float64")
 GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
 GPU_KINDS = ("cupy", "cuda", "torch_cuda")
@@ -25,7 +27,7 @@ def _torch_tensor_type():
 
 def kind_of(x, name):
     """'numpy', 'torch', 'cupy', 'torch_cuda' or 'cuda' (another CUDA array); TypeError for anything else."""
-    cupy = sys.modules.get("cupy")  # never import CuPy ourselves
+    cupy = cuda.loaded_cupy()  # never import CuPy ourselves
     if cupy is not None and isinstance(x, cupy.ndarray):
         return "cupy"
     if isinstance(x, np.ndarray):
@@ -58,11 +60,10 @@ def dtype_name(x):
 
 def _cupy():
     try:
-        import cupy
+        return cuda.cupy()
     except ImportError:
         raise ImportError("a CUDA array was passed: the CUDA backend needs CuPy "
                           "(pip install 'fastae[cuda]')") from None
-    return cupy
 
 
 def as_array(x, kind):
@@ -157,7 +158,7 @@ class Call:
         self.dtype_name = dtype_name(pred)
         check_float(self.dtype_name, name, self.gpu)
         self.pred = as_array(pred, self.kind)
-        self.xp = sys.modules["cupy"] if self.gpu else np
+        self.xp = _cupy() if self.gpu else np
         self.name = name
         # the dtype in which values (losses) are computed before they are handed back
         self.value_dtype = np.dtype(np.float32) if self.dtype_name == "bfloat16" else self.pred.dtype

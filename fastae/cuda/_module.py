@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import EMULATOR
+from . import cupy as cuda_runtime
+
 # The kernels' element type of each array dtype; bfloat16 travels as its int16 bits (CuPy has no bfloat16).
 ELEMENT_TYPES = {"float32": "float", "float64": "double", "float16": "__half", "int16": "__nv_bfloat16"}
 THREADS = 256       # threads per block of the element-wise kernels
@@ -34,7 +37,7 @@ def source(file):
 def include_options():
     """-I options for the CUDA headers (cuda_fp16.h, cuda_bf16.h): the toolkit CuPy found, else
     CUDA_HOME/CUDA_PATH, else the headers of NVIDIA's pip packages."""
-    import cupy
+    cupy = cuda_runtime()
     roots = [cupy.cuda.get_cuda_path(), os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     candidates = [os.path.join(root, "include") for root in roots if root]
     for entry in sys.path:
@@ -47,15 +50,30 @@ def include_options():
 
 @functools.cache
 def _function(file, expression, device):
-    import cupy
+    cupy = cuda_runtime()
+    if EMULATOR and expression in _launchable(file):
+        return _emulated(file).get_function(expression)
     module = cupy.RawModule(code=source(file), options=("--std=c++17",) + include_options(),
                             name_expressions=(expression,))
     return module.get_function(expression)
 
 
+def _launchable(file):
+    from .check import instances_by_file
+    return instances_by_file().get(file, ())
+
+
+@functools.cache
+def _emulated(file):
+    """Under the emulator, one host build per file of every instance the launchers can name: one compiler
+    run instead of one per instance (NVRTC on a device compiles each on first use instead)."""
+    return cuda_runtime().RawModule(code=source(file), options=include_options(),
+                                    name_expressions=tuple(_launchable(file)))
+
+
 def function(file, expression):
     """The kernel ``expression`` (e.g. ``fastae::soft_threshold<float>``) of ``file``, for the current device."""
-    import cupy
+    cupy = cuda_runtime()
     return _function(file, expression, cupy.cuda.Device().id)
 
 

@@ -2,6 +2,8 @@
 gradient and a deterministic two-pass reduction, results left on the device."""
 import numpy as np
 
+from . import cupy as cuda_runtime
+
 from ._module import ELEMENT_TYPES, THREADS, aligned, blocks_for, element_type, function, ptr
 
 LOSSES = {"mse": "MSE", "l1": "L1", "huber": "Huber", "bce": "BCE", "gaussian_nll": "GaussianNLL",
@@ -39,7 +41,7 @@ def pointwise(loss, params, activation, negative_slope, pred, target, weight, gr
     target; ``weight`` None, a number, or an array of pred's size. No host
     synchronisation.
     """
-    import cupy
+    cupy = cuda_runtime()
     n = pred.size
     ctype = element_type(pred)
     p0, p1 = (tuple(params.values()) + (0.0, 0.0))[:2]  # the loss's fields, in its spec's order

@@ -2,6 +2,8 @@
 the KL sparsity penalty and batched FISTA (cuBLAS products through CuPy)."""
 import numpy as np
 
+from . import cupy as cuda_runtime
+
 from ._module import ELEMENT_TYPES, THREADS, aligned, blocks_for, element_type, function, ptr
 
 CHECK_EVERY = 8  # FISTA steps between convergence checks (each waits for the device)
@@ -20,7 +22,7 @@ def soft_threshold(c, lam, out, mask):
     """soft(c, lam) into ``out`` (may be ``c``) and its derivative into ``mask``
     unless None; ``lam`` a number or a C-contiguous array whose flat values
     repeat along c's (or match them one to one)."""
-    import cupy
+    cupy = cuda_runtime()
     n = c.size
     lams = lam if isinstance(lam, cupy.ndarray) else None
     scalar = 0.0 if lams is not None else float(lam)
@@ -34,7 +36,7 @@ def soft_threshold(c, lam, out, mask):
 def kl_sparsity(h, rho, beta, grad):
     """beta * sum_j KL(rho || mean_i h_ij) as a 0-d float64 device array (NaN
     when a value of h lies outside (0, 1)), and its gradient into ``grad``."""
-    import cupy
+    cupy = cuda_runtime()
     n, k = h.shape
     ctype = element_type(h)
     rho_hat = cupy.empty(k, np.float64)
@@ -56,7 +58,7 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     when every signal's codes changed by at most ``tol`` relatively (checked
     every CHECK_EVERY steps) or after ``n_iter`` steps. Returns the codes and
     the count of signals whose codes still moved more than ``tol``."""
-    import cupy
+    cupy = cuda_runtime()
     n, k = b.shape
     z = cupy.zeros((n, k), b.dtype)
     if n == 0:

@@ -5,6 +5,8 @@ import functools
 
 import numpy as np
 
+from . import cupy as cuda_runtime
+
 from ._module import ELEMENT_TYPES, element_type, function
 
 TILE_W = 32        # positions per tile row (the block's x extent)
@@ -42,12 +44,12 @@ def instances():
 
 @functools.cache
 def _device_window(window_bytes, device):
-    import cupy
+    cupy = cuda_runtime()
     return cupy.asarray(np.frombuffer(window_bytes, np.float64))
 
 
 def _kernel(name, ctype, shared):
-    import cupy
+    cupy = cuda_runtime()
     kernel = function("ssim.cu", f"fastae::{name}<{ctype}>")
     if shared + SHARED_STATIC > SHARED_DEFAULT:
         limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
@@ -64,7 +66,7 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate):
     zero-padded by ``pad``. With ``grad`` an array of x's shape, writes (or
     adds, with ``accumulate``) scales[p] * d sum_p / dx into it; ``scales``
     is a (P,) float64 device array. No host synchronisation."""
-    import cupy
+    cupy = cuda_runtime()
     planes, h, w = x.shape
     if planes == 0:
         return cupy.zeros(0, np.float64)  # (a grid of no blocks is a launch error)
