@@ -25,19 +25,38 @@ def assert_close(actual, expected, dtype, what="", rtol32=2e-5):
     np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
+def cuda_runtime():
+    """CuPy, or the host emulator under FASTAE_CUDA_EMULATOR; None without either."""
+    import fastae.cuda
+    try:
+        return fastae.cuda.cupy()
+    except ImportError:
+        return None
+
+
 def _cuda_device_count():
     try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount()
+        return cuda_runtime().cuda.runtime.getDeviceCount()
     except Exception:  # no CuPy, no driver, no device
         return 0
 
 
+def _torch_cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CuPy and a CUDA device; without them they are skipped, saying why."""
-    if _cuda_device_count() > 0:
-        return
-    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+    """Tests marked ``gpu`` need CuPy and a CUDA device (or the host emulator), those marked
+    ``torch_cuda`` torch CUDA tensors; without them they are skipped, saying why."""
+    skip_gpu = pytest.mark.skip(reason="needs CuPy and a CUDA device (or FASTAE_CUDA_EMULATOR=1)")
+    skip_torch = pytest.mark.skip(reason="needs torch CUDA tensors: a CUDA device (the emulator runs CuPy arrays only)")
+    gpu, torch_cuda = _cuda_device_count() > 0, _torch_cuda()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(skip_gpu)
+        elif "torch_cuda" in item.keywords and not torch_cuda:
+            item.add_marker(skip_torch)

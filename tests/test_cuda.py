@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import fastae as fa
+import fastae.cuda
 from reference import pointwise as reference_pointwise
-from conftest import assert_close
+from conftest import assert_close, cuda_runtime
 
 pytestmark = pytest.mark.gpu
-cp = pytest.importorskip("cupy")
+cp = cuda_runtime() or pytest.skip("needs CuPy (or FASTAE_CUDA_EMULATOR=1)", allow_module_level=True)
 torch = pytest.importorskip("torch")
 
 LOSSES = [("mse", {}), ("l1", {}), ("huber", {"delta": 0.7}), ("bce", {}), ("gaussian_nll", {"sigma": 1.3}),
@@ -89,6 +90,7 @@ def test_pointwise_nan_and_out_of_domain():
     assert np.isfinite(per[:2]).all() and np.isnan(per[2])
 
 
+@pytest.mark.torch_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("loss,activation", [("mse", "identity"), ("l1", "tanh"), ("bce", "sigmoid"),
                                              ("mse", "sigmoid")])
@@ -105,6 +107,7 @@ def test_half_precision_through_torch(rng, loss, activation, dtype):
     assert_close(grad.double().cpu().numpy(), ref_grad, np.float32, loss + " grad", rtol32=rtol)
 
 
+@pytest.mark.torch_cuda
 def test_torch_cuda_tensors_and_modules_match_torch(rng):
     import fastae.torch as ft
     import torch.nn.functional as F
@@ -129,6 +132,13 @@ def test_respects_the_current_stream(rng):
         value = fa.mse(pred, target)
     stream.synchronize()
     assert cp.asnumpy(value).tobytes() == expected.tobytes()
+
+
+@pytest.mark.torch_cuda
+def test_respects_torch_current_stream(rng):
+    pred = cp.asarray(rng.standard_normal(1 << 20).astype(np.float32))
+    target = cp.asarray(rng.random(1 << 20).astype(np.float32))
+    expected = cp.asnumpy(fa.mse(pred, target))
     torch_stream = torch.cuda.Stream()
     with torch.cuda.stream(torch_stream):
         tp, tt = torch.as_tensor(pred, device="cuda"), torch.as_tensor(target, device="cuda")
@@ -149,6 +159,8 @@ def test_errors_on_mixed_kinds_and_dtypes():
 
 @pytest.mark.slow
 def test_indexing_beyond_2_to_the_31():
+    if fastae.cuda.EMULATOR:
+        pytest.skip("2^31 elements: too slow to emulate")
     n = (1 << 31) + 17
     pred = cp.ones(n, np.float16)
     target = cp.zeros(n, np.float16)
@@ -158,7 +170,8 @@ def test_indexing_beyond_2_to_the_31():
 
 
 # ---------------------------------------------------------------- SSIM family
-SSIM_CASES = [((2, 3, 37, 53), 11, "valid"), ((3, 1, 29, 31), 7, "same"), ((45, 40), 11, "same")]
+SSIM_CASES = [((2, 3, 37, 53), 11, "valid"), ((3, 1, 29, 31), 7, "same"), ((45, 40), 11, "same"),
+              ((1, 2, 19, 23), 3, "valid")]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -188,6 +201,7 @@ def test_ms_ssim_matches_cpu(rng, dtype):
     assert_close(cp.asnumpy(g), rg, dtype, "ms_ssim grad", rtol32=1e-4)
 
 
+@pytest.mark.torch_cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_ssim_half_precision_and_pytorch_msssim(rng, dtype):
     from pytorch_msssim import ms_ssim, ssim
@@ -233,6 +247,7 @@ def test_sparse_operators_match_cpu(rng, dtype):
     assert np.isnan(float(fa.kl_sparsity(cp.asarray(np.full((3, 2), 1.5, dtype)), 0.1)))
 
 
+@pytest.mark.filterwarnings("ignore::fastae.ConvergenceWarning")  # float32 codes cannot settle to tol=1e-10
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lasso_and_ista_match_cpu(rng, dtype):
     q, _ = np.linalg.qr(rng.standard_normal((64, 48)))
@@ -271,3 +286,138 @@ def test_ista_warns_when_steps_run_out(rng):
         warnings.simplefilter("error")
         codes = fa.ista(x, cp.asarray(d), 0.1, n_iter=5000)
     assert cp.isnan(codes[3]).all() and cp.isfinite(codes[[0, 1, 2, 4]]).all()
+
+
+# ---------------------------------------------------------------- float16 arrays, bfloat16 bits, every instance
+@pytest.mark.parametrize("loss,params", LOSSES)
+def test_float16_arrays_every_activation(rng, loss, params):
+    for activation in ACTIVATIONS:
+        pred, target = _inputs(rng, loss, activation, (3, 5, 37), np.float16)
+        for reduction in ("mean", "none"):
+            value, grad = getattr(fa, loss)(cp.asarray(pred), cp.asarray(target), activation=activation,
+                                            reduction=reduction, grad=True, **params)
+            assert value.dtype == np.float16 and grad.dtype == np.float16
+            ref_value, ref_grad = reference_pointwise(loss, pred.astype(np.float64), target.astype(np.float64),
+                                                      reduction=reduction, activation=activation, **params)
+            what = f"float16 {loss}/{activation}/{reduction}"
+            assert_close(cp.asnumpy(value), ref_value, np.float32, what, rtol32=2e-3)  # the result's rounding
+            assert_close(cp.asnumpy(grad), ref_grad, np.float32, what + " grad", rtol32=2e-3)
+
+
+def test_float16_structural_and_sparse(rng):
+    x = rng.random((2, 2, 45, 47)).astype(np.float16)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1).astype(np.float16)
+    x32, y32 = x.astype(np.float32), y.astype(np.float32)
+    for padding in ("valid", "same"):
+        for fn, kwargs in [(fa.ssim, {}), (fa.ssim_loss, {"reduction": "none"}), (fa.mixed_loss, {"alpha": 0.4})]:
+            v, g = fn(cp.asarray(x), cp.asarray(y), padding=padding, grad=True, **kwargs)
+            rv, rg = fn(x32, y32, padding=padding, grad=True, **kwargs)
+            assert g.dtype == np.float16
+            assert_close(cp.asnumpy(v), rv, np.float32, f"{fn.__name__} {padding}", rtol32=2e-3)
+            assert_close(cp.asnumpy(g), rg, np.float32, f"{fn.__name__} {padding} grad", rtol32=5e-3)
+    big = rng.random((1, 2, 101, 97)).astype(np.float16)
+    other = np.clip(big + 0.1 * rng.standard_normal(big.shape), 0, 1).astype(np.float16)
+    v, g = fa.ms_ssim(cp.asarray(big), cp.asarray(other), win_size=7, weights=[0.3, 0.3, 0.4], grad=True)
+    rv, rg = fa.ms_ssim(big.astype(np.float32), other.astype(np.float32), win_size=7, weights=[0.3, 0.3, 0.4],
+                        grad=True)
+    assert_close(cp.asnumpy(v), rv, np.float32, "ms_ssim", rtol32=2e-3)
+    assert_close(cp.asnumpy(g), rg, np.float32, "ms_ssim grad", rtol32=1e-2)
+    c = rng.standard_normal((41, 24)).astype(np.float16)
+    codes, mask = fa.soft_threshold(cp.asarray(c), 0.25, grad=True)
+    ref = np.sign(c.astype(np.float32)) * np.maximum(np.abs(c.astype(np.float32)) - np.float32(0.25), 0)
+    np.testing.assert_array_equal(cp.asnumpy(codes), ref.astype(np.float16))  # one rounding, as the CPU would
+    np.testing.assert_array_equal(cp.asnumpy(mask), (np.abs(c) > np.float16(0.25)).astype(np.float16))
+    h = rng.uniform(0.05, 0.95, (64, 12)).astype(np.float16)
+    v, g = fa.kl_sparsity(cp.asarray(h), 0.1, beta=2.0, grad=True)
+    rv, rg = fa.kl_sparsity(h.astype(np.float64), 0.1, beta=2.0, grad=True)
+    assert_close(cp.asnumpy(v), rv, np.float32, "kl", rtol32=2e-3)
+    assert_close(cp.asnumpy(g), rg, np.float32, "kl grad", rtol32=2e-3)
+    v, g = fa.l1_penalty(cp.asarray(c), 0.3, grad=True)
+    assert_close(cp.asnumpy(v), 0.3 * np.abs(c.astype(np.float64)).sum(), np.float32, "l1", rtol32=2e-3)
+
+
+def _bfloat16_bits(values):
+    """Nearest bfloat16 (ties to even) of float32 values, as int16 bit patterns."""
+    u = np.asarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16).view(np.int16)
+
+
+def _from_bfloat16(bits):
+    return (np.asarray(bits).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+BFLOAT16_PARAMS = {"mse": {}, "l1": {}, "huber": {"delta": 0.7}, "bce": {},
+                   "gaussian_nll": {"inv_var": 1 / 1.3**2, "const": np.log(1.3) + 0.5 * np.log(2 * np.pi)},
+                   "laplace_nll": {"inv_scale": 1 / 0.6, "const": np.log(1.2)}}
+
+
+def test_bfloat16_kernels_through_the_launchers(rng):
+    """bfloat16 reaches the kernels only from torch CUDA tensors (as int16 bits); here the launchers get the bits."""
+    from fastae.cpu import ssim as cpu_ssim
+    from fastae.cuda import bfloat16, pointwise as cuda_pointwise, sparse as cuda_sparse, ssim as cuda_ssim
+    values = rng.standard_normal(1000).astype(np.float32) * 3
+    bits = _bfloat16_bits(values)
+    np.testing.assert_array_equal(cp.asnumpy(bfloat16.to_float32(cp.asarray(bits))), _from_bfloat16(bits))
+    out = cp.empty(1000, np.int16)
+    bfloat16.from_float32(cp.asarray(values), out)
+    np.testing.assert_array_equal(cp.asnumpy(out), bits)
+    for (loss, params), (_, public) in zip(BFLOAT16_PARAMS.items(), LOSSES):
+        for activation in ACTIVATIONS:
+            pred, target = _inputs(rng, loss, activation, (4, 77), np.float32)
+            p, t = _bfloat16_bits(pred), _bfloat16_bits(target)
+            grad = cp.empty(p.shape, np.int16)
+            value, total = cuda_pointwise.pointwise(loss, params, activation, 0.01, cp.asarray(p), cp.asarray(t),
+                                                    None, grad, None, 1.0 / p.size, 1.0 / p.size)
+            ref_value, ref_grad = reference_pointwise(loss, _from_bfloat16(p).astype(np.float64),
+                                                      _from_bfloat16(t).astype(np.float64), activation=activation,
+                                                      **public)
+            what = f"bfloat16 {loss}/{activation}"
+            assert_close(float(total) / p.size, ref_value, np.float32, what, rtol32=1e-4)
+            assert_close(_from_bfloat16(cp.asnumpy(value)), ref_value, np.float32, what, rtol32=1e-2)
+            assert_close(_from_bfloat16(cp.asnumpy(grad)), ref_grad, np.float32, what + " grad", rtol32=1e-2)
+    x = _bfloat16_bits(rng.random((3, 37, 41)))
+    y = _bfloat16_bits(np.clip(_from_bfloat16(x) + 0.1 * rng.standard_normal(x.shape), 0, 1))
+    window = cpu_ssim.gaussian_window(7, 1.5)
+    for pad in (0, 3):
+        grad = cp.empty(x.shape, np.int16)
+        sums = cuda_ssim.ssim_planes(cp.asarray(x), cp.asarray(y), window, pad, 1e-4, 9e-4, False,
+                                     cp.full(3, 0.5), grad, False)
+        ref_grad = np.empty(x.shape, np.float32)
+        ref_sums = cpu_ssim.ssim_planes(_from_bfloat16(x), _from_bfloat16(y), window, pad, 1e-4, 9e-4, False,
+                                        np.full(3, 0.5), ref_grad, False)
+        assert_close(cp.asnumpy(sums), ref_sums, np.float32, f"bfloat16 ssim pad {pad}", rtol32=1e-4)
+        assert_close(_from_bfloat16(cp.asnumpy(grad)), ref_grad, np.float32, "bfloat16 ssim grad", rtol32=1e-2)
+    c = _bfloat16_bits(rng.standard_normal((33, 16)))
+    out, mask = cp.empty(c.shape, np.int16), cp.empty(c.shape, np.int16)
+    cuda_sparse.soft_threshold(cp.asarray(c), 0.25, out, mask)
+    decoded = _from_bfloat16(c)
+    np.testing.assert_array_equal(cp.asnumpy(out), _bfloat16_bits(  # one rounding; +0 below the threshold
+        np.where(np.abs(decoded) > 0.25, decoded - np.sign(decoded) * np.float32(0.25), 0)))
+    np.testing.assert_array_equal(_from_bfloat16(cp.asnumpy(mask)), (np.abs(decoded) > 0.25).astype(np.float32))
+    h = _bfloat16_bits(rng.uniform(0.05, 0.95, (50, 8)))
+    grad = cp.empty(h.shape, np.int16)
+    value = cuda_sparse.kl_sparsity(cp.asarray(h), 0.1, 2.0, grad)
+    ref_value, ref_grad = fa.kl_sparsity(_from_bfloat16(h).astype(np.float64), 0.1, beta=2.0, grad=True)
+    assert_close(cp.asnumpy(value), ref_value, np.float32, "bfloat16 kl", rtol32=1e-5)
+    assert_close(_from_bfloat16(cp.asnumpy(grad)), ref_grad, np.float32, "bfloat16 kl grad", rtol32=1e-2)
+
+
+@pytest.mark.skipif(not fastae.cuda.EMULATOR, reason="the emulator records the instances it launches")
+def test_every_kernel_instance_runs(rng):
+    """Every instance the launchers can name, launched once through its launcher (values checked elsewhere)."""
+    from fastae.cuda import kernels_launched
+    from fastae.cuda import pointwise as cuda_pointwise, sparse as cuda_sparse, ssim as cuda_ssim
+    from fastae.cuda.check import instances_by_file
+    for dtype in ("float32", "float64", "float16", "int16"):
+        a, b = (cp.asarray(rng.random((3, 20, 21)).astype(dtype)) for _ in range(2))
+        for loss, params in BFLOAT16_PARAMS.items():
+            for activation in ACTIVATIONS:
+                cuda_pointwise.pointwise(loss, params, activation, 0.01, a, b, None, cp.empty_like(a), None, 1.0, 1.0)
+        cuda_ssim.ssim_planes(a, b, np.ones(5) / 5, 2, 1e-4, 9e-4, False, cp.full(3, 1.0), cp.empty_like(a), False)
+        cuda_sparse.soft_threshold(a, 0.1, cp.empty_like(a), None)
+        cuda_sparse.kl_sparsity(a.reshape(3, -1), 0.1, 1.0, cp.empty_like(a).reshape(3, -1))
+        if dtype in ("float32", "float64"):
+            gram = cp.asarray(np.eye(21, dtype=dtype))
+            cuda_sparse.fista(a.reshape(-1, 21), gram, 0.5, 0.01, 3, 0.0, True)
+    expected = {e for expressions in instances_by_file().values() for e in expressions}
+    assert expected - kernels_launched() == set()

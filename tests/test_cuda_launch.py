@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastae as fa
+import fastae.cuda
 from fastae.cuda import _module
 from fastae.cuda.check import instances_by_file
 from fastae.cuda import pointwise as cuda_pointwise
@@ -117,6 +118,8 @@ class Checker:
 def cupy(monkeypatch):
     fake = fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(fastae.cuda, "EMULATOR", False)  # (under FASTAE_CUDA_EMULATOR the stand-in wins)
+    monkeypatch.setattr(_module, "EMULATOR", False)
     known = signatures()
     for launcher in (cuda_pointwise, cuda_ssim, cuda_sparse):
         monkeypatch.setattr(launcher, "function", lambda file, expression: Checker(
