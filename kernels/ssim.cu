@@ -1,12 +1,15 @@
-// SSIM on the GPU: a tiled forward that computes the five moment maps and the
+// SSIM on the GPU: a tiled forward that computes the four moment maps and the
 // SSIM map's partial derivatives in shared memory, and a tiled backward that
 // filters those partials once more (the window's adjoint) into the gradient.
 //
 // Output position (i, j) of a plane sees the input rows i - pad .. i - pad + win - 1
 // (zero outside the image): pad = 0 is "valid" filtering, pad = win / 2 "same".
-// The forward writes per tile the sum of the map (SSIM, or contrast-structure
-// with use_cs) and, with coef, the three maps a = dS/dmu_x, b = dS/dE[x^2],
-// c = dS/dE[xy]; then dS/dx = G^T a + 2 x G^T b + y G^T c.
+// The moments are those of the shifted plane x' = x - s, y' = y - s (s the
+// plane's mean, from plane_shifts): mu'_x, mu'_y, P = E[x'y'], Q = E[(x - y)^2]
+// (see fastae/cpu/ssim.py for the formulas, which make identical images give
+// exactly 1 and a zero gradient). The forward writes per tile the sum of the map
+// (SSIM, or contrast-structure with use_cs) and, with coef, the three maps
+// A = dS/dmu'_x, B = dS/dP, C = dS/dQ; then dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C.
 // Tiles are TW = 32 positions wide and blockDim.y positions tall; the window
 // weights and the tile plus its halo live in dynamic shared memory.
 #include "common.cuh"
@@ -15,86 +18,101 @@ namespace fastae {
 
 #define FASTAE_TW 32
 
-// The SSIM (or contrast-structure) value of one position from its moments,
-// and the three partial derivatives.
+// The SSIM (or contrast-structure) value of one position from its shifted
+// moments (mx, my, p, q) and the shift s, and the three partial derivatives.
 template <typename A>
-__device__ __forceinline__ A ssim_at(A mx, A my, A xx, A yy, A xy, A c1, A c2, int use_cs, A& a, A& b, A& c) {
-    A a1 = A(2) * mx * my + c1;
-    A b1 = mx * mx + my * my + c1;
-    A a2 = A(2) * (xy - mx * my) + c2;
-    A b2 = (xx - mx * mx) + (yy - my * my) + c2;
-    A lum = a1 / b1, cs = a2 / b2, s = lum * cs;
+__device__ __forceinline__ A ssim_at(A mx, A my, A p, A q, A s, A c1, A c2, int use_cs, A& a, A& b, A& c) {
+    const A one = A(1), two = A(2);
+    A d = mx - my, diff = q - d * d;
+    A b2 = two * (p - mx * my) + c2 + diff;
+    A cs = one - diff / b2;  // (2 cov + C2) / b2, exactly 1 where diff is 0
     if (use_cs) {
-        a = A(2) * (mx * cs - my) / b2;
-        b = -cs / b2;
-        c = A(2) / b2;
+        a = two * (mx * cs - my) / b2;
+        b = two * diff / (b2 * b2);
+        c = -cs / b2;
         return cs;
     }
-    a = A(2) * (my * (cs / b1 - lum / b2) + mx * s * (A(1) / b2 - A(1) / b1));
-    b = -s / b2;
-    c = A(2) * lum / b2;
-    return s;
+    A ux = mx + s, uy = my + s;
+    A b1 = two * ux * uy + c1 + d * d;
+    A lum = one - d * d / b1;
+    A v = lum * cs;
+    a = two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2);
+    b = two * lum * diff / (b2 * b2);
+    c = -v / b2;
+    return v;
+}
+
+// One block of 256 threads per plane: shifts[plane] = the mean of x and y over the plane (in double, a
+// fixed-order sum).
+template <typename T>
+__global__ void __launch_bounds__(256) plane_shifts(const T* x, const T* y, index_t size, double* shifts) {
+    __shared__ double scratch[256];
+    const T* xp = x + blockIdx.x * size;
+    const T* yp = y + blockIdx.x * size;
+    double v = 0.0;
+    for (index_t i = threadIdx.x; i < size; i += blockDim.x) v += (double)to_acc(xp[i]) + (double)to_acc(yp[i]);
+    double total = block_sum(v, scratch);
+    if (threadIdx.x == 0) shifts[blockIdx.x] = size ? total / (2.0 * (double)size) : 0.0;
 }
 
 // grid (tiles across, tiles down, planes); block (32, th); dynamic shared
-// memory: see ssim_forward_shared in fastae/cuda/ssim.py.
-// x, y: planes (P, H, W); coef: (P, 3, Ho, Wo) or null; tile_sums: (P, tiles).
+// memory: see forward_shared in fastae/cuda/ssim.py.
+// x, y: planes (P, H, W); shifts: (P,); coef: (P, 3, Ho, Wo) or null; tile_sums: (P, tiles).
 template <typename T>
 __global__ void __launch_bounds__(512) ssim_forward(
-        const T* x, const T* y, int h, int w, int ho, int wo, int pad, const double* window, int win,
-        double c1, double c2, int use_cs, typename Acc<T>::type* coef, double* tile_sums) {
+        const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
+        int win, double c1, double c2, int use_cs, typename Acc<T>::type* coef, double* tile_sums) {
     typedef typename Acc<T>::type A;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
     const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
     A* xs = g + win;                // (rows, cols): the input tile and its halo
     A* ys = xs + rows * cols;
-    A* hs = ys + rows * cols;       // (5, rows, TW): the horizontal pass
+    A* hs = ys + rows * cols;       // (4, rows, TW): the horizontal pass
     __shared__ double scratch[512];
     const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * th;
     const index_t plane = blockIdx.z;
     const int row0 = blockIdx.y * th, col0 = blockIdx.x * FASTAE_TW;  // first output position of the tile
     const T* xp = x + plane * h * (index_t)w;
     const T* yp = y + plane * h * (index_t)w;
+    const A s = A(shifts[plane]);
     for (int k = tid; k < win; k += n_threads) g[k] = A(window[k]);
-    for (int k = tid; k < rows * cols; k += n_threads) {
+    for (int k = tid; k < rows * cols; k += n_threads) {  // the shifted tile; outside the image, the shifted zero
         int r = row0 - pad + k / cols, q = col0 - pad + k % cols;
         bool inside = r >= 0 && r < h && q >= 0 && q < w;
-        xs[k] = inside ? to_acc(xp[r * (index_t)w + q]) : A(0);
-        ys[k] = inside ? to_acc(yp[r * (index_t)w + q]) : A(0);
+        xs[k] = (inside ? to_acc(xp[r * (index_t)w + q]) : A(0)) - s;
+        ys[k] = (inside ? to_acc(yp[r * (index_t)w + q]) : A(0)) - s;
     }
     __syncthreads();
     const int plane_size = rows * FASTAE_TW;
     for (int k = tid; k < plane_size; k += n_threads) {
         int r = k / FASTAE_TW, j = k % FASTAE_TW;
-        A s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+        A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         for (int t = 0; t < win; ++t) {
-            A gt = g[t], xv = xs[r * cols + j + t], yv = ys[r * cols + j + t];
+            A gt = g[t], xv = xs[r * cols + j + t], yv = ys[r * cols + j + t], dv = xv - yv;
             s0 += gt * xv;
             s1 += gt * yv;
-            s2 += gt * xv * xv;
-            s3 += gt * yv * yv;
-            s4 += gt * xv * yv;
+            s2 += gt * xv * yv;
+            s3 += gt * dv * dv;
         }
         hs[k] = s0;
         hs[k + plane_size] = s1;
         hs[k + 2 * plane_size] = s2;
         hs[k + 3 * plane_size] = s3;
-        hs[k + 4 * plane_size] = s4;
     }
     __syncthreads();
     const int i = row0 + threadIdx.y, j = col0 + threadIdx.x;
-    A m[5] = {0, 0, 0, 0, 0};
+    A m[4] = {0, 0, 0, 0};
     for (int t = 0; t < win; ++t) {
         A gt = g[t];
         int k = (threadIdx.y + t) * FASTAE_TW + threadIdx.x;
 #pragma unroll
-        for (int q = 0; q < 5; ++q) m[q] += gt * hs[k + q * plane_size];
+        for (int q = 0; q < 4; ++q) m[q] += gt * hs[k + q * plane_size];
     }
     double value = 0.0;
     if (i < ho && j < wo) {
         A a, b, c;
-        value = ssim_at<A>(m[0], m[1], m[2], m[3], m[4], A(c1), A(c2), use_cs, a, b, c);
+        value = ssim_at<A>(m[0], m[1], m[2], m[3], s, A(c1), A(c2), use_cs, a, b, c);
         if (coef) {
             const index_t map = ho * (index_t)wo, at = 3 * plane * map + i * (index_t)wo + j;
             coef[at] = a;
@@ -107,11 +125,11 @@ __global__ void __launch_bounds__(512) ssim_forward(
 }
 
 // grid (tiles across, tiles down, planes) over the input; block (32, th).
-// grad = scales[plane] * (G^T a + 2 x G^T b + y G^T c), added to grad with accumulate.
+// grad = scales[plane] * (G^T A + y' G^T B + 2 (x - y) G^T C), added to grad with accumulate.
 template <typename T>
 __global__ void __launch_bounds__(512) ssim_backward(
-        const T* x, const T* y, int h, int w, int ho, int wo, int pad, const double* window, int win,
-        const typename Acc<T>::type* coef, const double* scales, int accumulate, T* grad) {
+        const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
+        int win, const typename Acc<T>::type* coef, const double* scales, int accumulate, T* grad) {
     typedef typename Acc<T>::type A;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
@@ -162,7 +180,8 @@ __global__ void __launch_bounds__(512) ssim_backward(
         f2 += gt * hs[k + 2 * plane_size];
     }
     const index_t at = (plane * h + r) * (index_t)w + q;
-    A v = A(scales[plane]) * (f0 + A(2) * to_acc(x[at]) * f1 + to_acc(y[at]) * f2);
+    const A xv = to_acc(x[at]), yv = to_acc(y[at]);
+    A v = A(scales[plane]) * (f0 + (yv - A(shifts[plane])) * f1 + A(2) * (xv - yv) * f2);
     grad[at] = store<T>(accumulate ? to_acc(grad[at]) + v : v);
 }
 

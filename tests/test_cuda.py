@@ -192,6 +192,15 @@ def test_ssim_matches_cpu(rng, shape, win, padding, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_identical_images_give_exactly_one_and_a_zero_gradient(rng, dtype):
+    for x in (rng.random((2, 3, 37, 45)), 0.9 + 0.01 * rng.random((2, 3, 37, 45)), np.full((1, 2, 40, 33), 0.7)):
+        x = cp.asarray(x.astype(dtype))
+        for padding in ("valid", "same"):
+            value, grad = fa.ssim(x, x.copy(), grad=True, padding=padding)
+            assert float(value) == 1.0 and not bool(grad.any())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ms_ssim_matches_cpu(rng, dtype):
     x = rng.random((2, 3, 181, 171)).astype(dtype)
     y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1).astype(dtype)

@@ -93,10 +93,41 @@ def test_ssim_loss_is_one_minus_ssim(rng, dtype):
     assert_close(per_image, 1 - fa.ssim(pred, target, reduction="none").astype(np.float64), dtype)
 
 
-def test_identical_and_constant_images(rng):
-    x = rng.random((2, 3, 30, 30))
-    s, g = fa.ssim(x, x, grad=True)
-    assert abs(float(s) - 1) < 1e-12 and np.abs(g).max() < 1e-12
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("kind", ["random", "bright", "flat"])
+def test_identical_images_give_exactly_one_and_a_zero_gradient(rng, dtype, kind):
+    x = {"random": rng.random((2, 3, 30, 33)), "bright": 0.9 + 0.01 * rng.random((2, 3, 30, 33)),
+         "flat": np.full((2, 3, 30, 33), 0.7)}[kind].astype(dtype)
+    for padding in ("valid", "same"):
+        for fn in (fa.ssim, fa.ssim_loss):
+            value, grad = fn(x, x.copy(), grad=True, padding=padding)
+            assert float(value) == (1.0 if fn is fa.ssim else 0.0) and not grad.any(), (fn.__name__, padding)
+        value, grad = fa.mixed_loss(x, x.copy(), alpha=0.3, grad=True, padding=padding)
+        assert float(value) == 0.0 and not grad.any()
+    big = np.broadcast_to(x[:, :, :1, :1], (2, 3, 180, 180)).copy() if kind == "flat" else \
+        np.tile(x, (1, 1, 6, 6))
+    value, grad = fa.ms_ssim(big, big.copy(), grad=True)
+    assert float(value) == 1.0 and not grad.any()
+
+
+def test_float32_ssim_on_bright_low_contrast_images_beats_pytorch_msssim(rng):
+    """E[x^2] - mu^2 cancels in float32 on bright images; fastae's moments of the shifted plane do not."""
+    ours, theirs = [], []
+    for _ in range(4):
+        x = 0.85 + 0.1 * rng.random((2, 3, 64, 64))
+        y = np.clip(x + 0.01 * rng.standard_normal(x.shape), 0, 1)
+        exact, exact_grad = fa.ssim(x, y, grad=True)
+        value, grad = fa.ssim(x.astype(np.float32), y.astype(np.float32), grad=True)
+        peer = ssim_reference(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32),
+                              data_range=1.0)
+        peer_exact = ssim_reference(torch.tensor(x), torch.tensor(y), data_range=1.0)
+        ours.append(abs(float(value) - float(exact)))
+        theirs.append(abs(float(peer) - float(peer_exact)))
+        assert_close(grad, exact_grad, np.float32, "grad", rtol32=1e-5)
+    assert max(ours) <= max(theirs) and max(ours) < 1e-7, (ours, theirs)
+
+
+def test_constant_images(rng):
     const = np.full((1, 1, 16, 16), 0.5)
     s, g = fa.ssim(const, const * 0.9, grad=True)
     assert np.isfinite(s) and np.isfinite(g).all()

@@ -1,14 +1,22 @@
 """SSIM on the CPU: value and exact gradient in one streaming pass per plane.
 
-For one image plane, the five moment maps (mu_x, mu_y, E[x^2], E[y^2], E[xy])
-are Gaussian-filtered separably: each input row is filtered horizontally into
-a ring of ``win`` rows, and each output row sums its ring vertically. The SSIM
-(or contrast-structure) row follows, and with it the three coefficient rows
-a = dS/dmu_x, b = dS/dE[x^2], c = dS/dE[xy]. The gradient is the adjoint
-filter of those: dS/dx = G^T a + 2 x G^T b + y G^T c, accumulated into a
-second ring of input rows as the output rows stream by; an input row is
-written out as soon as no later output row touches it. Nothing of plane size
-is stored but the input and the gradient.
+The moments are those of the shifted plane x' = x - s, y' = y - s (s the
+plane's mean: variances and covariances do not change, and float32 keeps its
+digits on bright images): four maps mu'_x, mu'_y, P = E[x'y'] and
+Q = E[(x - y)^2], Gaussian-filtered separably. Each input row is filtered
+horizontally into a ring of ``win`` rows and each output row sums its ring
+vertically. With d = mu'_x - mu'_y, mu = mu' + s,
+
+    lum = 1 - d^2 / (2 mu_x mu_y + C1 + d^2)
+    cs  = 1 - D / (2 cov + C2 + D),  cov = P - mu'_x mu'_y,  D = Q - d^2,
+
+so identical images give exactly lum = cs = 1 and a gradient of exactly 0
+(D, d and x - y vanish). The gradient of the map's sum is the adjoint filter
+of three coefficient maps A = dS/dmu'_x, B = dS/dP, C = dS/dQ:
+dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C, accumulated into a second ring of
+input rows as the output rows stream by; an input row is written out as soon
+as no later output row touches it. Nothing of plane size is stored but the
+input and the gradient.
 """
 import numpy as np
 from numba import njit
@@ -21,17 +29,75 @@ from .pointwise import KERNEL_OPTIONS
 def gaussian_window(win_size, sigma):
     """The normalised 1-D Gaussian window, in float64."""
     coords = np.arange(win_size, dtype=np.float64) - win_size // 2
-    g = np.exp(-(coords ** 2) / (2 * sigma ** 2))
+    g = np.exp(-0.5 * (coords / sigma) ** 2)  # (coords / sigma) first: no overflow for any finite sigma
     return g / g.sum()
 
 
 @njit(**KERNEL_OPTIONS)
-def _padded(x, pad):
-    if pad == 0:
-        return x
-    out = np.zeros((x.shape[0] + 2 * pad, x.shape[1] + 2 * pad), x.dtype)
-    out[pad:pad + x.shape[0], pad:pad + x.shape[1]] = x
+def _mean_of_both(x, y):
+    """The mean of x and y together (summed in float64), in their dtype: the shift."""
+    total = 0.0
+    for r in range(x.shape[0]):
+        for q in range(x.shape[1]):
+            total += np.float64(x[r, q]) + np.float64(y[r, q])
+    return x.dtype.type(total / max(1, 2 * x.size))
+
+
+@njit(**KERNEL_OPTIONS)
+def _shifted(x, pad, s):
+    """x - s, padded by ``pad`` with -s (the shifted zero) on every side."""
+    out = np.full((x.shape[0] + 2 * pad, x.shape[1] + 2 * pad), -s, x.dtype)
+    for r in range(x.shape[0]):
+        for q in range(x.shape[1]):
+            out[r + pad, q + pad] = x[r, q] - s
     return out
+
+
+@njit(inline="always")
+def _filter_row(g, xs, ys, i, prod, ring, slot, wv):
+    """The horizontal pass of input row i: the four products filtered into ring[:, slot]."""
+    for q in range(xs.shape[1]):
+        d = xs[i, q] - ys[i, q]
+        prod[0, q] = xs[i, q] * ys[i, q]
+        prod[1, q] = d * d
+    ring[:, slot, :] = like(g[0], 0.0)
+    for t in range(g.size):
+        gt = g[t]
+        for j in range(wv):
+            ring[0, slot, j] += gt * xs[i, j + t]
+            ring[1, slot, j] += gt * ys[i, j + t]
+            ring[2, slot, j] += gt * prod[0, j + t]
+            ring[3, slot, j] += gt * prod[1, j + t]
+
+
+@njit(inline="always")
+def _coefficients(mom, s, c1, c2, use_cs, scale, coef, wv):
+    """The SSIM (or contrast-structure) sum of one output row from its moments, and scale times
+    the coefficient maps A, B, C of the gradient."""
+    one, two = like(c1, 1.0), like(c1, 2.0)
+    row_sum = like(c1, 0.0)
+    for j in range(wv):
+        mx, my = mom[0, j], mom[1, j]
+        d = mx - my
+        cov = mom[2, j] - mx * my
+        diff = mom[3, j] - d * d
+        b2 = two * cov + c2 + diff
+        cs = one - diff / b2  # (2 cov + C2) / b2, exactly 1 where diff is 0 (even as a * (1 / b))
+        if use_cs:
+            row_sum += cs
+            coef[0, j] = scale * two * (mx * cs - my) / b2
+            coef[1, j] = scale * two * diff / (b2 * b2)
+            coef[2, j] = -scale * cs / b2
+        else:
+            ux, uy = mx + s, my + s
+            b1 = two * ux * uy + c1 + d * d
+            lum = one - d * d / b1
+            v = lum * cs
+            row_sum += v
+            coef[0, j] = scale * two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2)
+            coef[1, j] = scale * two * lum * diff / (b2 * b2)
+            coef[2, j] = -scale * v / b2
+    return row_sum
 
 
 @njit(**KERNEL_OPTIONS)
@@ -42,88 +108,58 @@ def ssim_plane(x, y, g, pad, c1, c2, use_cs, scale, grad, accumulate):
     With ``grad`` an array of x's shape, writes (or adds, with
     ``accumulate``) scale * d sum / dx into it.
     """
-    xp = _padded(x, pad)
-    yp = _padded(y, pad)
-    hp, wp = xp.shape
+    s = _mean_of_both(x, y)
+    xs = _shifted(x, pad, s)
+    ys = _shifted(y, pad, s)
+    hp, wp = xs.shape
     win = g.size
     hv, wv = hp - win + 1, wp - win + 1
     dtype = x.dtype
-    ring = np.zeros((5, win, wv), dtype)    # horizontally filtered moments of the last win input rows
-    back = np.zeros((3, win, wv), dtype)    # vertical adjoint of a, b, c for the input rows in flight
-    prod = np.empty((3, wp), dtype)
-    mom = np.empty((5, wv), dtype)
+    ring = np.zeros((4, win, wv), dtype)    # horizontally filtered moments of the last win input rows
+    back = np.zeros((3, win, wv), dtype)    # vertical adjoint of A, B, C for the input rows in flight
+    prod = np.empty((2, wp), dtype)
+    mom = np.empty((4, wv), dtype)
     coef = np.empty((3, wv), dtype)
     full = np.empty((3, wp), dtype)
     zero = like(c1, 0.0)
     total = 0.0
     for i in range(hp):
-        slot = i % win
-        for q in range(wp):
-            prod[0, q] = xp[i, q] * xp[i, q]
-            prod[1, q] = yp[i, q] * yp[i, q]
-            prod[2, q] = xp[i, q] * yp[i, q]
-        ring[:, slot, :] = zero
-        for t in range(win):
-            gt = g[t]
-            for j in range(wv):
-                ring[0, slot, j] += gt * xp[i, j + t]
-                ring[1, slot, j] += gt * yp[i, j + t]
-                ring[2, slot, j] += gt * prod[0, j + t]
-                ring[3, slot, j] += gt * prod[1, j + t]
-                ring[4, slot, j] += gt * prod[2, j + t]
+        _filter_row(g, xs, ys, i, prod, ring, i % win, wv)
         o = i - win + 1  # the output row now complete
         if o < 0:
             continue
         mom[:, :] = zero
         for t in range(win):
-            s = (o + t) % win
+            slot = (o + t) % win
             gt = g[t]
-            for m in range(5):
+            for m in range(4):
                 for j in range(wv):
-                    mom[m, j] += gt * ring[m, s, j]
-        row_sum = zero
-        for j in range(wv):
-            mx, my = mom[0, j], mom[1, j]
-            a1 = like(c1, 2.0) * mx * my + c1
-            b1 = mx * mx + my * my + c1
-            a2 = like(c1, 2.0) * (mom[4, j] - mx * my) + c2
-            b2 = (mom[2, j] - mx * mx) + (mom[3, j] - my * my) + c2
-            lum = a1 / b1
-            cs = a2 / b2
-            s = lum * cs
-            row_sum += cs if use_cs else s
-            if use_cs:
-                coef[0, j] = scale * like(c1, 2.0) * (mx * cs - my) / b2
-                coef[1, j] = -scale * cs / b2
-                coef[2, j] = scale * like(c1, 2.0) / b2
-            else:
-                coef[0, j] = scale * like(c1, 2.0) * (my * (cs / b1 - lum / b2) + mx * s * (like(c1, 1.0) / b2 - like(c1, 1.0) / b1))
-                coef[1, j] = -scale * s / b2
-                coef[2, j] = scale * like(c1, 2.0) * lum / b2
-        total += row_sum
+                    mom[m, j] += gt * ring[m, slot, j]
+        total += _coefficients(mom, s, c1, c2, use_cs, scale, coef, wv)
         if grad is None:
             continue
         for t in range(win):  # output row o reaches input rows o .. o + win - 1
-            s = (o + t) % win
+            slot = (o + t) % win
             gt = g[t]
             for m in range(3):
                 for j in range(wv):
-                    back[m, s, j] += gt * coef[m, j]
+                    back[m, slot, j] += gt * coef[m, j]
         last = hp - 1 if o == hv - 1 else o  # input rows that no later output row touches
         for p in range(o, last + 1):
-            s = p % win
+            slot = p % win
             full[:, :] = zero
             for t in range(win):
                 gt = g[t]
                 for m in range(3):
                     for j in range(wv):
-                        full[m, j + t] += gt * back[m, s, j]
-            back[:, s, :] = zero
+                        full[m, j + t] += gt * back[m, slot, j]
+            back[:, slot, :] = zero
             r = p - pad
             if r < 0 or r >= x.shape[0]:
                 continue
             for q in range(x.shape[1]):
-                v = full[0, q + pad] + like(c1, 2.0) * x[r, q] * full[1, q + pad] + y[r, q] * full[2, q + pad]
+                c = q + pad
+                v = full[0, c] + ys[p, c] * full[1, c] + like(c1, 2.0) * (xs[p, c] - ys[p, c]) * full[2, c]
                 if accumulate:
                     grad[r, q] += v
                 else:

@@ -24,9 +24,9 @@ def acc_dtype(ctype):
 
 
 def forward_shared(ctype, win):
-    """Bytes of dynamic shared memory of ssim_forward: the window, x and y tiles with halo, five row-filtered maps."""
+    """Bytes of dynamic shared memory of ssim_forward: the window, x and y tiles with halo, four row-filtered maps."""
     rows, cols = tile_height(ctype) + win - 1, TILE_W + win - 1
-    return (win + 2 * rows * cols + 5 * rows * TILE_W) * acc_dtype(ctype).itemsize
+    return (win + 2 * rows * cols + 4 * rows * TILE_W) * acc_dtype(ctype).itemsize
 
 
 def backward_shared(ctype, win):
@@ -39,6 +39,7 @@ def instances():
     for ctype in ELEMENT_TYPES.values():
         yield "ssim.cu", f"fastae::ssim_forward<{ctype}>"
         yield "ssim.cu", f"fastae::ssim_backward<{ctype}>"
+        yield "ssim.cu", f"fastae::plane_shifts<{ctype}>"
     yield "ssim.cu", "fastae::plane_sums"
 
 
@@ -78,6 +79,8 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate):
     tiles = (-(-wo // TILE_W), -(-ho // th))
     tile_sums = cupy.empty((planes, tiles[0] * tiles[1]), np.float64)
     coef = cupy.empty((planes, 3, ho, wo), acc_dtype(ctype)) if grad is not None else None
+    shifts = cupy.empty(planes, np.float64)
+    function("ssim.cu", f"fastae::plane_shifts<{ctype}>")((planes,), (256,), (x, y, np.int64(h * w), shifts))
     fshared, bshared = forward_shared(ctype, win), backward_shared(ctype, win)
     forward = _kernel("ssim_forward", ctype, fshared)
     backward = _kernel("ssim_backward", ctype, bshared) if grad is not None else None
@@ -85,13 +88,14 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate):
         part = slice(first, min(first + MAX_PLANES, planes))
         count = part.stop - part.start
         forward(tiles + (count,), (TILE_W, th),
-                (x[part], y[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo), np.int32(pad), g,
-                 np.int32(win), np.float64(c1), np.float64(c2), np.int32(use_cs),
+                (x[part], y[part], shifts[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo),
+                 np.int32(pad), g, np.int32(win), np.float64(c1), np.float64(c2), np.int32(use_cs),
                  np.uint64(0) if coef is None else coef[part], tile_sums[part]), shared_mem=fshared)
         if grad is not None:
             backward((-(-w // TILE_W), -(-h // th), count), (TILE_W, th),
-                     (x[part], y[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo), np.int32(pad), g,
-                      np.int32(win), coef[part], scales[part], np.int32(accumulate), grad[part]), shared_mem=bshared)
+                     (x[part], y[part], shifts[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo),
+                      np.int32(pad), g, np.int32(win), coef[part], scales[part], np.int32(accumulate), grad[part]),
+                     shared_mem=bshared)
     sums = cupy.empty(planes, np.float64)
     function("ssim.cu", "fastae::plane_sums")((planes,), (256,), (tile_sums, np.int64(tile_sums.shape[1]), sums))
     return sums
