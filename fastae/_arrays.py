@@ -71,6 +71,8 @@ def as_array(x, kind):
     viewed as int16 (CuPy has no bfloat16): the kernels read their bits."""
     if kind == "numpy" or kind == "cupy":
         return x
+    if kind in ("torch", "torch_cuda") and x.is_neg():  # DLPack would drop torch's lazy negation
+        x = x.detach().resolve_neg()
     if kind == "torch":
         return np.from_dlpack(x.detach())
     cupy = _cupy()
@@ -144,6 +146,16 @@ def check_number(value, name, *, positive=False, nonnegative=False):
     return value
 
 
+def address(a):
+    """The address of a NumPy or CuPy array's first element."""
+    return (getattr(a, "__cuda_array_interface__", None) or a.__array_interface__)["data"][0]
+
+
+def same_memory(a, b):
+    """True when ``a`` and ``b`` view exactly the same elements in the same order."""
+    return a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype and address(a) == address(b)
+
+
 class Call:
     """The arrays of one call, checked and viewed as NumPy (CPU) or CuPy (CUDA).
 
@@ -201,14 +213,39 @@ class Call:
         """A new C-contiguous array of pred's dtype (and shape), on its device."""
         return self.xp.empty(self.pred.shape if shape is None else shape, self.pred.dtype)
 
-    def out(self, out, name="out"):
-        """A new C-contiguous buffer of pred's shape and dtype, or ``out`` checked to be one."""
+    def out(self, out, name="out", reads=(), in_place=False):
+        """A new C-contiguous buffer of pred's shape and dtype, or ``out`` checked to be one.
+
+        When ``out`` shares memory with an array of ``reads`` (what the kernels read while they write),
+        a new buffer all the same, which ``deliver`` copies into ``out`` once the call has succeeded: the
+        result is exact for any overlap (NumPy's ufuncs copy likewise) and a call that fails leaves
+        every input as it was. ``in_place``: the kernel reads each element before it writes that
+        element alone and sums nothing, so ``out`` may be exactly one of ``reads`` (no copy).
+        """
         if out is None:
             return self.empty()
+        if self.kind in ("torch", "torch_cuda") and kind_of(out, name) == self.kind and out.is_neg():
+            raise ValueError(f"{name} is a lazily negated torch view (its negative bit is set): writes into it "
+                             "cannot land; pass a tensor of its own")
         a = self.like_pred(out, name)
         if not a.flags.c_contiguous or (not self.gpu and not a.flags.writeable):
             raise ValueError(f"{name} must be a writeable C-contiguous array")
+        for r in reads:
+            if r is None or is_number(r) or not self.xp.may_share_memory(a, r):
+                continue
+            if not (in_place and same_memory(a, r)):
+                return self.empty()
         return a
+
+    def deliver(self, buffer, out):
+        """What the caller gets for a buffer from ``out``: ``out`` itself (``buffer`` copied in when it is
+        a stand-in), else ``buffer`` in the caller's array type."""
+        if out is None:
+            return self.back(buffer)
+        a = as_array(out, self.kind)
+        if buffer is not a:
+            a[...] = buffer
+        return out
 
     def back(self, a):
         """``a`` handed back in the caller's array type (no copy, but a value of a

@@ -42,7 +42,7 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
     if out is not None and not grad:
         raise ValueError("out receives the gradient: pass grad=True with it")
     w = call.weight(weight)
-    g = call.out(out) if grad else None
+    g = call.out(out, reads=(p, t, w)) if grad else None
     values = call.empty() if reduction == "none" else None
 
     n = p.size
@@ -61,7 +61,7 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
     value = call.back(values if values is not None else value)
     if not grad:
         return value
-    return LossGrad(value, out if out is not None else call.back(g))
+    return LossGrad(value, call.deliver(g, out))
 
 
 def mse(pred, target, *, reduction="mean", weight=None, activation="identity", negative_slope=0.01,
@@ -101,7 +101,7 @@ def gaussian_nll(pred, target, *, sigma=1.0, reduction="mean", weight=None, acti
     """Gaussian negative log-likelihood ((y - t) / sigma)^2 / 2 + log sigma + log(2 pi) / 2:
     MSE as a likelihood with fixed noise scale sigma."""
     sigma = check_number(sigma, "sigma", positive=True)
-    params = {"inv_var": 1.0 / sigma**2, "const": np.log(sigma) + 0.5 * np.log(2 * np.pi)}
+    params = {"inv_var": 1.0 / sigma / sigma, "const": np.log(sigma) + 0.5 * np.log(2 * np.pi)}  # no overflow
     return _pointwise("gaussian_nll", params, pred, target, reduction, weight, activation, negative_slope,
                       grad, out)
 
@@ -110,6 +110,6 @@ def laplace_nll(pred, target, *, scale=1.0, reduction="mean", weight=None, activ
                 negative_slope=0.01, grad=False, out=None):
     """Laplace negative log-likelihood |y - t| / scale + log(2 scale): L1 as a likelihood."""
     scale = check_number(scale, "scale", positive=True)
-    params = {"inv_scale": 1.0 / scale, "const": np.log(2 * scale)}
+    params = {"inv_scale": 1.0 / scale, "const": np.log(2.0) + np.log(scale)}  # 2 * scale may overflow
     return _pointwise("laplace_nll", params, pred, target, reduction, weight, activation, negative_slope,
                       grad, out)

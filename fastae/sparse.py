@@ -7,6 +7,7 @@
 - For any dictionary D, ``ista`` solves the same problem by (accelerated)
   proximal gradient descent, batched over signals.
 """
+import numbers
 import warnings
 from collections import namedtuple
 
@@ -71,21 +72,26 @@ def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
     lam = _thresholds(call, lam)
     if mask_out is not None and not grad:
         raise ValueError("mask_out receives the derivative: pass grad=True with it")
-    codes = call.out(out)
-    mask = call.out(mask_out, "mask_out") if grad else None
+    if out is not None and mask_out is not None and call.xp.may_share_memory(
+            call.like_pred(out, "out"), call.like_pred(mask_out, "mask_out")):
+        raise ValueError("out and mask_out overlap: the codes and the mask need memory of their own")
+    codes = call.out(out, reads=(a, lam), in_place=True)
+    mask = call.out(mask_out, "mask_out", reads=(a, lam), in_place=True) if grad else None
     _backend(call).soft_threshold(a, lam, codes, mask)
-    result = out if out is not None else call.back(codes)
+    result = call.deliver(codes, out)
     if not grad:
         return result
-    return Thresholded(result, mask_out if mask_out is not None else call.back(mask))
+    return Thresholded(result, call.deliver(mask, mask_out))
 
 
 def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     """coefficient * sum_i f(z_i) with f the pointwise loss against a zero target."""
     call = Call(z, name)
     a = contiguous(call.pred)
-    g = call.out(out) if grad else None
+    g = call.out(out, reads=(a,)) if grad else None
     acc = None if accumulate_into is None else call.out(accumulate_into, "accumulate_into")
+    if acc is not None and call.xp.may_share_memory(acc, a):
+        a = a.copy()  # the sum reads what the accumulation writes: read a copy
     if call.gpu:
         value, _ = cuda_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
                                             coefficient, grad_add=acc)
@@ -96,7 +102,7 @@ def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     value = call.back(value)
     if not grad:
         return value
-    return LossGrad(value, out if out is not None else call.back(g))
+    return LossGrad(value, call.deliver(g, out))
 
 
 @on_device
@@ -156,6 +162,8 @@ def _signals_and_dictionary(x, D, name):
     if a.ndim not in (1, 2) or a.shape[-1] != d.shape[0]:
         raise ValueError(f"x must have shape (n, {d.shape[0]}) or ({d.shape[0]},) to match {name} of shape "
                          f"{d.shape}; got {a.shape}")
+    if not bool(call.xp.isfinite(d).all()):  # (on a CUDA device this waits for it, as the solvers do anyway)
+        raise ValueError(f"{name} holds non-finite values (NaN or Inf): no code solves against it")
     return call, a, d
 
 
@@ -195,10 +203,11 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     call, a, d = _signals_and_dictionary(x, D, "D")
     alpha = check_number(alpha, "alpha", nonnegative=True)
     tol = check_number(tol, "tol", nonnegative=True)
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
+    n_iter = int(n_iter)
     xp = call.xp
-    signals = a.reshape(-1, d.shape[0])
+    signals = a if a.ndim == 2 else a[None]
     d64 = d.astype(np.float64)
     norm = float(xp.linalg.svd(d64, compute_uv=False)[0]) if d.size else 0.0
     lipschitz = 2.0 * norm ** 2

@@ -54,10 +54,21 @@ class _Images:
         self.y = contiguous(t).reshape(-1, self.h, self.w)
         self.xp = self.call.xp
         self.backend = cuda_ssim if self.call.gpu else cpu_ssim
-        self.window = cpu_ssim.gaussian_window(self.win_size, self.sigma)
         self.pad = self.win_size // 2 if padding == "same" else 0
+        self.positions(self.h, self.w)  # sizes are checked before anything is allocated
+        if self.win_size > 2 * max(self.h, self.w) + 1:
+            raise ValueError(f"win_size={self.win_size} is more than twice the {self.h}x{self.w} images: its ends "
+                             "would see nothing but padding")
+        self.window = cpu_ssim.gaussian_window(self.win_size, self.sigma)
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
+
+    def out(self, out):
+        """The gradient buffer as planes (see Call.out: a stand-in when ``out`` overlaps the images)."""
+        return self.call.out(out, reads=(self.x, self.y)).reshape(self.x.shape)
+
+    def deliver(self, g, out):
+        return self.call.deliver(g.reshape(self.shape), out)
 
     def positions(self, h, w):
         """Valid output positions of an h x w plane; ValueError when there are none."""
@@ -100,13 +111,13 @@ def mean(a):
 
 def _ssim(images, sign, offset, grad, out):
     n_pos = images.positions(images.h, images.w)
-    g = images.call.out(out).reshape(images.x.shape) if grad else None
+    g = images.out(out) if grad else None
     scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
     per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
     value = images.reduce(per_plane, sign, offset)
     if not grad:
         return value
-    return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
+    return LossGrad(value, images.deliver(g, out))
 
 
 @on_device
@@ -144,7 +155,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     check_choice(pixel, "pixel", ("l1", "mse"))
     images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, "mean")
     n_pos = images.positions(images.h, images.w)
-    g = images.call.out(out).reshape(images.x.shape) if grad else None
+    g = images.out(out) if grad else None
     n = images.x.size
     if images.call.gpu:
         _, pixel_sum = cuda_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
@@ -159,7 +170,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
                                                images.call.value_dtype))
     if not grad:
         return value
-    return LossGrad(value, out if out is not None else images.call.back(g.reshape(images.shape)))
+    return LossGrad(value, images.deliver(g, out))
 
 
 def _pool_pads(h, w):
@@ -209,7 +220,7 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
                          f"than {need} pixels a side, got {images.h}x{images.w}")
     xp = images.xp
-    result = images.call.out(out).reshape(images.x.shape) if grad else None
+    result = images.out(out) if grad else None
     x, y, g = images.x, images.y, result
     if images.call.dtype_name == "bfloat16":  # pooling needs arithmetic on the values: run in float32
         x, y = cuda_bfloat16.to_float32(x), cuda_bfloat16.to_float32(y)
@@ -244,4 +255,4 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         total = here
     if g is not result:
         cuda_bfloat16.from_float32(g, result)
-    return LossGrad(value, out if out is not None else images.call.back(result.reshape(images.shape)))
+    return LossGrad(value, images.deliver(result, out))

@@ -7,8 +7,14 @@ saves it; the backward only scales it by the incoming gradient. When no input
 requires grad (or grad mode is off), no gradient is computed at all.
 
 Gradients flow to ``input`` only: targets and weights are treated as data,
-as an autoencoder's reconstruction target is.
+as an autoencoder's reconstruction target is (one that requires grad gets a
+warning, once). First derivatives only: differentiating a gradient again
+(``create_graph=True`` and then backward, gradient penalties, ``gradgradcheck``)
+raises, as do forward-mode AD and the ``torch.func`` transforms. Under
+``torch.autocast`` the losses run in float32, as ``torch.nn.functional``'s do.
 """
+import contextlib
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -59,15 +65,17 @@ def _(input, target, kind, reduction, data_range, win_size, sigma, k1, k2, paddi
 
 
 @torch.library.custom_op("fastae::soft_threshold", mutates_args=())
-def _soft_threshold(input: Tensor, lam: Tensor) -> Tuple[Tensor, Tensor]:
-    codes, mask = _fa.soft_threshold(input.detach(), lam.detach(), grad=True)
-    return codes, mask
+def _soft_threshold(input: Tensor, lam: Tensor, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    if need_grad:
+        codes, mask = _fa.soft_threshold(input.detach(), lam.detach(), grad=True)
+        return codes, mask
+    return _fa.soft_threshold(input.detach(), lam.detach()), input.new_empty(0)
 
 
 @_soft_threshold.register_fake
-def _(input, lam):
+def _(input, lam, need_grad):
     return torch.empty_like(input, memory_format=torch.contiguous_format), \
-        torch.empty_like(input, memory_format=torch.contiguous_format)
+        (torch.empty_like(input, memory_format=torch.contiguous_format) if need_grad else input.new_empty(0))
 
 
 @torch.library.custom_op("fastae::kl_sparsity", mutates_args=())
@@ -84,15 +92,24 @@ def _(h, rho, beta, need_grad):
 
 
 def _save_grad(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+    ctx.save_for_backward(output[1], inputs[0])
+
+
+_TWICE = (b"fastae.torch: the fused kernels give first derivatives only; a second derivative (create_graph=True "
+          b"then backward, a gradient penalty, gradgradcheck) would silently be wrong, so it is refused. Use "
+          b"torch.nn.functional (or pytorch-msssim) for that loss term")
 
 
 def _scaled(ctx, grad_value, grad_of_grad):
-    """d loss / d input = incoming gradient x the gradient saved by the forward."""
-    (saved,) = ctx.saved_tensors
+    """d loss / d input = incoming gradient x the gradient saved by the forward. Under create_graph the
+    result carries a node that raises when it is differentiated again (the saved gradient is data)."""
+    saved, input = ctx.saved_tensors
     while grad_value.dim() < saved.dim():  # per-image values: broadcast over the image axes
         grad_value = grad_value.unsqueeze(-1)
-    return grad_value * saved
+    result = grad_value * saved
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        result, _ = torch._C._functions.DelayedError(_TWICE, 2)(result, input)  # a node between input and result
+    return result
 
 
 def _register(op, n_inputs):
@@ -103,7 +120,30 @@ def _register(op, n_inputs):
 _register(_pointwise, 9)
 _register(_structural, 14)
 _register(_kl_sparsity, 4)
-_soft_threshold.register_autograd(lambda ctx, gc, gm: (_scaled(ctx, gc, gm), None), setup_context=_save_grad)
+_register(_soft_threshold, 3)
+for _op in ("pointwise", "structural", "soft_threshold", "kl_sparsity"):  # autocast: float32, as F.mse_loss
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"fastae::{_op}", _device, torch.float32)
+
+_warned = set()
+
+
+def _check(input, **data):
+    """Refuse what the fused kernels cannot differentiate; warn (once) about data that asks for a gradient."""
+    if torch.compiler.is_compiling():
+        return
+    tensors = (input, *(d for d in data.values() if isinstance(d, Tensor)))
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise RuntimeError("fastae.torch losses do not support torch.func transforms (grad, vmap, jvp, jacrev, "
+                           "hessian): use torch.autograd (loss.backward(), torch.autograd.grad) instead")
+    if any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise RuntimeError("fastae.torch losses do not support forward-mode AD (torch.autograd.forward_ad): "
+                           "use reverse mode (loss.backward(), torch.autograd.grad) instead")
+    for name, d in data.items():
+        if isinstance(d, Tensor) and d.requires_grad and torch.is_grad_enabled() and name not in _warned:
+            _warned.add(name)
+            warnings.warn(f"fastae.torch: {name} requires grad but gets no gradient (gradients flow to input "
+                          f"only); detach it to silence this warning", stacklevel=4)
 
 
 def _needs_grad(input):
@@ -112,6 +152,7 @@ def _needs_grad(input):
 
 # ---------------------------------------------------------------- functional API
 def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, param=0.0):
+    _check(input, target=target, weight=weight)
     value, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope), float(param),
                           _needs_grad(input))
     return value
@@ -146,6 +187,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 
 def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_size=11, sigma=1.5, k1=0.01,
                      k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None):
+    _check(input, target=target)
     value, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
                            float(k1), float(k2), padding, float(alpha), pixel,
                            None if weights is None else [float(w) for w in weights], _needs_grad(input))
@@ -180,13 +222,15 @@ def mixed_loss(input, target, alpha, pixel="l1", data_range=1.0, *, win_size=11,
 
 def soft_threshold(input, lam):
     """sign(x) max(|x| - lam, 0); ``lam`` a number or a tensor broadcastable to input."""
-    lam = lam if isinstance(lam, Tensor) else torch.tensor(float(lam), dtype=input.dtype)
-    codes, _ = _soft_threshold(input, lam)
+    _check(input, lam=lam)
+    lam = lam if isinstance(lam, Tensor) else torch.tensor(float(lam), dtype=input.dtype, device=input.device)
+    codes, _ = _soft_threshold(input, lam, _needs_grad(input))
     return codes
 
 
 def kl_sparsity(h, rho, beta=1.0):
     """beta * sum_j KL(rho || mean_i h_ij) for sigmoid activations h (n, k)."""
+    _check(h)
     value, _ = _kl_sparsity(h, float(rho), float(beta), _needs_grad(h))
     return value
 
@@ -260,11 +304,14 @@ class PerceptualLoss(nn.Module):
     optional pixel term: alpha * pixel + (1 - alpha) * perceptual.
 
     ``layers`` names submodules of ``feature_extractor`` whose outputs are the
-    features (read with forward hooks); without it, the network's output (a
-    tensor, or a list or tuple of tensors) is. Any network works: a pretrained
-    one is loaded the usual way, e.g. ``torchvision.models.vgg16()`` with
-    ``load_state_dict(torch.load(path))`` from a local file; its parameters are
-    frozen here. The target's features are computed without gradient.
+    features (read with forward hooks that live only during a call); without
+    it, the network's output (a tensor, or a list or tuple of tensors) is. Any
+    network works: a pretrained one is loaded the usual way, e.g.
+    ``torchvision.models.vgg16()`` with ``load_state_dict(torch.load(path))``
+    from a local file. The network is left as it is: it runs in eval mode for
+    the call (each submodule's mode is restored after), its parameters are read
+    detached (they get no gradient, and nothing is frozen in place), and the
+    target's features are computed without gradient.
     """
 
     def __init__(self, feature_extractor: nn.Module, layers: Optional[Sequence[str]] = None,
@@ -274,7 +321,7 @@ class PerceptualLoss(nn.Module):
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         if pixel not in ("mse", "l1"):
             raise ValueError(f"pixel must be 'mse' or 'l1', got {pixel!r}")
-        self.features = feature_extractor.eval().requires_grad_(False)
+        self.features = feature_extractor
         self.layers = list(layers) if layers is not None else None
         self.weights = list(weights) if weights is not None else None
         self.alpha, self.pixel = alpha, pixel
@@ -283,19 +330,33 @@ class PerceptualLoss(nn.Module):
             missing = [name for name in self.layers if name not in modules]
             if missing:
                 raise ValueError(f"layers {missing} are not submodules of the feature extractor")
-            self._captured = {}
-            for name in self.layers:
-                modules[name].register_forward_hook(self._hook(name))
 
-    def _hook(self, name):
-        def capture(module, args, output):
-            self._captured[name] = output
-        return capture
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """The network in eval mode and hooked for one call, as it was afterwards."""
+        modes = [(m, m.training) for m in self.features.modules()]
+        captured, handles = {}, []
+        if self.layers is not None:
+            modules = dict(self.features.named_modules())
+            for name in self.layers:
+                handles.append(modules[name].register_forward_hook(
+                    lambda module, args, output, name=name: captured.__setitem__(name, output)))
+        self.features.eval()
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, mode in modes:
+                module.training = mode
 
     def _phi(self, x):
-        out = self.features(x)
+        state = {name: p.detach() for name, p in self.features.named_parameters()}
+        state.update(self.features.named_buffers())
+        with self._evaluating() as captured:
+            out = torch.func.functional_call(self.features, state, (x,))
         if self.layers is not None:
-            return [self._captured.pop(name) for name in self.layers]
+            return [captured[name] for name in self.layers]
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def forward(self, input, target):

@@ -80,10 +80,10 @@ struct Sigmoid {
     }
 };
 
-struct Tanh {
+struct Tanh {  // 1 - tanh(z)^2 = 4e / (1 + e)^2 with e = exp(-2|z|): no cancellation near saturation
     template <typename A> static __device__ __forceinline__ Act<A> at(A z, A) {
-        A y = tanh_(z);
-        return {y, A(1) - y * y};
+        A e = exp_(A(-2) * abs_(z)), r = A(1) / (A(1) + e);
+        return {tanh_(z), A(4) * e * r * r};
     }
 };
 

@@ -198,11 +198,16 @@ def test_modules_and_perceptual_loss():
     f2x, f2y = features[2](f1x), features[2](f1y)
     expected = 0.25 * F.l1_loss(x, y) + 0.75 * (0.5 * F.mse_loss(f1x, f1y) + 2.0 * F.mse_loss(f2x, f2y))
     torch.testing.assert_close(value, expected)
+    features[1].train()
+    value = loss(x, y)
     value.backward()
+    assert all(p.grad is None for p in features.parameters())  # the network's parameters get no gradient ...
+    assert all(p.requires_grad for p in features.parameters())  # ... and are not frozen in place
+    assert features.training and features[1].training  # its modes as they were
+    assert not features[1]._forward_hooks and not features[2]._forward_hooks  # no hook left behind
     ref_x = x.detach().clone().requires_grad_()
     f1 = torch.relu(features[0](ref_x))
     (0.25 * F.l1_loss(ref_x, y) + 0.75 * (0.5 * F.mse_loss(f1, f1y) + 2.0 * F.mse_loss(features[2](f1), f2y))).backward()
     torch.testing.assert_close(x.grad, ref_x.grad)
-    assert all(p.grad is None for p in features.parameters())  # the feature network stays frozen
     with pytest.raises(ValueError, match="not submodules"):
         ft.PerceptualLoss(features, layers=["nope"])

@@ -116,7 +116,20 @@ def _log32(x):
 def _log1p_unit32(x):
     # log1p(x) = 2 atanh(s), s = x / (2 + x) in [0, 1/3] for x in [0, 1]; the
     # series through s^15 is below float32 rounding there.
-    s = x / (F32(2.0) + x)
+    return _atanh2_series32(x / (F32(2.0) + x))
+
+
+@register_jitable
+def _log1m32(x):
+    # log(1 - x): for x <= 1/2 the atanh series at s = -x / (2 - x) in [-1/3, 0] (accurate for tiny x,
+    # where 1 - x would round); above, 1 - x is exact (Sterbenz) and its log is.
+    series = _atanh2_series32(-x / (F32(2.0) - x))
+    return series if x <= F32(0.5) else _log32(F32(1.0) - x)
+
+
+@register_jitable
+def _atanh2_series32(s):
+    """2 atanh(s) for |s| <= 1/3."""
     s2 = s * s
     p = F32(1.0 / 15.0)
     p = p * s2 + F32(1.0 / 13.0)
@@ -142,6 +155,29 @@ def _tanh32(x):
     big = (F32(1.0) - e) / (F32(1.0) + e)
     big = -big if x < F32(0.0) else big
     return small if a < F32(0.25) else big
+
+
+@register_jitable
+def _tanh_and_slope32(z):
+    e = _exp32(F32(-2.0) * abs(z))  # 1 - tanh(z)^2 = 4e / (1 + e)^2: no cancellation near saturation
+    r = F32(1.0) / (F32(1.0) + e)
+    return _tanh32(z), F32(4.0) * e * r * r
+
+
+@register_jitable
+def _tanh_and_slope64(z):
+    # e = exp(-2|z|): tanh(|z|) = (1 - e) / (1 + e) and 1 - tanh^2 = 4e / (1 + e)^2. Near 0, 1 - e cancels:
+    # take m = e - 1 from expm1 there. One libm call either way.
+    a = abs(z)
+    if a < 0.5:
+        m = math.expm1(-2.0 * a)
+        r = 1.0 / (2.0 + m)
+        y, slope = -m * r, 4.0 * (1.0 + m) * r * r
+    else:
+        e = math.exp(-2.0 * a)
+        r = 1.0 / (1.0 + e)
+        y, slope = (1.0 - e) * r, 4.0 * e * r * r
+    return (-y if z < 0.0 else y), slope
 
 
 def _by_width(f32_impl, f64_impl):
@@ -170,8 +206,7 @@ def log1p_unit(x):
 
 
 def log1m(x):
-    """log(1 - x) for x <= 1. float64: log1p(-x), exact. float32: log of the
-    rounded 1 - x, whose absolute error is at most one float32 ulp of 1."""
+    """log(1 - x) for x <= 1, accurate for tiny x too (float64: log1p(-x))."""
     return math.log1p(-x)
 
 
@@ -180,8 +215,14 @@ def tanh(x):
     return math.tanh(x)
 
 
+def tanh_and_slope(x):
+    """tanh(x) and its derivative 1 - tanh(x)^2, the latter without cancellation near saturation."""
+    return math.tanh(x), 1.0 - math.tanh(x) ** 2
+
+
 overload(exp)(_by_width(lambda x: _exp32(x), lambda x: math.exp(x)))
 overload(log)(_by_width(lambda x: _log32(x), lambda x: math.log(x)))
 overload(log1p_unit)(_by_width(lambda x: _log1p_unit32(x), lambda x: math.log1p(x)))
-overload(log1m)(_by_width(lambda x: _log32(F32(1.0) - x), lambda x: math.log1p(-x)))
+overload(log1m)(_by_width(lambda x: _log1m32(x), lambda x: math.log1p(-x)))
 overload(tanh)(_by_width(lambda x: _tanh32(x), lambda x: math.tanh(x)))
+overload(tanh_and_slope)(_by_width(lambda x: _tanh_and_slope32(x), lambda x: _tanh_and_slope64(x)))

@@ -7,6 +7,7 @@ count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
 """
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -25,8 +26,22 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def num_threads():
-    """Threads the kernels use: ``NUMBA_NUM_THREADS`` (default: all cores)."""
-    return max(1, int(os.environ.get("NUMBA_NUM_THREADS", numba.config.NUMBA_NUM_THREADS)))
+    """Threads the kernels use: ``NUMBA_NUM_THREADS`` (default: all cores). A value that is no positive
+    integer falls back to Numba's own choice with a warning, once, as Numba does."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is None:
+        return max(1, numba.config.NUMBA_NUM_THREADS)
+    try:
+        return max(1, int(text))
+    except ValueError:
+        if text not in _warned:
+            _warned.add(text)
+            warnings.warn(f"NUMBA_NUM_THREADS={text!r} is not an integer: fastae uses "
+                          f"{numba.config.NUMBA_NUM_THREADS} threads", RuntimeWarning, stacklevel=3)
+        return max(1, numba.config.NUMBA_NUM_THREADS)
+
+
+_warned = set()
 
 
 def run_chunks(kernel, n_chunks, min_per_thread=MIN_CHUNKS_PER_THREAD):

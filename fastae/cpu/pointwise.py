@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._math import exp, like, log, log1m, log1p_unit, tanh
+from ._math import exp, like, log, log1m, log1p_unit, tanh_and_slope
 from ._threads import run_chunks
 
 KERNEL_OPTIONS = dict(
@@ -30,6 +30,12 @@ KERNEL_OPTIONS = dict(
     # No nnan/ninf: NaN and Inf must propagate. reassoc lets the sums vectorise.
     fastmath={"contract", "reassoc", "arcp", "nsz"},
 )
+# An element's maths without reassoc and arcp. With reassoc, LLVM may regroup max(z, 0) - z t + log1p(e)
+# into max(z, 0) + (log1p(e) - z t) and lose log1p(e), or t log y + (1 - t) log(1 - y) into
+# log(1 - y) + t (log y - log(1 - y)); with arcp, the loop that also computes the gradient may divide by
+# way of a reciprocal the other loop never forms, and the two give different values. Compiled apart and
+# inlined by LLVM, the element's instructions keep their flags: only the loop's sum reassociates.
+ELEMENT_OPTIONS = dict(KERNEL_OPTIONS, fastmath={"contract", "nsz"})
 CHUNK = 1 << 16  # elements per parallel task: fixed, so results do not depend on threads
 BLOCK = 1024     # elements summed in the data's dtype before adding into float64
 
@@ -121,8 +127,7 @@ def sigmoid_act(spec, z):
 
 @njit(inline="always")
 def tanh_act(spec, z):
-    y = tanh(z)
-    return y, like(z, 1.0) - y * y
+    return tanh_and_slope(z)
 
 
 @njit(inline="always")
@@ -200,6 +205,11 @@ def _item(a, i):
     return lambda a, i: a
 
 
+@njit(**ELEMENT_OPTIONS)
+def _element(loss, act, z, t):
+    return point(loss, act, z, t)
+
+
 @njit(**KERNEL_OPTIONS)
 def _block(loss, act, z, t, w, grad, grad_add, values, scale):
     """Sum and out-of-domain count over one block, both in the data's dtype
@@ -207,7 +217,7 @@ def _block(loss, act, z, t, w, grad, grad_add, values, scale):
     total = like(scale, 0.0)
     bad = like(scale, 0.0)
     for i in range(z.size):
-        value, slope, outside = point(loss, act, z[i], like(scale, 0.0) if t is None else t[i])
+        value, slope, outside = _element(loss, act, z[i], like(scale, 0.0) if t is None else t[i])
         if w is not None:
             value = value * item(w, i)
             slope = slope * item(w, i)

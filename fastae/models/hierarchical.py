@@ -19,6 +19,8 @@ class HierarchicalAutoencoder:
         c, f = np.asarray(coarse_basis, np.float64), np.asarray(fine_basis, np.float64)
         if c.ndim != 2 or f.ndim != 2 or c.shape[0] != f.shape[0]:
             raise ValueError(f"bases must be (d, kc) and (d, kf) with the same d, got {c.shape} and {f.shape}")
+        if not (np.isfinite(c).all() and np.isfinite(f).all()):
+            raise ValueError("coarse_basis and fine_basis must hold finite values (found NaN or Inf)")
         both = np.hstack([c, f])
         off = np.abs(both.T @ both - np.eye(both.shape[1])).max()
         if off > 1e-6:
