@@ -1,57 +1,188 @@
-"""The ``fastae`` command."""
+"""The fastae command: train an autoencoder on real images, trace the
+pixel/structure Pareto front of the mixed loss, benchmark the kernels."""
 import argparse
+import math
+import os
+import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags one line each (``prog: error: argument --flag: ...``) and exits 2:
+    no usage dump, no traceback. The flags' types mark a bad value rather than raise, so that every bad
+    flag is reported, not only the first."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def check(self, args):
+        lines = []
+        for action in self._actions:
+            values = getattr(args, action.dest, None)
+            for value in values if isinstance(values, list) else [values]:
+                if isinstance(value, _Bad):
+                    lines.append(f"{self.prog}: error: argument {'/'.join(action.option_strings)}: {value}")
+        if lines:
+            self.exit(2, "\n".join(lines) + "\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default in its help, unless it has none (None, or off for a switch)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Bad(str):
+    """A flag's value that did not parse: the reason."""
+
+
+def _checked(parse):
+    """An argparse type from ``parse``, which raises ArgumentTypeError: a _Bad value instead of an exit."""
+    def run(text):
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as e:
+            return _Bad(str(e))
+    return run
+
+
+def _number(kind, low=None, high=None, low_open=False, what=None):
+    """An argparse type: a finite ``kind`` within [low, high] (``low_open``: above low)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+        if (isinstance(value, float) and not math.isfinite(value)) or (low is not None and (
+                value <= low if low_open else value < low)) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, what="a positive integer")
+POSITIVE = _number(float, 0.0, low_open=True, what="a positive number")
+NON_NEGATIVE = _number(float, 0.0, what="a non-negative number")
+FRACTION = _number(float, 0.0, 1.0, what="a number in [0, 1]")
+FINITE = _number(float, what="a finite number")
+SEED = _number(int, 0, what="a non-negative integer")
+
+
+@_checked
 def _size(text):
-    return 1 << int(text[2:]) if text.startswith("2^") else int(text)
+    """An element count: 4096 or 2^24."""
+    try:
+        value = 1 << int(text[2:]) if text.startswith("2^") else int(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected an element count such as 4096 or 2^24, got {text!r}") from None
+    if not 1 <= value <= 1 << 40:
+        raise argparse.ArgumentTypeError(f"expected an element count between 1 and 2^40, got {text!r}")
+    return value
 
 
-def _data_options(p):
-    p.add_argument("--data", choices=["patches", "digits"], default="patches")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--code", type=int, default=32, help="code size k")
-    p.add_argument("--out", default="fastae-out")
-    p.add_argument("--quick", action="store_true", help="fewer patches and epochs (under two minutes)")
+def _list(item, name):
+    """An argparse type: a comma-separated list of ``item``s ('' for none)."""
+    def parse(text):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            return [item(p) for p in parts]
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{name}: {e}") from None
+    return _checked(parse)
+
+
+@_checked
+def _sparsity(text):
+    """'l1:ALPHA' or 'kl:RHO' or 'kl:RHO:BETA'."""
+    kind, *values = text.split(":")
+    wanted = "l1:ALPHA (ALPHA >= 0), kl:RHO or kl:RHO:BETA (0 < RHO < 1, BETA >= 0)"
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    ok = all(math.isfinite(v) for v in numbers) and (
+        (kind == "l1" and len(numbers) == 1 and numbers[0] >= 0)
+        or (kind == "kl" and len(numbers) in (1, 2) and 0 < numbers[0] < 1 and (len(numbers) == 1 or numbers[1] >= 0)))
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+    return (kind, *numbers)
+
+
+@_checked
+def _out_dir(text):
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return text
+
+
+def _data_options(p, epochs_help):
+    p.add_argument("--data", choices=["patches", "digits"], default="patches",
+                   help="16x16 patches of scikit-image's photographs, or scikit-learn's 8x8 digits")
+    p.add_argument("--epochs", type=_checked(POSITIVE_INT), help=epochs_help)
+    p.add_argument("--batch-size", type=_checked(POSITIVE_INT), default=128, help="samples per step")
+    p.add_argument("--lr", type=_checked(POSITIVE), default=1e-3, help="Adam's learning rate")
+    p.add_argument("--code", type=_checked(POSITIVE_INT), default=32, help="code size k")
+    p.add_argument("--out", type=_out_dir, default="fastae-out", help="directory for the outputs")
+    p.add_argument("--quick", action="store_true", help="fewer patches and epochs (seconds)")
+
+
+def parser():
+    formatter = _Formatter
+    top = _Parser(prog="fastae", description=__doc__, formatter_class=formatter)
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    bench = sub.add_parser("bench", formatter_class=formatter,
+                           help="benchmark the kernels against the streaming ceiling and PyTorch",
+                           description="The roofline report: each kernel against np.add of the same size (one "
+                                       "thread and fastae's threads), PyTorch eager, pytorch-msssim, scikit-learn.")
+    bench.add_argument("--quick", action="store_true", help="one size, float32, few repeats (under a minute)")
+    bench.add_argument("--size", type=_size, action="append", help="element count, e.g. 2^24 (repeatable)")
+    bench.add_argument("--dtype", choices=["float32", "float64"], action="append", help="repeatable")
+    bench.add_argument("--threads", type=_checked(POSITIVE_INT), help="threads for fastae and torch (default: all cores)")
+    bench.add_argument("--repeats", type=_checked(POSITIVE_INT), help="timed calls per measurement")
+    bench.add_argument("--cuda", action="store_true", help="the GPU benchmark (needs CuPy, torch on CUDA and a device)")
+    train = sub.add_parser("train", formatter_class=formatter, help="train an autoencoder on real images",
+                           description="Train a dense autoencoder on real images; writes metrics.json, "
+                                       "reconstructions.png and loss.png.")
+    _data_options(train, "passes over the data (default: 30, or 10 with --quick)")
+    train.add_argument("--loss", choices=["mse", "l1", "bce", "ssim", "mixed"], default="mixed",
+                       help="reconstruction loss (mixed: alpha * L1 + (1 - alpha) * (1 - SSIM))")
+    train.add_argument("--alpha", type=_checked(FRACTION), help="pixel weight of the mixed loss (default 0.16); --loss mixed only")
+    train.add_argument("--tied", action="store_true", help="tied weights: W_dec = W_enc^T")
+    train.add_argument("--sparsity", type=_sparsity, help="l1:ALPHA or kl:RHO[:BETA] on the codes")
+    train.add_argument("--hidden", type=_list(POSITIVE_INT, "hidden sizes"), default="128",
+                       help="hidden layer sizes, e.g. 256,128 ('' for none)")
+    train.add_argument("--bias-init", type=_checked(FINITE), default=0.01, help="initial biases (small positive: fewer dead ReLUs)")
+    train.add_argument("--weight-decay", type=_checked(NON_NEGATIVE), default=0.0, help="L2 penalty on the weights")
+    train.add_argument("--seed", type=_checked(SEED), default=0, help="seed of the initial weights")
+    pareto = sub.add_parser("pareto", formatter_class=formatter, help="the L1 / SSIM Pareto front of the mixed loss",
+                            description="Train one model per alpha of the mixed loss and plot the front.")
+    _data_options(pareto, "passes over the data per model (default: 30, or 10 with --quick)")
+    pareto.add_argument("--alphas", type=_list(FRACTION, "alphas"), default="0,0.25,0.5,0.75,1",
+                        help="comma-separated alphas in [0, 1]")
+    return top
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastae", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="benchmark the kernels against the streaming ceiling and PyTorch")
-    bench.add_argument("--quick", action="store_true", help="one size, float32, few repeats (under a minute)")
-    bench.add_argument("--size", type=_size, action="append", help="element count, e.g. 2^24 (repeatable)")
-    bench.add_argument("--dtype", choices=["float32", "float64"], action="append")
-    bench.add_argument("--threads", type=int, help="threads for fastae and torch (default: all cores)")
-    bench.add_argument("--repeats", type=int)
-    bench.add_argument("--cuda", action="store_true", help="the GPU benchmark (needs CuPy, torch on CUDA and a device)")
-    train = sub.add_parser("train", help="train an autoencoder on real images")
-    _data_options(train)
-    train.add_argument("--loss", choices=["mse", "l1", "bce", "ssim", "mixed"], default="mixed")
-    train.add_argument("--alpha", type=float, help="pixel weight of the mixed loss (default 0.16)")
-    train.add_argument("--tied", action="store_true", help="tied weights: W_dec = W_enc^T")
-    train.add_argument("--sparsity", help="l1:ALPHA or kl:RHO[:BETA] on the codes")
-    train.add_argument("--hidden", default="128", help="hidden layer sizes, e.g. 256,128 ('' for none)")
-    train.add_argument("--bias-init", type=float, default=0.01, help="initial biases (small positive: fewer dead ReLUs)")
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    train.add_argument("--seed", type=int, default=0)
-    pareto = sub.add_parser("pareto", help="the L1 / SSIM Pareto front of the mixed loss")
-    _data_options(pareto)
-    pareto.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
-    args = parser.parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    sub = p._subparsers._group_actions[0].choices.get(args.command)
+    sub.check(args)
+    if args.command == "train":
+        if args.alpha is not None and args.loss != "mixed":
+            sub.error(f"argument --alpha: applies to --loss mixed only (--loss is {args.loss})")
+    if args.command == "pareto" and not args.alphas:
+        sub.error("argument --alphas: give at least one alpha")
     if args.command in ("train", "pareto"):
-        if args.quick:
-            args.epochs = args.epochs or 10
-        args.epochs = args.epochs or 30
+        args.epochs = args.epochs or (10 if args.quick else 30)
         from . import train as train_module
         (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
         return 0
-    if args.command == "bench" and args.cuda:
+    if args.cuda:
         from . import bench_cuda
         bench_cuda.main(repeats=args.repeats or 7)
-    elif args.command == "bench":
+    else:
         from . import bench as bench_module
         bench_module.main(quick=args.quick, sizes=args.size, dtypes=args.dtype, threads=args.threads,
                           repeats=args.repeats)
@@ -59,4 +190,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

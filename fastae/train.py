@@ -17,16 +17,6 @@ def load_data(name, quick):
     return datasets.patches(size=16, per_image=1000 if quick else 3000)
 
 
-def parse_sparsity(text):
-    """'l1:ALPHA' or 'kl:RHO[:BETA]' -> the model's sparsity tuple."""
-    if not text:
-        return None
-    kind, *values = text.split(":")
-    if kind not in ("l1", "kl") or not values:
-        raise ValueError(f"--sparsity must be l1:ALPHA or kl:RHO[:BETA], got {text!r}")
-    return (kind, *map(float, values))
-
-
 def evaluate(model, val, shape):
     """Validation loss, PSNR (dB, images in [0, 1]) and SSIM (same padding) of the reconstructions."""
     recon = model.reconstruct(val)
@@ -47,9 +37,6 @@ def build(config, shape):
 
 def train(config, progress=True):
     """Train one model; returns (model, history, validation data, image shape)."""
-    if config["device"] != "cpu":
-        raise NotImplementedError("--device cuda: the models run on NumPy arrays only so far; on a GPU, use the "
-                                  "losses directly on CuPy arrays or torch tensors (fastae.torch)")
     train_x, val_x, shape = load_data(config["data"], config["quick"])
     model = build(config, shape)
     history = []
@@ -98,10 +85,8 @@ def write_outputs(out, config, model, history, val_x, shape):
 
 
 def run_train(args):
-    config = {k: getattr(args, k) for k in ("data", "loss", "alpha", "tied", "epochs", "batch_size", "lr", "device",
-                                            "quick", "code", "seed", "weight_decay", "bias_init")}
-    config["hidden"] = [int(h) for h in args.hidden.split(",") if h] if args.hidden else []
-    config["sparsity"] = parse_sparsity(args.sparsity)
+    config = {k: getattr(args, k) for k in ("data", "loss", "alpha", "tied", "epochs", "batch_size", "lr", "quick",
+                                            "code", "seed", "weight_decay", "bias_init", "hidden", "sparsity")}
     if config["loss"] == "mixed" and config["alpha"] is None:
         config["alpha"] = 0.16
     start = time.perf_counter()
@@ -124,11 +109,11 @@ def run_pareto(args):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    alphas = [float(a) for a in args.alphas.split(",")]
+    alphas = args.alphas
     results = []
     for alpha in alphas:
         config = {"data": args.data, "loss": "mixed", "alpha": alpha, "tied": False, "epochs": args.epochs,
-                  "batch_size": args.batch_size, "lr": args.lr, "device": "cpu", "quick": args.quick,
+                  "batch_size": args.batch_size, "lr": args.lr, "quick": args.quick,
                   "code": args.code, "seed": 0, "weight_decay": 0.0, "hidden": [128], "sparsity": None,
                   "bias_init": 0.01}
         _, history, _, _ = train(config, progress=False)

@@ -251,10 +251,17 @@ class Autoencoder:
     # ---------------------------------------------------------------- training
     def fit(self, x, epochs=10, batch_size=128, lr=1e-3, optimizer="adam", validation=None, progress=True,
             seed=0, on_epoch=None):
-        """Minibatch training; returns the history (one dict per epoch)."""
+        """Minibatch training with ``optimizer`` "adam" or "sgd"; returns the history (one dict per epoch)."""
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {optimizer!r}")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         x = np.asarray(x, self.dtype)
         params = self.params
-        opt = Adam(params, lr) if optimizer == "adam" else SGD(params, lr)
+        opt = OPTIMIZERS[optimizer](params, lr)
         rng = np.random.default_rng(seed)
         history = []
         n_batches = max(1, -(-len(x) // batch_size))
@@ -282,17 +289,34 @@ class Autoencoder:
 
     # ---------------------------------------------------------------- persistence
     def save(self, path):
+        """Write the configuration and parameters to ``path`` (an .npz archive, whatever its name)."""
         arrays = {f"p{i}": p for i, p in enumerate(self.params)}
-        np.savez(path, config=json.dumps(self.config), **arrays)
+        with open(path, "wb") as f:  # (np.savez given a name would append .npz to it)
+            np.savez(f, config=json.dumps(self.config), **arrays)
 
     @classmethod
     def load(cls, path):
+        """The model ``save`` wrote; ValueError when the file's parameters do not fit its configuration."""
         with np.load(path) as f:
-            config = json.loads(str(f["config"]))
-            model = cls(**{k: v for k, v in config.items() if k not in ("d", "k")}, d=config["d"], k=config["k"])
+            try:
+                config = json.loads(str(f["config"]))
+                model = cls(**{k: v for k, v in config.items() if k not in ("d", "k")}, d=config["d"], k=config["k"])
+            except (KeyError, TypeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path} holds no fastae Autoencoder configuration ({e})") from None
+            names = sorted((n for n in f.files if n != "config"), key=lambda n: int(n[1:]) if n[1:].isdigit() else -1)
+            if names != [f"p{i}" for i in range(len(model.params))]:
+                raise ValueError(f"{path} holds {len(names)} parameter arrays; its configuration needs "
+                                 f"{len(model.params)}")
             for i, p in enumerate(model.params):
-                p[...] = f[f"p{i}"]
+                stored = f[f"p{i}"]
+                if stored.shape != p.shape or stored.dtype != p.dtype:
+                    raise ValueError(f"{path}: parameter {i} is {stored.dtype} {stored.shape}, the configuration "
+                                     f"needs {p.dtype} {p.shape}")
+                p[...] = stored
         return model
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
 
 
 def _bar_text(epoch, epochs, done, total, loss, width=24):
