@@ -430,3 +430,19 @@ def test_every_kernel_instance_runs(rng):
             cuda_sparse.fista(a.reshape(-1, 21), gram, 0.5, 0.01, 3, 0.0, True)
     expected = {e for expressions in instances_by_file().values() for e in expressions}
     assert expected - kernels_launched() == set()
+
+
+def test_out_overlapping_an_input_is_exact(rng):
+    x = rng.random((2, 3, 33, 35)).astype(np.float32)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    expected = fa.mixed_loss(cp.asarray(x), cp.asarray(y), alpha=0.4, grad=True)
+    dx = cp.asarray(x)
+    value, grad = fa.mixed_loss(dx, cp.asarray(y), alpha=0.4, grad=True, out=dx)
+    assert grad is dx and float(value) == float(expected.loss)
+    np.testing.assert_array_equal(cp.asnumpy(dx), cp.asnumpy(expected.grad))
+    base = cp.asarray(rng.standard_normal(50_001).astype(np.float32))
+    target = cp.asarray(rng.random(50_000).astype(np.float32))
+    expected = fa.mse(base[:-1].copy(), target, grad=True)
+    value, grad = fa.mse(base[:-1], target, grad=True, out=base[1:])
+    assert cp.asnumpy(value).tobytes() == cp.asnumpy(expected.loss).tobytes()
+    np.testing.assert_array_equal(cp.asnumpy(base[1:]), cp.asnumpy(expected.grad))
