@@ -14,6 +14,8 @@ import sys
 import numpy as np
 
 from . import cuda
+from .cpu import backend as cpu_backend
+from .cuda import backend as cuda_backend
 
 CPU_DTYPES = ("float32", "float64")
 GPU_DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -161,7 +163,8 @@ class Call:
 
     ``pred`` fixes the array kind, the device, the dtype and the shape; every
     other array is checked against it. ``xp`` is the array module of the
-    views, ``gpu`` whether they run on the CUDA kernels.
+    views, ``backend`` the backend that runs them (``fastae.cpu.backend`` or
+    ``fastae.cuda.backend``), ``gpu`` whether that is the CUDA one.
     """
 
     def __init__(self, pred, name="pred"):
@@ -171,6 +174,7 @@ class Call:
         check_float(self.dtype_name, name, self.gpu)
         self.pred = as_array(pred, self.kind)
         self.xp = _cupy() if self.gpu else np
+        self.backend = cuda_backend if self.gpu else cpu_backend  # the functions of fastae/backends.md
         self.name = name
         # the dtype in which values (losses) are computed before they are handed back
         self.value_dtype = np.dtype(np.float32) if self.dtype_name == "bfloat16" else self.pred.dtype

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastae as fa
-from fastae.cpu._threads import run_chunks
+from fastae._table import LOSSES, torch_peer
+from fastae.cpu.backend import num_threads, run_chunks
 
 CEILING_CHUNK = 1 << 16
 
@@ -50,39 +51,18 @@ class Case:
 
     def torch_step(self, pred, target):
         """Forward + backward in PyTorch eager; pred requires grad."""
-        import torch.nn.functional as F
-        import torch
-        y = {"identity": lambda z: z, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[self.activation](pred)
-        if self.loss == "mse":
-            loss = F.mse_loss(y, target)
-        elif self.loss == "l1":
-            loss = F.l1_loss(y, target)
-        elif self.loss == "huber":
-            loss = F.huber_loss(y, target, delta=self.params.get("delta", 1.0))
-        elif self.loss == "bce" and self.activation == "sigmoid":
-            loss = F.binary_cross_entropy_with_logits(pred, target)
-        elif self.loss == "bce":
-            loss = F.binary_cross_entropy(y, target)
-        elif self.loss == "gaussian_nll":
-            sigma = self.params.get("sigma", 1.0)
-            loss = (0.5 * ((y - target) / sigma) ** 2).mean() + float(np.log(sigma) + 0.5 * np.log(2 * np.pi))
-        elif self.loss == "laplace_nll":
-            scale = self.params.get("scale", 1.0)
-            loss = (y - target).abs().mean() / scale + float(np.log(2 * scale))
+        loss = torch_peer(self.loss, self.activation, **self.params)(pred, target)
         loss.backward()
         return loss
 
 
-POINTWISE = [
-    Case("mse", "mse"),
-    Case("l1", "l1"),
-    Case("huber", "huber", params={"delta": 1.0}),
+# Every loss of the table on its own (probabilities for those with a [0, 1] domain), and the fused
+# activations users train with.
+POINTWISE = [Case(name, name, params={p.name: p.default for p in row.params},
+                  inputs="probability" if row.domain else "normal") for name, row in LOSSES.items()] + [
     Case("bce_with_logits", "bce", "sigmoid"),
     Case("sigmoid+mse", "mse", "sigmoid"),
     Case("tanh+mse", "mse", "tanh"),
-    Case("bce_probabilities", "bce", inputs="probability"),
-    Case("gaussian_nll", "gaussian_nll", params={"sigma": 0.5}),
-    Case("laplace_nll", "laplace_nll", params={"scale": 0.5}),
 ]
 
 
@@ -290,7 +270,6 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
             torch.set_num_threads(threads)
         except ImportError:
             pass
-    from .cpu._threads import num_threads
     sizes = sizes or ([1 << 24] if quick else [1 << 20, 1 << 24])
     dtypes = dtypes or (["float32"] if quick else ["float32", "float64"])
     repeats = repeats or (5 if quick else 15)

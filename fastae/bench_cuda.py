@@ -15,6 +15,7 @@ import statistics
 import numpy as np
 
 import fastae as fa
+from fastae._table import torch_peer
 
 
 def cuda_time(step, repeats=7, inner=5):
@@ -38,16 +39,6 @@ POINTWISE = [("MSE", "mse", "identity"), ("L1", "l1", "identity"), ("BCE with lo
              ("sigmoid + MSE", "mse", "sigmoid")]
 
 
-def _torch_loss(loss, activation):
-    import torch
-    import torch.nn.functional as F
-
-    def forward(p, t):
-        if loss == "bce":
-            return F.binary_cross_entropy_with_logits(p, t)
-        y = torch.sigmoid(p) if activation == "sigmoid" else p
-        return F.mse_loss(y, t) if loss == "mse" else F.l1_loss(y, t)
-    return forward
 
 
 def pointwise_rows(n=1 << 28, repeats=7):
@@ -60,7 +51,7 @@ def pointwise_rows(n=1 << 28, repeats=7):
     rows = [{"kernel": "device copy", "GB/s": copy_bandwidth / 1e9}]
     for name, loss, activation in POINTWISE:
         fast = cuda_time(lambda: getattr(fa, loss)(pred, target, activation=activation, grad=True, out=out), repeats)
-        forward = _torch_loss(loss, activation)
+        forward = torch_peer(loss, activation)
         leaf = pred.clone().requires_grad_()
 
         def eager():

@@ -5,6 +5,8 @@ import math
 import os
 import sys
 
+from .models.autoencoder import LOSSES
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags one line each (``prog: error: argument --flag: ...``) and exits 2:
@@ -146,7 +148,7 @@ def parser():
                            description="Train a dense autoencoder on real images; writes metrics.json, "
                                        "reconstructions.png and loss.png.")
     _data_options(train, "passes over the data (default: 30, or 10 with --quick)")
-    train.add_argument("--loss", choices=["mse", "l1", "bce", "ssim", "mixed"], default="mixed",
+    train.add_argument("--loss", choices=LOSSES, default="mixed",
                        help="reconstruction loss (mixed: alpha * L1 + (1 - alpha) * (1 - SSIM))")
     train.add_argument("--alpha", type=_checked(FRACTION), help="pixel weight of the mixed loss (default 0.16); --loss mixed only")
     train.add_argument("--tied", action="store_true", help="tied weights: W_dec = W_enc^T")

@@ -1,11 +1,13 @@
 """Pixel-wise reconstruction losses, value and gradient in one fused pass.
 
-Every loss here takes ``(pred, target, *, reduction="mean", weight=None,
-activation="identity", negative_slope=0.01, grad=False, out=None)``:
+One public function per loss of the table (``fastae/_table.py``): ``mse``,
+``l1``, ``huber``, ``bce``, ... Each takes ``(pred, target, *, reduction="mean",
+weight=None, activation="identity", negative_slope=0.01, grad=False, out=None)``
+and its own parameters (``delta=``, ``sigma=``, ...) by keyword:
 
-- ``activation`` (identity, sigmoid, tanh, relu, leaky_relu) is applied to
-  ``pred`` inside the kernel, and the gradient is then d loss / d pred with
-  ``pred`` the pre-activation;
+- ``activation`` (a name of the table: identity, sigmoid, tanh, relu,
+  leaky_relu, ...) is applied to ``pred`` inside the kernel, and the gradient is
+  then d loss / d pred with ``pred`` the pre-activation;
 - ``reduction``: ``mean`` (over all elements), ``sum``, ``none`` (per
   element), ``batchmean`` (sum over all axes but the first, mean over the first);
 - ``weight`` broadcasts to ``pred`` and multiplies each element's loss (mean
@@ -13,20 +15,34 @@ activation="identity", negative_slope=0.01, grad=False, out=None)``:
 - ``grad=True`` returns ``LossGrad(loss, grad)`` with the gradient already
   scaled by the reduction (for ``none``, the element-wise derivative);
   ``out`` is a C-contiguous buffer of pred's shape and dtype that receives it.
+
+``activate(z, activation)`` applies an activation alone (and its derivative).
 """
+import inspect
 from collections import namedtuple
 
 import numpy as np
 
 from ._arrays import Call, check_choice, check_number, contiguous, on_device
-from .cpu import pointwise as cpu_pointwise
-from .cuda import pointwise as cuda_pointwise
+from ._table import ACTIVATIONS, LOSSES
 
 LossGrad = namedtuple("LossGrad", "loss grad")
 LossGrad.__doc__ = "A loss and its gradient with respect to the prediction."
+Activated = namedtuple("Activated", "value slope")
+Activated.__doc__ = "An activation's value and its derivative."
 
 REDUCTIONS = ("mean", "sum", "none", "batchmean")
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu")
+
+
+def loss_params(loss, params, caller=None):
+    """The public parameters of ``loss`` (a table name) checked, defaults filled in: {name: float}."""
+    row = LOSSES[loss]
+    known = {p.name: p for p in row.params}
+    for name in params:
+        if name not in known:
+            raise TypeError(f"{caller or loss}() got an unexpected keyword argument {name!r}")
+    return {p.name: check_number(params.get(p.name, p.default), p.name, positive=p.check == "positive",
+                                 nonnegative=p.check == "nonnegative") for p in row.params}
 
 
 @on_device
@@ -35,7 +51,7 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
     p = contiguous(call.pred)
     t = contiguous(call.like_pred(target, "target"))
     check_choice(reduction, "reduction", REDUCTIONS)
-    check_choice(activation, "activation", ACTIVATIONS)
+    check_choice(activation, "activation", tuple(ACTIVATIONS))
     negative_slope = check_number(negative_slope, "negative_slope")
     if reduction == "batchmean" and p.ndim == 0:
         raise ValueError("reduction='batchmean' needs pred with a batch axis; pred is 0-d")
@@ -47,69 +63,52 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
 
     n = p.size
     count = {"mean": n, "sum": 1, "none": 1, "batchmean": p.shape[0] if p.ndim else 1}[reduction]
-    scale = 1.0 / count if count else 0.0
-    if call.gpu:  # out-of-domain values make the loss NaN: raising would wait for the device
-        value, _ = cuda_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values,
-                                            scale, 1.0 / count if count else np.nan)
-    else:
-        total, outside = cpu_pointwise.pointwise(loss, params, activation, negative_slope, p, t, w, g, values, scale)
-        if outside:
-            where = "pred" if activation == "identity" else f"{activation}(pred)"
-            raise ValueError(f"{loss}: {outside} of {n} values of {where} lie outside [0, 1]; "
-                             "for logits pass activation='sigmoid'")
-        value = np.array(total / count if count else np.nan, p.dtype)
+    value, _, outside = call.backend.pointwise(loss, LOSSES[loss].kernel_fields(params), activation, negative_slope,
+                                               p, t, w, g, values, 1.0 / count if count else 0.0,
+                                               1.0 / count if count else np.nan)
+    # A device does not raise on data (that would wait for it): out-of-domain values make its loss NaN.
+    if not call.gpu and outside:
+        where = "pred" if activation == "identity" else f"{activation}(pred)"
+        raise ValueError(f"{loss}: {outside} of {n} values of {where} lie outside [0, 1]; "
+                         "for logits pass activation='sigmoid'")
     value = call.back(values if values is not None else value)
     if not grad:
         return value
     return LossGrad(value, call.deliver(g, out))
 
 
-def mse(pred, target, *, reduction="mean", weight=None, activation="identity", negative_slope=0.01,
-        grad=False, out=None):
-    """Squared error (y - t)^2 with y = activation(pred)."""
-    return _pointwise("mse", {}, pred, target, reduction, weight, activation, negative_slope, grad, out)
+def _public(row):
+    """The public function of a table row."""
+    def loss(pred, target, *, reduction="mean", weight=None, activation="identity", negative_slope=0.01,
+             grad=False, out=None, **params):
+        return _pointwise(row.name, loss_params(row.name, params), pred, target, reduction, weight, activation,
+                          negative_slope, grad, out)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    signature = inspect.signature(loss)
+    own = [inspect.Parameter(p.name, keyword, default=p.default) for p in row.params]
+    loss.__signature__ = signature.replace(parameters=[*list(signature.parameters.values())[:2], *own,
+                                                       *list(signature.parameters.values())[2:-1]])
+    loss.__name__ = loss.__qualname__ = row.name
+    loss.__doc__ = row.doc
+    return loss
 
 
-def l1(pred, target, *, reduction="mean", weight=None, activation="identity", negative_slope=0.01,
-       grad=False, out=None):
-    """Absolute error |y - t|; its derivative is sign(y - t), 0 at 0."""
-    return _pointwise("l1", {}, pred, target, reduction, weight, activation, negative_slope, grad, out)
+for _row in LOSSES.values():
+    globals()[_row.name] = _public(_row)
 
 
-def huber(pred, target, *, delta=1.0, reduction="mean", weight=None, activation="identity",
-          negative_slope=0.01, grad=False, out=None):
-    """Huber loss: (y - t)^2 / 2 where |y - t| < delta, else delta (|y - t| - delta / 2)."""
-    params = {"delta": check_number(delta, "delta", positive=True)}
-    return _pointwise("huber", params, pred, target, reduction, weight, activation, negative_slope, grad, out)
+@on_device
+def activate(z, activation, *, negative_slope=0.01, grad=False):
+    """``activation(z)`` element-wise (the very functions the losses fuse); ``grad=True`` returns
+    ``Activated(value, slope)`` with the derivative d activation / dz."""
+    call = Call(z, "z")
+    a = contiguous(call.pred)
+    check_choice(activation, "activation", tuple(ACTIVATIONS))
+    negative_slope = check_number(negative_slope, "negative_slope")
+    y = call.empty()
+    dy = call.empty() if grad else None
+    call.backend.activate(activation, negative_slope, a, y, dy)
+    return Activated(call.back(y), call.back(dy)) if grad else call.back(y)
 
 
-def bce(pred, target, *, reduction="mean", weight=None, activation="identity", negative_slope=0.01,
-        grad=False, out=None):
-    """Binary cross-entropy -(t log y + (1 - t) log(1 - y)).
-
-    With ``activation="identity"`` pred holds probabilities in [0, 1] and the
-    result is torch's ``binary_cross_entropy`` (logs clamped at -100, gradient
-    denominator clamped at 1e-12). With ``activation="sigmoid"`` pred holds
-    logits and the result is ``binary_cross_entropy_with_logits``, stable for
-    any finite logit; its gradient is sigmoid(pred) - t.
-    """
-    return _pointwise("bce", {}, pred, target, reduction, weight, activation, negative_slope, grad, out)
-
-
-def gaussian_nll(pred, target, *, sigma=1.0, reduction="mean", weight=None, activation="identity",
-                 negative_slope=0.01, grad=False, out=None):
-    """Gaussian negative log-likelihood ((y - t) / sigma)^2 / 2 + log sigma + log(2 pi) / 2:
-    MSE as a likelihood with fixed noise scale sigma."""
-    sigma = check_number(sigma, "sigma", positive=True)
-    params = {"inv_var": 1.0 / sigma / sigma, "const": np.log(sigma) + 0.5 * np.log(2 * np.pi)}  # no overflow
-    return _pointwise("gaussian_nll", params, pred, target, reduction, weight, activation, negative_slope,
-                      grad, out)
-
-
-def laplace_nll(pred, target, *, scale=1.0, reduction="mean", weight=None, activation="identity",
-                negative_slope=0.01, grad=False, out=None):
-    """Laplace negative log-likelihood |y - t| / scale + log(2 scale): L1 as a likelihood."""
-    scale = check_number(scale, "scale", positive=True)
-    params = {"inv_scale": 1.0 / scale, "const": np.log(2.0) + np.log(scale)}  # 2 * scale may overflow
-    return _pointwise("laplace_nll", params, pred, target, reduction, weight, activation, negative_slope,
-                      grad, out)
+__all__ = ["LossGrad", "Activated", "activate", *LOSSES]

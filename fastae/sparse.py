@@ -14,10 +14,6 @@ from collections import namedtuple
 import numpy as np
 
 from ._arrays import Call, check_number, contiguous, is_number, on_device
-from .cpu import pointwise as cpu_pointwise
-from .cpu import sparse as cpu_sparse
-from .cuda import pointwise as cuda_pointwise
-from .cuda import sparse as cuda_sparse
 from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
@@ -26,10 +22,6 @@ Thresholded.__doc__ = "Soft-thresholded codes and their derivative (1 where |c| 
 
 class ConvergenceWarning(UserWarning):
     """``ista`` ran out of steps (``n_iter``) before some signals converged."""
-
-
-def _backend(call):
-    return cuda_sparse if call.gpu else cpu_sparse
 
 
 def _thresholds(call, lam):
@@ -77,7 +69,7 @@ def soft_threshold(c, lam, *, grad=False, out=None, mask_out=None):
         raise ValueError("out and mask_out overlap: the codes and the mask need memory of their own")
     codes = call.out(out, reads=(a, lam), in_place=True)
     mask = call.out(mask_out, "mask_out", reads=(a, lam), in_place=True) if grad else None
-    _backend(call).soft_threshold(a, lam, codes, mask)
+    call.backend.soft_threshold(a, lam, codes, mask)
     result = call.deliver(codes, out)
     if not grad:
         return result
@@ -92,13 +84,8 @@ def _penalty(loss, z, coefficient, name, grad, out, accumulate_into=None):
     acc = None if accumulate_into is None else call.out(accumulate_into, "accumulate_into")
     if acc is not None and call.xp.may_share_memory(acc, a):
         a = a.copy()  # the sum reads what the accumulation writes: read a copy
-    if call.gpu:
-        value, _ = cuda_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
-                                            coefficient, grad_add=acc)
-    else:
-        total, _ = cpu_pointwise.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
-                                           grad_add=acc)
-        value = np.array(coefficient * total, a.dtype)
+    value, _, _ = call.backend.pointwise(loss, {}, "identity", 0.0, a, None, None, g, None, coefficient,
+                                         coefficient, grad_add=acc)
     value = call.back(value)
     if not grad:
         return value
@@ -146,7 +133,7 @@ def kl_sparsity(h, rho, *, beta=1.0, grad=False):
         raise ValueError(f"h must lie in (0, 1) (activations of a sigmoid): found values in "
                          f"[{np.nanmin(a)}, {np.nanmax(a)}]" + (" and nan" if np.isnan(a).any() else ""))
     g = call.empty() if grad else None
-    value = _backend(call).kl_sparsity(contiguous(a), rho, beta, g)
+    value = call.backend.kl_sparsity(contiguous(a), rho, beta, g)
     value = call.back(call.xp.asarray(value, call.value_dtype))
     return LossGrad(value, call.back(g)) if grad else value
 
@@ -182,7 +169,7 @@ def lasso_codes(x, U, alpha):
         raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
                          f"{tolerance:.1g}); use fastae.ista for a general dictionary")
     codes = a @ u
-    _backend(call).soft_threshold(codes, alpha / 2, codes, None)
+    call.backend.soft_threshold(codes, alpha / 2, codes, None)
     return call.back(codes)
 
 
@@ -215,7 +202,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
         codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
     else:
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
-            codes, unfinished = _backend(call).fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz,
+            codes, unfinished = call.backend.fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz,
                                                      alpha / lipschitz, n_iter, tol, accelerated)
         if unfinished:
             warnings.warn(f"ista: {unfinished} of {signals.shape[0]} signals still moved by more than "

@@ -13,14 +13,11 @@ Images are (H, W), (C, H, W) or (N, C, H, W); the gradient is exact.
 import numpy as np
 
 from ._arrays import Call, check_choice, check_number, contiguous, on_device
-from .cpu import pointwise as cpu_pointwise
-from .cpu import ssim as cpu_ssim
-from .cuda import pointwise as cuda_pointwise
-from .cuda import bfloat16 as cuda_bfloat16
-from .cuda import ssim as cuda_ssim
+from ._neutral import avg_pool, avg_pool_adjoint, gaussian_window, pool_pads
 from .pointwise import LossGrad
 
 PADDINGS = ("valid", "same")
+SMALL_WINDOW = 63  # any image takes a window this small with padding="same"
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as pytorch-msssim
 
 
@@ -53,13 +50,13 @@ class _Images:
         self.x = contiguous(p).reshape(-1, self.h, self.w)
         self.y = contiguous(t).reshape(-1, self.h, self.w)
         self.xp = self.call.xp
-        self.backend = cuda_ssim if self.call.gpu else cpu_ssim
+        self.backend = self.call.backend
         self.pad = self.win_size // 2 if padding == "same" else 0
         self.positions(self.h, self.w)  # sizes are checked before anything is allocated
-        if self.win_size > 2 * max(self.h, self.w) + 1:
+        if self.win_size > max(2 * max(self.h, self.w) + 1, SMALL_WINDOW):
             raise ValueError(f"win_size={self.win_size} is more than twice the {self.h}x{self.w} images: its ends "
                              "would see nothing but padding")
-        self.window = cpu_ssim.gaussian_window(self.win_size, self.sigma)
+        self.window = gaussian_window(self.win_size, self.sigma)
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
 
@@ -157,12 +154,8 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     n_pos = images.positions(images.h, images.w)
     g = images.out(out) if grad else None
     n = images.x.size
-    if images.call.gpu:
-        _, pixel_sum = cuda_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                                alpha / n if n else 0.0, 1.0)
-    else:
-        pixel_sum, _ = cpu_pointwise.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                               alpha / n if n else 0.0)
+    _, pixel_sum, _ = images.backend.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
+                                               alpha / n if n else 0.0, 1.0)
     scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos)
     per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
     pixel_mean = pixel_sum / n if n else np.nan
@@ -171,33 +164,6 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     if not grad:
         return value
     return LossGrad(value, images.deliver(g, out))
-
-
-def _pool_pads(h, w):
-    return h % 2, w % 2
-
-
-def _avg_pool(a, pads):
-    """2x2 average pooling with zero padding (ph, pw) on both sides, padding counted (torch's avg_pool2d)."""
-    ph, pw = pads
-    p, h, w = a.shape
-    padded = np.zeros_like(a, shape=(p, h + 2 * ph, w + 2 * pw))
-    padded[:, ph:ph + h, pw:pw + w] = a
-    ho, wo = (h + 2 * ph) // 2, (w + 2 * pw) // 2
-    a = padded[:, :2 * ho, :2 * wo]
-    return (a[:, 0::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 0::2] + a[:, 1::2, 1::2]) * a.dtype.type(0.25)
-
-
-def _avg_pool_adjoint(g, pads, h, w):
-    """The gradient through _avg_pool: each output spreads a quarter to its four inputs."""
-    ph, pw = pads
-    p, ho, wo = g.shape
-    padded = np.zeros_like(g, shape=(p, h + 2 * ph, w + 2 * pw))
-    quarter = g * g.dtype.type(0.25)
-    for i in (0, 1):
-        for j in (0, 1):
-            padded[:, i:2 * ho:2, j:2 * wo:2] = quarter
-    return padded[:, ph:ph + h, pw:pw + w]
 
 
 @on_device
@@ -223,7 +189,7 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     result = images.out(out) if grad else None
     x, y, g = images.x, images.y, result
     if images.call.dtype_name == "bfloat16":  # pooling needs arithmetic on the values: run in float32
-        x, y = cuda_bfloat16.to_float32(x), cuda_bfloat16.to_float32(y)
+        x, y = images.backend.to_float32(x), images.backend.to_float32(y)
         g = None if result is None else xp.empty(x.shape, np.float32)
     # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
     # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
@@ -236,8 +202,8 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
                                  / n_pos, 0.0))
         grads.append(here)
         if not last:
-            pads.append(_pool_pads(*x.shape[1:]))
-            x, y = _avg_pool(x, pads[-1]), _avg_pool(y, pads[-1])
+            pads.append(pool_pads(*x.shape[1:]))
+            x, y = avg_pool(x, pads[-1]), avg_pool(y, pads[-1])
     values = xp.stack(values)  # (levels, planes)
     w = xp.asarray(w)
     per_plane = xp.prod(values ** w[:, None], axis=0)
@@ -251,8 +217,8 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         here = grads[level]
         here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
         if total is not None:
-            here += _avg_pool_adjoint(total, pads[level], *here.shape[1:])
+            here += avg_pool_adjoint(total, pads[level], *here.shape[1:])
         total = here
     if g is not result:
-        cuda_bfloat16.from_float32(g, result)
+        images.backend.from_float32(g, result)
     return LossGrad(value, images.deliver(result, out))

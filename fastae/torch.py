@@ -14,6 +14,7 @@ raises, as do forward-mode AD and the ``torch.func`` transforms. Under
 ``torch.autocast`` the losses run in float32, as ``torch.nn.functional``'s do.
 """
 import contextlib
+import inspect
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -21,15 +22,16 @@ import torch
 from torch import Tensor, nn
 
 import fastae as _fa
+from fastae._table import LOSSES
+from fastae.pointwise import loss_params
 
 # ---------------------------------------------------------------- the operators
-_PARAM = {"huber": "delta", "gaussian_nll": "sigma", "laplace_nll": "scale"}
 
 
 @torch.library.custom_op("fastae::pointwise", mutates_args=())
 def _pointwise(input: Tensor, target: Tensor, weight: Optional[Tensor], loss: str, reduction: str,
-               activation: str, negative_slope: float, param: float, need_grad: bool) -> Tuple[Tensor, Tensor]:
-    kw = {_PARAM[loss]: param} if loss in _PARAM else {}
+               activation: str, negative_slope: float, params: List[float], need_grad: bool) -> Tuple[Tensor, Tensor]:
+    kw = dict(zip((p.name for p in LOSSES[loss].params), params))  # the table's parameters, in its order
     result = getattr(_fa, loss)(input.detach(), target.detach(), reduction=reduction,
                                 weight=None if weight is None else weight.detach(), activation=activation,
                                 negative_slope=negative_slope, grad=need_grad, **kw)
@@ -37,9 +39,20 @@ def _pointwise(input: Tensor, target: Tensor, weight: Optional[Tensor], loss: st
 
 
 @_pointwise.register_fake
-def _(input, target, weight, loss, reduction, activation, negative_slope, param, need_grad):
+def _(input, target, weight, loss, reduction, activation, negative_slope, params, need_grad):
     value = input.new_empty(input.shape if reduction == "none" else ())
     return value, input.new_empty(input.shape if need_grad else (0,))
+
+
+@torch.library.custom_op("fastae::penalty", mutates_args=())
+def _penalty(input: Tensor, kind: str, coefficient: float, need_grad: bool) -> Tuple[Tensor, Tensor]:
+    result = getattr(_fa, kind)(input.detach(), coefficient, grad=need_grad)
+    return (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+
+
+@_penalty.register_fake
+def _(input, kind, coefficient, need_grad):
+    return input.new_empty(()), input.new_empty(input.shape if need_grad else (0,))
 
 
 @torch.library.custom_op("fastae::structural", mutates_args=())
@@ -112,18 +125,13 @@ def _scaled(ctx, grad_value, grad_of_grad):
     return result
 
 
-def _register(op, n_inputs):
-    op.register_autograd(lambda ctx, gv, gg: (_scaled(ctx, gv, gg),) + (None,) * (n_inputs - 1),
-                         setup_context=_save_grad)
-
-
-_register(_pointwise, 9)
-_register(_structural, 14)
-_register(_kl_sparsity, 4)
-_register(_soft_threshold, 3)
-for _op in ("pointwise", "structural", "soft_threshold", "kl_sparsity"):  # autocast: float32, as F.mse_loss
-    for _device in ("cpu", "cuda"):
-        torch.library.register_autocast(f"fastae::{_op}", _device, torch.float32)
+_OPS = (_pointwise, _penalty, _structural, _soft_threshold, _kl_sparsity)
+for _op in _OPS:
+    _inputs = len(_op._opoverload._schema.arguments)  # the gradient goes to the first; none to the rest
+    _op.register_autograd(lambda ctx, gv, gg, n=_inputs: (_scaled(ctx, gv, gg),) + (None,) * (n - 1),
+                          setup_context=_save_grad)
+    for _device in ("cpu", "cuda"):  # autocast: float32, as F.mse_loss
+        torch.library.register_autocast(_op._qualname, _device, torch.float32)
 
 _warned = set()
 
@@ -151,27 +159,39 @@ def _needs_grad(input):
 
 
 # ---------------------------------------------------------------- functional API
-def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, param=0.0):
+def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, **params):
     _check(input, target=target, weight=weight)
-    value, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope), float(param),
-                          _needs_grad(input))
+    checked = loss_params(loss, params, LOSSES[loss].torch)
+    value, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope),
+                          list(checked.values()), _needs_grad(input))
     return value
 
 
-def mse_loss(input, target, reduction="mean", *, weight=None, activation="identity", negative_slope=0.01):
-    """torch.nn.functional.mse_loss, fused with ``activation`` and ``weight``."""
-    return _pointwise_loss("mse", input, target, reduction, weight, activation, negative_slope)
+def _functional(row):
+    """fastae.torch's function of a table row: (input, target, reduction, <its parameters>, *, weight, ...),
+    the order of torch.nn.functional's losses (huber_loss(input, target, reduction, delta))."""
+    def loss(input, target, reduction="mean", *args, weight=None, activation="identity", negative_slope=0.01,
+             **params):
+        if len(args) > len(row.params):
+            raise TypeError(f"{row.torch}() takes at most {3 + len(row.params)} positional arguments")
+        params.update(zip((p.name for p in row.params), args))
+        return _pointwise_loss(row.name, input, target, reduction, weight, activation, negative_slope, **params)
+    kind = inspect.Parameter
+    own = [kind(p.name, kind.POSITIONAL_OR_KEYWORD, default=p.default) for p in row.params]
+    tail = [kind(name, kind.KEYWORD_ONLY, default=default)
+            for name, default in (("weight", None), ("activation", "identity"), ("negative_slope", 0.01))]
+    loss.__signature__ = inspect.Signature([kind("input", kind.POSITIONAL_OR_KEYWORD),
+                                            kind("target", kind.POSITIONAL_OR_KEYWORD),
+                                            kind("reduction", kind.POSITIONAL_OR_KEYWORD, default="mean"),
+                                            *own, *tail])
+    loss.__name__ = loss.__qualname__ = row.torch
+    loss.__doc__ = f"fastae.{row.name} under autograd, fused with ``activation`` and ``weight``: {row.doc}"
+    return loss
 
 
-def l1_loss(input, target, reduction="mean", *, weight=None, activation="identity", negative_slope=0.01):
-    """torch.nn.functional.l1_loss, fused with ``activation`` and ``weight``."""
-    return _pointwise_loss("l1", input, target, reduction, weight, activation, negative_slope)
-
-
-def huber_loss(input, target, reduction="mean", delta=1.0, *, weight=None, activation="identity",
-               negative_slope=0.01):
-    """torch.nn.functional.huber_loss, fused with ``activation`` and ``weight``."""
-    return _pointwise_loss("huber", input, target, reduction, weight, activation, negative_slope, delta)
+for _row in LOSSES.values():
+    if _row.torch:
+        globals()[_row.torch] = _functional(_row)
 
 
 def binary_cross_entropy(input, target, weight=None, reduction="mean", *, activation="identity",
@@ -183,6 +203,22 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean", *, activa
 def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean"):
     """torch.nn.functional.binary_cross_entropy_with_logits (no pos_weight)."""
     return _pointwise_loss("bce", input, target, reduction, weight, "sigmoid", 0.01)
+
+
+def _penalty_of(kind, z, coefficient):
+    _check(z)
+    value, _ = _penalty(z, kind, float(coefficient), _needs_grad(z))
+    return value
+
+
+def l1_penalty(z, alpha):
+    """alpha * sum |z| (a Laplace prior on codes), as fastae.l1_penalty."""
+    return _penalty_of("l1_penalty", z, alpha)
+
+
+def l2_penalty(w, lam):
+    """lam * sum w^2 (weight decay, a Gaussian prior), as fastae.l2_penalty."""
+    return _penalty_of("l2_penalty", w, lam)
 
 
 def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_size=11, sigma=1.5, k1=0.01,
@@ -249,19 +285,18 @@ class _Loss(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
 
 
-class MSELoss(_Loss):
-    def __init__(self, reduction="mean", **extras):
-        super().__init__(mse_loss, reduction=reduction, **extras)
+def _module(row):
+    """The nn.Module of a table row's loss: its options (reduction, the loss's parameters, weight,
+    activation) given once, at construction."""
+    def __init__(self, reduction="mean", **options):
+        _Loss.__init__(self, globals()[row.torch], reduction=reduction, **options)
+    return type(row.module, (_Loss,), {"__init__": __init__, "__doc__": f"{row.torch} as a module.",
+                                        "__module__": __name__})
 
 
-class L1Loss(_Loss):
-    def __init__(self, reduction="mean", **extras):
-        super().__init__(l1_loss, reduction=reduction, **extras)
-
-
-class HuberLoss(_Loss):
-    def __init__(self, reduction="mean", delta=1.0, **extras):
-        super().__init__(huber_loss, reduction=reduction, delta=delta, **extras)
+for _row in LOSSES.values():
+    if _row.module and _row.torch:
+        globals()[_row.module] = _module(_row)
 
 
 class BCELoss(_Loss):

@@ -1,7 +1,8 @@
 // Fused pointwise losses: value, gradient and a deterministic reduction in
-// one pass over memory. Each loss is one small device function
-// (y, t) -> (loss, dloss/dy, outside) and each output activation one
-// function z -> (y, dy/dz); Compose chains them (BCE after a sigmoid gets its
+// one pass over memory. Each loss of the table (fastae/_table.py) is one small
+// struct with a device function (y, t) -> (loss, dloss/dy, outside), its fields
+// arriving as p0, p1 in the table's order; each output activation one struct
+// with z -> (y, dy/dz); Compose chains them (BCE after a sigmoid gets its
 // own stable form), and the one loop in pointwise_partials weighs, writes the
 // gradient and sums. Template instances are named by the launcher
 // (fastae/cuda/pointwise.py), e.g. fastae::pointwise_partials<float, fastae::MSE, fastae::Sigmoid>.
@@ -185,11 +186,12 @@ __global__ void __launch_bounds__(256) pointwise_partials(
 }
 
 // Second pass, one block of 1024 threads: `total` receives the sum of the
-// partials, `value` the reduced loss (sum * scale, NaN when any element lay
-// outside the loss's domain) in the data's type.
+// partials, `outside` the count of elements outside the loss's domain, `value`
+// the reduced loss (sum * scale, NaN when that count is not 0) in the data's type.
 template <typename T>
 __global__ void __launch_bounds__(1024) pointwise_finish(
-        const double* block_sums, const double* block_bad, index_t count, double scale, T* value, double* total) {
+        const double* block_sums, const double* block_bad, index_t count, double scale, T* value, double* total,
+        double* outside) {
     __shared__ double scratch[1024];
     double s = 0.0, b = 0.0;
     for (index_t i = threadIdx.x; i < count; i += blockDim.x) {
@@ -200,7 +202,20 @@ __global__ void __launch_bounds__(1024) pointwise_finish(
     b = block_sum(b, scratch);
     if (threadIdx.x == 0) {
         total[0] = s;
+        outside[0] = b;
         value[0] = store<T>(b > 0.0 ? __longlong_as_double(0x7ff8000000000000LL) : s * scale);
+    }
+}
+
+// y = act(z) and, unless dy is null, its derivative, element by element (a grid-stride loop).
+template <typename T, class Activation>
+__global__ void __launch_bounds__(256) activate(const T* z, T* y, T* dy, double slope, index_t n) {
+    typedef typename Acc<T>::type A;
+    const index_t stride = (index_t)gridDim.x * blockDim.x;
+    for (index_t i = (index_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        Act<A> a = Activation::template at<A>(to_acc(z[i]), A(slope));
+        y[i] = store<T>(a.y);
+        if (dy) dy[i] = store<T>(a.dy);
     }
 }
 

@@ -25,6 +25,30 @@ def assert_close(actual, expected, dtype, what="", rtol32=2e-5):
     np.testing.assert_allclose(actual[finite], expected[finite], rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
+def loss_inputs(rng, loss, activation, shape, dtype):
+    """pred (pre-activation) and target for a loss of the table; for a loss whose domain is [0, 1] the
+    activated pred lies inside it (drawn again where the activation put it outside)."""
+    import fastae
+    from reference import activation as activated
+    pred = rng.normal(0.0, 2.0, shape)
+    if fastae.LOSSES[loss].domain:
+        for _ in range(200):
+            y = activated(activation, pred)
+            bad = (y < 0.001) | (y > 0.999)
+            if not bad.any():
+                break
+            pred[bad] = rng.uniform(-3.0, 3.0, int(bad.sum()))
+        else:
+            raise ValueError(f"{activation} gives no values in [0, 1] for {loss}")
+    return pred.astype(dtype), rng.uniform(0.0, 1.0, shape).astype(dtype)
+
+
+def loss_params(loss):
+    """Parameters of a loss of the table other than its defaults: 0.7 times each."""
+    import fastae
+    return {p.name: 0.7 * p.default for p in fastae.LOSSES[loss].params}
+
+
 def cuda_runtime():
     """CuPy, or the host emulator under FASTAE_CUDA_EMULATOR; None without either."""
     import fastae.cuda

@@ -35,6 +35,11 @@ def _per_element(loss, y, z, t, activation, params):
     raise KeyError(loss)
 
 
+def activation(name, z, negative_slope=0.01):
+    """The activation by torch, float64 NumPy in and out."""
+    return ACTIVATIONS[name](torch.tensor(np.asarray(z, np.float64)), negative_slope).numpy()
+
+
 def pointwise(loss, pred, target, *, reduction="mean", weight=None, activation="identity",
               negative_slope=0.01, **params):
     """(value, d value / d pred) as float64 NumPy arrays, by torch autograd."""

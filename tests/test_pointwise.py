@@ -7,27 +7,20 @@ import pytest
 import torch
 
 import fastae as fa
-from conftest import assert_close
+from conftest import assert_close, loss_inputs, loss_params
 from reference import pointwise as reference
 
-LOSSES = ["mse", "l1", "huber", "bce", "gaussian_nll", "laplace_nll"]
-ACTIVATIONS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+LOSSES = list(fa.LOSSES)
+ACTIVATIONS = list(fa.ACTIVATIONS)
 REDUCTIONS = ["mean", "sum", "none", "batchmean"]
 DTYPES = [np.float32, np.float64]
-PARAMS = {"huber": {"delta": 0.7}, "gaussian_nll": {"sigma": 0.6}, "laplace_nll": {"scale": 1.7}}
+PARAMS = {loss: loss_params(loss) for loss in LOSSES}
+inputs = loss_inputs
 
 
-def inputs(rng, loss, activation, shape, dtype):
-    """pred (pre-activation) and target that are valid for the loss."""
-    if loss == "bce" and activation == "identity":
-        pred = rng.uniform(0.001, 0.999, shape)
-    elif loss == "bce" and activation in ("tanh", "relu", "leaky_relu"):
-        # the activated value must be a probability
-        pred = rng.uniform(0.0, 0.99, shape) if activation != "tanh" else rng.uniform(0.0, 2.5, shape)
-    else:
-        pred = rng.normal(0.0, 2.0, shape)
-    target = rng.uniform(0.0, 1.0, shape)
-    return pred.astype(dtype), target.astype(dtype)
+def plain_activation(loss):
+    """The activation a loss is used with most: sigmoid (logits) for one on [0, 1], else none."""
+    return "sigmoid" if fa.LOSSES[loss].domain else "identity"
 
 
 def check(loss, pred, target, dtype, **kw):
@@ -61,7 +54,7 @@ def test_matches_torch(rng, loss, activation, reduction, dtype):
 @pytest.mark.parametrize("layout", ["one", "scalar", "odd", "4d", "transposed", "strided", "large"])
 @pytest.mark.parametrize("loss", LOSSES)
 def test_layouts(rng, loss, layout, dtype):
-    activation = "sigmoid" if loss == "bce" else "identity"
+    activation = plain_activation(loss)
     shape = {"one": (1,), "scalar": (), "odd": (13,), "4d": (2, 3, 5, 9), "transposed": (9, 11),
              "strided": (8, 13), "large": (3, 100_003)}[layout]
     pred, target = inputs(rng, loss, activation, shape, dtype)
@@ -75,7 +68,7 @@ def test_layouts(rng, loss, layout, dtype):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("weight_shape", [(3, 1, 1), (2, 3, 4, 5), (5,), ()])
 def test_weight(rng, loss, weight_shape):
-    activation = "sigmoid" if loss == "bce" else "identity"
+    activation = plain_activation(loss)
     pred, target = inputs(rng, loss, activation, (2, 3, 4, 5), np.float64)
     weight = rng.uniform(-0.5, 2.0, weight_shape)
     for reduction in REDUCTIONS:
@@ -271,3 +264,19 @@ def test_type_errors_name_the_argument():
         fa.huber(x, x, delta="1")
     with pytest.raises(TypeError, match="float32 or float64, got float16"):
         fa.mse(x.astype(np.float16), x.astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activate_alone(rng, activation, dtype):
+    from reference import activation as reference_activation
+    z = (rng.standard_normal((5, 203)) * 4).astype(dtype)
+    value, slope = fa.activate(z, activation, negative_slope=0.1, grad=True)
+    assert value.dtype == slope.dtype == dtype
+    assert_close(value, reference_activation(activation, z, 0.1), dtype, activation)
+    _, ref_slope = reference("l1", z, np.full(z.shape, -1e6), activation=activation, negative_slope=0.1,
+                             reduction="sum")  # d |act(z) + 1e6| / dz = act'(z)
+    assert_close(slope, ref_slope, dtype, activation + " slope")
+    np.testing.assert_array_equal(fa.activate(z, activation, negative_slope=0.1), value)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fa.activate(z, "swish")

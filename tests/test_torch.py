@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,3 +212,24 @@ def test_modules_and_perceptual_loss():
     torch.testing.assert_close(x.grad, ref_x.grad)
     with pytest.raises(ValueError, match="not submodules"):
         ft.PerceptualLoss(features, layers=["nope"])
+
+
+@pytest.mark.parametrize("loss", list(fastae.LOSSES))
+def test_every_loss_of_the_table_under_autograd(loss):
+    """fastae.torch's function and module of each table row: value and gradient as the float64 reference."""
+    from conftest import loss_inputs, loss_params
+    from reference import pointwise as reference
+    row = fastae.LOSSES[loss]
+    params = loss_params(loss)
+    activation = "sigmoid" if row.domain else "tanh"
+    pred, target = loss_inputs(np.random.default_rng(9), loss, activation, (3, 4, 5), np.float64)
+    ref_value, ref_grad = reference(loss, pred, target, activation=activation, **params)
+    function = (lambda a, t: ft.binary_cross_entropy(torch.sigmoid(a), t)) if row.torch is None else \
+        (lambda a, t: getattr(ft, row.torch)(a, t, activation=activation, **params))
+    module = None if row.module is None or row.torch is None else getattr(ft, row.module)(activation=activation, **params)
+    for fn in filter(None, (function, module)):
+        x = torch.tensor(pred, requires_grad=True)
+        value = fn(x, torch.tensor(target))
+        value.backward()
+        np.testing.assert_allclose(value.detach().numpy(), ref_value, rtol=1e-10)
+        np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-9, atol=1e-14)

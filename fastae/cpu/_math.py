@@ -121,10 +121,10 @@ def _log1p_unit32(x):
 
 @register_jitable
 def _log1m32(x):
-    # log(1 - x): for x <= 1/2 the atanh series at s = -x / (2 - x) in [-1/3, 0] (accurate for tiny x,
-    # where 1 - x would round); above, 1 - x is exact (Sterbenz) and its log is.
+    # log(1 - x): for |x| <= 1/2 the atanh series at s = -x / (2 - x) in [-1/3, 1/5] (accurate for tiny x,
+    # where 1 - x would round); beyond, 1 - x is exact (Sterbenz, x > 1/2) or far from 1 (x < -1/2).
     series = _atanh2_series32(-x / (F32(2.0) - x))
-    return series if x <= F32(0.5) else _log32(F32(1.0) - x)
+    return series if abs(x) <= F32(0.5) else _log32(F32(1.0) - x)
 
 
 @register_jitable

@@ -1,7 +1,8 @@
 """Fused pointwise losses on the CPU: value, gradient and reduction in one pass.
 
-Each loss is one small function ``(spec, y, t) -> (loss, dloss/dy, outside)``
-and each output activation one function ``(spec, z) -> (y, dy/dz)``. The
+Each loss of the table (fastae/_table.py) is one small function
+``<name>_point(spec, y, t) -> (loss, dloss/dy, outside)`` and each output
+activation one function ``<name>_act(spec, z) -> (y, dy/dz)``. The
 single loop in ``_chunks`` composes them, weights, reduces and writes the
 gradient. The spec arguments are named tuples: their class picks the function
 at compile time, their fields carry the parameters in the data's dtype, so one
@@ -16,47 +17,19 @@ import math
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.extending import overload
 
+from .._table import ACTIVATIONS as ACTIVATION_TABLE
+from .._table import LOSSES as LOSS_TABLE
+from ._kernels import BLOCK, CHUNK, ELEMENT_OPTIONS, KERNEL_OPTIONS, item, window
 from ._math import exp, like, log, log1m, log1p_unit, tanh_and_slope
 from ._threads import run_chunks
 
-KERNEL_OPTIONS = dict(
-    cache=True,
-    nogil=True,
-    error_model="numpy",
-    boundscheck=False,
-    # No nnan/ninf: NaN and Inf must propagate. reassoc lets the sums vectorise.
-    fastmath={"contract", "reassoc", "arcp", "nsz"},
-)
-# An element's maths without reassoc and arcp. With reassoc, LLVM may regroup max(z, 0) - z t + log1p(e)
-# into max(z, 0) + (log1p(e) - z t) and lose log1p(e), or t log y + (1 - t) log(1 - y) into
-# log(1 - y) + t (log y - log(1 - y)); with arcp, the loop that also computes the gradient may divide by
-# way of a reciprocal the other loop never forms, and the two give different values. Compiled apart and
-# inlined by LLVM, the element's instructions keep their flags: only the loop's sum reassociates.
-ELEMENT_OPTIONS = dict(KERNEL_OPTIONS, fastmath={"contract", "nsz"})
-CHUNK = 1 << 16  # elements per parallel task: fixed, so results do not depend on threads
-BLOCK = 1024     # elements summed in the data's dtype before adding into float64
-
-# ---------------------------------------------------------------- specs
-# Losses; fields are parameters already in the data's dtype.
-MSE = namedtuple("MSE", "")
-L1 = namedtuple("L1", "")
-Huber = namedtuple("Huber", "delta")
-BCE = namedtuple("BCE", "")
-GaussianNLL = namedtuple("GaussianNLL", "inv_var const")  # const = log sigma + log(2 pi) / 2
-LaplaceNLL = namedtuple("LaplaceNLL", "inv_scale const")  # const = log(2 scale)
-# Output activations.
-Identity = namedtuple("Identity", "")
-Sigmoid = namedtuple("Sigmoid", "")
-Tanh = namedtuple("Tanh", "")
-ReLU = namedtuple("ReLU", "")
-LeakyReLU = namedtuple("LeakyReLU", "slope")
-
-
 # ---------------------------------------------------------------- losses
 _BCE_EPS = float(np.float32(1e-12))  # torch's constant is a float32, in float64 too
+
+
 @njit(inline="always")
 def mse_point(spec, y, t):
     d = y - t
@@ -155,10 +128,26 @@ def bce_with_logits_point(z, t):
     return value, y - t, zero
 
 
-LOSSES = {MSE: mse_point, L1: l1_point, Huber: huber_point, BCE: bce_point,
-          GaussianNLL: gaussian_nll_point, LaplaceNLL: laplace_nll_point}
-ACTIVATIONS = {Identity: identity_act, Sigmoid: sigmoid_act, Tanh: tanh_act,
-               ReLU: relu_act, LeakyReLU: leaky_relu_act}
+# ---------------------------------------------------------------- specs, from the table
+# A spec is a named tuple: its class picks the loss's (activation's) function at compile time, its fields
+# carry the parameters in the data's dtype, so one compiled loop serves every parameter value.
+def _spec(kernel, fields):
+    spec = namedtuple(kernel, fields)
+    globals()[kernel] = spec  # a module attribute: Numba's cache pickles the class by name
+    return spec
+
+
+def _function(suffix, name):
+    try:
+        return globals()[f"{name}_{suffix}"]
+    except KeyError:
+        raise ImportError(f"the table names {name!r}, but fastae.cpu.pointwise has no {name}_{suffix}") from None
+
+
+LOSS_SPECS = {name: _spec(row.kernel, row.field_names) for name, row in LOSS_TABLE.items()}
+ACTIVATION_SPECS = {name: _spec(row.kernel, ("slope",)) for name, row in ACTIVATION_TABLE.items()}
+LOSSES = {LOSS_SPECS[name]: _function("point", name) for name in LOSS_TABLE}
+ACTIVATIONS = {ACTIVATION_SPECS[name]: _function("act", name) for name in ACTIVATION_TABLE}
 
 
 def point(loss, act, z, t):
@@ -171,7 +160,7 @@ def point(loss, act, z, t):
 def _point(loss, act, z, t):
     loss_fn = LOSSES[loss.instance_class]
     act_fn = ACTIVATIONS[act.instance_class]
-    if loss.instance_class is BCE and act.instance_class is Sigmoid:
+    if loss.instance_class is LOSS_SPECS["bce"] and act.instance_class is ACTIVATION_SPECS["sigmoid"]:
         return lambda loss, act, z, t: bce_with_logits_point(z, t)
 
     def composed(loss, act, z, t):
@@ -183,28 +172,6 @@ def _point(loss, act, z, t):
 
 
 # ---------------------------------------------------------------- the loop
-def window(a, start, stop):
-    """``a[start:stop]`` for an array; None or a scalar as it is (resolved at compile time)."""
-
-
-@overload(window, inline="always")
-def _window(a, start, stop):
-    if isinstance(a, types.Array):
-        return lambda a, start, stop: a[start:stop]
-    return lambda a, start, stop: a
-
-
-def item(a, i):
-    """``a[i]`` for an array, a scalar as it is (resolved at compile time)."""
-
-
-@overload(item, inline="always")
-def _item(a, i):
-    if isinstance(a, types.Array):
-        return lambda a, i: a[i]
-    return lambda a, i: a
-
-
 @njit(**ELEMENT_OPTIONS)
 def _element(loss, act, z, t):
     return point(loss, act, z, t)
@@ -259,36 +226,60 @@ def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums
         bad[c] = chunk_bad
 
 
-# ---------------------------------------------------------------- launcher
-SPECS = {"mse": MSE, "l1": L1, "huber": Huber, "bce": BCE, "gaussian_nll": GaussianNLL, "laplace_nll": LaplaceNLL}
+def activated(act, z):
+    """(y, dy/dz) of one element; compiled by the overload below."""
 
 
-def _loss_spec(name, params, dtype):
-    """The spec of loss ``name``; ``params`` holds its fields by name (see fastae.pointwise)."""
-    spec = SPECS[name]
-    return spec(*(dtype.type(params[field]) for field in spec._fields))
+@overload(activated, inline="always")
+def _activated(act, z):
+    act_fn = ACTIVATIONS[act.instance_class]
+    return lambda act, z: act_fn(act, z)
+
+
+@njit(**ELEMENT_OPTIONS)
+def _activate_chunks(act, z, y, dy, first, stop):
+    for i in range(first * CHUNK, min(stop * CHUNK, z.size)):
+        v, d = activated(act, z[i])
+        y[i] = v
+        if dy is not None:
+            dy[i] = d
+
+
+# ---------------------------------------------------------------- launchers (the backend contract)
+def _loss_spec(name, fields, dtype):
+    """The spec of loss ``name`` with its kernel fields, taken by name."""
+    spec = LOSS_SPECS[name]
+    return spec(*(dtype.type(fields[field]) for field in spec._fields))
 
 
 def _activation_spec(name, negative_slope, dtype):
-    if name == "leaky_relu":
-        return LeakyReLU(dtype.type(negative_slope))
-    return {"identity": Identity, "sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU}[name]()
+    return ACTIVATION_SPECS[name](dtype.type(negative_slope))
 
 
-def pointwise(loss, params, activation, negative_slope, pred, target, weight, grad, values, scale, grad_add=None):
-    """Run the fused loop over C-contiguous arrays of one dtype.
+def pointwise(loss, fields, activation, negative_slope, pred, target, weight, grad, values, scale, value_scale,
+              grad_add=None):
+    """The fused loop over C-contiguous arrays of one dtype (see fastae/backends.md).
 
-    Returns ``(total, n_outside_domain)``; writes ``grad`` and ``values`` and
-    adds into ``grad_add`` when they are arrays. ``target`` None is a zero
-    target; ``weight`` is None, a scalar, or an array of pred's size.
+    Returns ``(value, total, outside)``: the 0-d ``total * value_scale`` in pred's dtype (NaN when an
+    element lay outside the loss's domain), the float64 sum of the weighted losses, and the count of
+    elements outside the domain. Writes ``grad`` and ``values`` and adds into ``grad_add`` when they are
+    arrays. ``target`` None is a zero target; ``weight`` is None, a scalar, or an array of pred's size.
     """
     dtype = pred.dtype
     flat = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in (pred, target, weight, grad, grad_add, values)]
     if flat[2] is not None and not isinstance(flat[2], np.ndarray):
         flat[2] = dtype.type(flat[2])
-    specs = _loss_spec(loss, params, dtype), _activation_spec(activation, negative_slope, dtype)
+    specs = _loss_spec(loss, fields, dtype), _activation_spec(activation, negative_slope, dtype)
     n_chunks = -(-pred.size // CHUNK)
     sums = np.empty(n_chunks)
     bad = np.empty(n_chunks, np.int64)
     run_chunks(lambda first, stop: _chunks(*specs, *flat, dtype.type(scale), first, stop, sums, bad), n_chunks)
-    return math.fsum(sums), int(bad.sum())
+    total, outside = math.fsum(sums), int(bad.sum())
+    return np.array(np.nan if outside else total * value_scale, dtype), total, outside
+
+
+def activate(activation, negative_slope, z, y, dy):
+    """y = activation(z) and, unless ``dy`` is None, dy = its derivative, over C-contiguous arrays."""
+    spec = _activation_spec(activation, negative_slope, z.dtype)
+    flat = [a if a is None else a.reshape(-1) for a in (z, y, dy)]
+    run_chunks(lambda first, stop: _activate_chunks(spec, *flat, first, stop), -(-z.size // CHUNK))

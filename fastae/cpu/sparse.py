@@ -9,7 +9,7 @@ from numba import njit
 
 from ._math import like
 from ._threads import run_chunks
-from .pointwise import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
+from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 
 
 @njit(**KERNEL_OPTIONS)

@@ -23,14 +23,7 @@ from numba import njit
 
 from ._math import like
 from ._threads import run_chunks
-from .pointwise import KERNEL_OPTIONS
-
-
-def gaussian_window(win_size, sigma):
-    """The normalised 1-D Gaussian window, in float64."""
-    coords = np.arange(win_size, dtype=np.float64) - win_size // 2
-    g = np.exp(-0.5 * (coords / sigma) ** 2)  # (coords / sigma) first: no overflow for any finite sigma
-    return g / g.sum()
+from ._kernels import KERNEL_OPTIONS
 
 
 @njit(**KERNEL_OPTIONS)

@@ -1,5 +1,6 @@
-"""CuPy launchers of the CUDA kernels in ``kernels/*.cu``, one module per kernel
-family, mirroring ``fastae.cpu``. Importing them needs neither CuPy nor a GPU;
+"""The CUDA backend: CuPy launchers of the kernels in ``kernels/*.cu``, one module
+per kernel family, mirroring ``fastae.cpu`` (``fastae.cuda.backend`` gathers the
+functions every backend provides: fastae/backends.md). Importing them needs neither CuPy nor a GPU;
 CuPy is imported when a kernel is first launched.
 
 With ``FASTAE_CUDA_EMULATOR`` set (``1``, ``address`` or ``thread``), the host
@@ -35,3 +36,4 @@ def kernels_launched():
         return set()
     from .emulator.kernels import launched
     return set(launched)
+

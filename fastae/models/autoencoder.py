@@ -7,35 +7,19 @@ import numpy as np
 
 import fastae as fa
 
-_ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh")
-_POINTWISE_LOSSES = {"mse": fa.mse, "l1": fa.l1, "bce": fa.bce}
-LOSSES = ("mse", "l1", "bce", "ssim", "mixed")
-LEAKY_SLOPE = 0.01
+ACTIVATIONS = tuple(fa.ACTIVATIONS)
+POINTWISE_LOSSES = tuple(fa.LOSSES)
+LOSSES = (*POINTWISE_LOSSES, "ssim", "mixed")
 
 
 def _act(name, a):
-    if name == "relu":
-        return np.maximum(a, 0)
-    if name == "leaky_relu":
-        return np.where(a > 0, a, a * a.dtype.type(LEAKY_SLOPE))
-    if name == "sigmoid":
-        return (np.tanh(a * a.dtype.type(0.5)) + 1) * a.dtype.type(0.5)
-    if name == "tanh":
-        return np.tanh(a)
-    return a
+    """activation(a), by the very kernels the losses fuse."""
+    return a if name == "identity" else fa.activate(a, name)
 
 
 def _act_grad(name, a, h):
     """d h / d a for h = act(a), as an array (or None for identity)."""
-    if name == "relu":
-        return (a > 0).astype(a.dtype)
-    if name == "leaky_relu":
-        return np.where(a > 0, a.dtype.type(1), a.dtype.type(LEAKY_SLOPE))
-    if name == "sigmoid":
-        return h * (1 - h)
-    if name == "tanh":
-        return 1 - h * h
-    return None
+    return None if name == "identity" else fa.activate(a, name, grad=True).slope
 
 
 class Adam:
@@ -85,8 +69,8 @@ class Autoencoder:
     def __init__(self, d, k, *, hidden=(), activation="relu", output_activation="sigmoid", tied=False,
                  loss="bce", alpha=None, image_shape=None, weight_decay=0.0, sparsity=None, bias_init=0.0,
                  seed=0, dtype=np.float32):
-        if activation not in _ACTIVATIONS or output_activation not in _ACTIVATIONS:
-            raise ValueError(f"activations must be among {_ACTIVATIONS}")
+        if activation not in ACTIVATIONS or output_activation not in ACTIVATIONS:
+            raise ValueError(f"activations must be among {ACTIVATIONS}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if loss == "bce" and output_activation not in ("sigmoid", "identity"):
@@ -164,8 +148,8 @@ class Autoencoder:
         """Reconstruction loss (mean) and its gradient w.r.t. the output logits."""
         cfg = self.config
         name, out_act = cfg["loss"], cfg["output_activation"]
-        if name in _POINTWISE_LOSSES:
-            return _POINTWISE_LOSSES[name](logits, x, activation=out_act, grad=grad)
+        if name in POINTWISE_LOSSES:
+            return getattr(fa, name)(logits, x, activation=out_act, grad=grad)
         y = _act(out_act, logits)
         images = (-1, 1, *cfg["image_shape"])
         if name == "ssim":

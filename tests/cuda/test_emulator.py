@@ -165,8 +165,8 @@ def test_device_arrays_keep_away_from_host_arrays():
 
 
 # ---------------------------------------------------------------- mutants of fastae's kernels
-SSIM_NO_BARRIER = ("ssim.cu", "        ys[k] = inside ? to_acc(yp[r * (index_t)w + q]) : A(0);\n    }\n    __syncthreads();",
-                   "        ys[k] = inside ? to_acc(yp[r * (index_t)w + q]) : A(0);\n    }")
+SSIM_NO_BARRIER = ("ssim.cu", "        ys[k] = (inside ? to_acc(yp[r * (index_t)w + q]) : A(0)) - s;\n    }\n    __syncthreads();",
+                   "        ys[k] = (inside ? to_acc(yp[r * (index_t)w + q]) : A(0)) - s;\n    }")
 SSIM_HALO_OFF_BY_ONE = ("ssim.cu", "int r = row0 - pad + k / cols, q = col0 - pad + k % cols;",
                         "int r = row0 - pad + 1 + k / cols, q = col0 - pad + k % cols;")
 POINTWISE_PAST_THE_END = ("pointwise.cu", "    for (index_t i = first; i < n; i += stride) {\n        A g = element",

@@ -12,25 +12,16 @@ import pytest
 import fastae as fa
 import fastae.cuda
 from reference import pointwise as reference_pointwise
-from conftest import assert_close, cuda_runtime
+from conftest import assert_close, cuda_runtime, loss_inputs, loss_params
 
 pytestmark = pytest.mark.gpu
 cp = cuda_runtime() or pytest.skip("needs CuPy (or FASTAE_CUDA_EMULATOR=1)", allow_module_level=True)
 torch = pytest.importorskip("torch")
 
-LOSSES = [("mse", {}), ("l1", {}), ("huber", {"delta": 0.7}), ("bce", {}), ("gaussian_nll", {"sigma": 1.3}),
-          ("laplace_nll", {"scale": 0.6})]
-ACTIVATIONS = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+LOSSES = [(loss, loss_params(loss)) for loss in fa.LOSSES]
+ACTIVATIONS = list(fa.ACTIVATIONS)
 REDUCTIONS = ["mean", "sum", "none", "batchmean"]
-
-
-def _inputs(rng, loss, activation, shape, dtype):
-    pred = rng.standard_normal(shape).astype(dtype)
-    if loss == "bce" and activation in ("identity", "relu", "leaky_relu"):
-        pred = rng.uniform(0.02, 0.98, shape).astype(dtype)
-    if loss == "bce" and activation == "tanh":
-        pred = np.abs(pred)
-    return pred, rng.random(shape).astype(dtype)
+_inputs = loss_inputs
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -355,13 +346,12 @@ def _from_bfloat16(bits):
     return (np.asarray(bits).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
-BFLOAT16_PARAMS = {"mse": {}, "l1": {}, "huber": {"delta": 0.7}, "bce": {},
-                   "gaussian_nll": {"inv_var": 1 / 1.3**2, "const": np.log(1.3) + 0.5 * np.log(2 * np.pi)},
-                   "laplace_nll": {"inv_scale": 1 / 0.6, "const": np.log(1.2)}}
+BFLOAT16_PARAMS = {loss: fa.LOSSES[loss].kernel_fields(params) for loss, params in LOSSES}  # the kernels' fields
 
 
 def test_bfloat16_kernels_through_the_launchers(rng):
     """bfloat16 reaches the kernels only from torch CUDA tensors (as int16 bits); here the launchers get the bits."""
+    from fastae._neutral import gaussian_window
     from fastae.cpu import ssim as cpu_ssim
     from fastae.cuda import bfloat16, pointwise as cuda_pointwise, sparse as cuda_sparse, ssim as cuda_ssim
     values = rng.standard_normal(1000).astype(np.float32) * 3
@@ -375,7 +365,7 @@ def test_bfloat16_kernels_through_the_launchers(rng):
             pred, target = _inputs(rng, loss, activation, (4, 77), np.float32)
             p, t = _bfloat16_bits(pred), _bfloat16_bits(target)
             grad = cp.empty(p.shape, np.int16)
-            value, total = cuda_pointwise.pointwise(loss, params, activation, 0.01, cp.asarray(p), cp.asarray(t),
+            value, total, _ = cuda_pointwise.pointwise(loss, params, activation, 0.01, cp.asarray(p), cp.asarray(t),
                                                     None, grad, None, 1.0 / p.size, 1.0 / p.size)
             ref_value, ref_grad = reference_pointwise(loss, _from_bfloat16(p).astype(np.float64),
                                                       _from_bfloat16(t).astype(np.float64), activation=activation,
@@ -386,7 +376,7 @@ def test_bfloat16_kernels_through_the_launchers(rng):
             assert_close(_from_bfloat16(cp.asnumpy(grad)), ref_grad, np.float32, what + " grad", rtol32=1e-2)
     x = _bfloat16_bits(rng.random((3, 37, 41)))
     y = _bfloat16_bits(np.clip(_from_bfloat16(x) + 0.1 * rng.standard_normal(x.shape), 0, 1))
-    window = cpu_ssim.gaussian_window(7, 1.5)
+    window = gaussian_window(7, 1.5)
     for pad in (0, 3):
         grad = cp.empty(x.shape, np.int16)
         sums = cuda_ssim.ssim_planes(cp.asarray(x), cp.asarray(y), window, pad, 1e-4, 9e-4, False,
@@ -422,6 +412,8 @@ def test_every_kernel_instance_runs(rng):
         for loss, params in BFLOAT16_PARAMS.items():
             for activation in ACTIVATIONS:
                 cuda_pointwise.pointwise(loss, params, activation, 0.01, a, b, None, cp.empty_like(a), None, 1.0, 1.0)
+        for activation in ACTIVATIONS:
+            cuda_pointwise.activate(activation, 0.01, a, cp.empty_like(a), cp.empty_like(a))
         cuda_ssim.ssim_planes(a, b, np.ones(5) / 5, 2, 1e-4, 9e-4, False, cp.full(3, 1.0), cp.empty_like(a), False)
         cuda_sparse.soft_threshold(a, 0.1, cp.empty_like(a), None)
         cuda_sparse.kl_sparsity(a.reshape(3, -1), 0.1, 1.0, cp.empty_like(a).reshape(3, -1))
@@ -446,3 +438,14 @@ def test_out_overlapping_an_input_is_exact(rng):
     value, grad = fa.mse(base[:-1], target, grad=True, out=base[1:])
     assert cp.asnumpy(value).tobytes() == cp.asnumpy(expected.loss).tobytes()
     np.testing.assert_array_equal(cp.asnumpy(base[1:]), cp.asnumpy(expected.grad))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_activations_alone_match_the_cpu(rng, dtype):
+    z = (rng.standard_normal((7, 301)) * 4).astype(dtype)
+    for activation in ACTIVATIONS:
+        value, slope = fa.activate(cp.asarray(z), activation, grad=True)
+        ref_value, ref_slope = fa.activate(z.astype(np.float64), activation, grad=True)
+        rtol = 2e-3 if dtype == np.float16 else None
+        assert_close(cp.asnumpy(value), ref_value, np.float32 if rtol else dtype, activation, rtol32=rtol or 2e-5)
+        assert_close(cp.asnumpy(slope), ref_slope, np.float32 if rtol else dtype, activation, rtol32=rtol or 2e-5)

@@ -4,7 +4,7 @@ A stand-in for CuPy (NumPy arrays posing as device arrays) runs every public
 function down to the kernel launches, where each launch is checked against the
 signature parsed from ``kernels/*.cu``: the argument count, pointer or scalar,
 int32 or int64 or double, and each pointer's element type. Nothing is
-computed; the GPU tests (test_cuda.py) check the results on a device.
+computed; the GPU tests (tests/cuda/test_kernels.py) check the results on a device or the emulator.
 """
 import re
 import sys
@@ -58,7 +58,8 @@ def fake_cupy():
     cupy = types.ModuleType("cupy")
     cupy.ndarray = FakeArray
     for name in ("empty", "zeros", "ones", "full", "asarray", "where", "stack", "sum", "log", "eye", "abs",
-                 "matmul", "maximum", "prod", "isnan", "broadcast_to", "empty_like", "count_nonzero"):
+                 "matmul", "maximum", "prod", "isnan", "isfinite", "broadcast_to", "empty_like", "count_nonzero",
+                 "may_share_memory"):
         setattr(cupy, name, (lambda f: lambda *a, **k: _fake(f(*a, **k)))(getattr(np, name)))
     cupy.linalg = types.SimpleNamespace(svd=lambda a, compute_uv: _fake(np.linalg.svd(a, compute_uv=compute_uv)))
     cupy.cuda = types.SimpleNamespace(Device=_Device, ExternalStream=None)
@@ -137,7 +138,9 @@ def _arrays(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_every_public_function_launches_kernels_as_they_are_declared(cupy, rng, dtype):
     x, y = _arrays(rng, (2, 3, 40, 37), dtype)
-    for loss in ("mse", "l1", "huber", "bce", "gaussian_nll", "laplace_nll"):
+    for activation in fa.ACTIVATIONS:
+        fa.activate(x, activation, grad=True)
+    for loss in fa.LOSSES:
         for reduction in ("mean", "none"):
             value, grad = getattr(fa, loss)(x, y, activation="sigmoid", reduction=reduction, weight=y, grad=True)
             assert isinstance(value, FakeArray) and grad.shape == x.shape and grad.dtype == dtype
@@ -170,8 +173,8 @@ def test_bfloat16_launches_take_int16_bits(cupy, rng):
     """bfloat16 travels as int16 bit patterns (torch tensors viewed through DLPack)."""
     x, y = (rng.integers(-2**15, 2**15, (2, 3, 40, 37)).astype(np.int16).view(FakeArray) for _ in range(2))
     g = np.empty_like(x)
-    value, total = cuda_pointwise.pointwise("bce", {}, "sigmoid", 0.0, x, y, None, g, None, 1.0, 1.0)
-    assert value.dtype == np.int16 and total.dtype == np.float64
+    value, total, outside = cuda_pointwise.pointwise("bce", {}, "sigmoid", 0.0, x, y, None, g, None, 1.0, 1.0)
+    assert value.dtype == np.int16 and total.dtype == np.float64 and outside.dtype == np.float64
     planes = x.reshape(-1, 40, 37)
     window = np.ones(11) / 11
     sums = cuda_ssim.ssim_planes(planes, y.reshape(-1, 40, 37), window, 0, 1e-4, 9e-4, False,

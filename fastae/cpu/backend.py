@@ -1,0 +1,17 @@
+"""The CPU backend's side of the contract in fastae/backends.md."""
+import numpy as np
+
+from ._threads import num_threads, run_chunks  # noqa: F401  (fastae bench's threads)
+from .pointwise import activate, pointwise  # noqa: F401
+from .sparse import fista, kl_sparsity, soft_threshold  # noqa: F401
+from .ssim import ssim_planes  # noqa: F401
+
+
+def to_float32(a):
+    """``a``'s values as float32 (the CPU holds float32 and float64 only)."""
+    return a.astype(np.float32)
+
+
+def from_float32(values, out):
+    """``values`` rounded into ``out``'s dtype."""
+    out[...] = values

@@ -1,0 +1,128 @@
+"""The backend contract (fastae/backends.md), run against every backend at hand with the same references:
+the CPU always, the CUDA backend on a device or under FASTAE_CUDA_EMULATOR."""
+import numpy as np
+import pytest
+
+import fastae
+from conftest import assert_close, cuda_runtime, loss_inputs, loss_params
+from fastae._neutral import gaussian_window
+from reference import activation as reference_activation
+from reference import pointwise as reference_pointwise
+from reference import ssim_same_padding
+
+
+def _backends():
+    import fastae.cpu.backend
+    found = [pytest.param((fastae.cpu.backend, np), id="cpu")]
+    cupy = cuda_runtime()
+    try:
+        if cupy is not None and cupy.cuda.runtime.getDeviceCount() > 0:
+            import fastae.cuda.backend
+            found.append(pytest.param((fastae.cuda.backend, cupy), id="cuda", marks=pytest.mark.gpu))
+    except Exception:
+        pass
+    return found
+
+
+@pytest.fixture(params=_backends())
+def backend(request):
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_every_loss_and_activation(backend, rng, dtype):
+    module, xp = backend
+    for loss, row in fastae.LOSSES.items():
+        params = loss_params(loss)
+        for activation in fastae.ACTIVATIONS:
+            pred, target = loss_inputs(rng, loss, activation, (3, 41), dtype)
+            grad, values = xp.empty(pred.shape, dtype), xp.empty(pred.shape, dtype)
+            value, total, outside = module.pointwise(loss, row.kernel_fields(params), activation, 0.01,
+                                                     xp.asarray(pred), xp.asarray(target), 0.5, grad, values,
+                                                     1.0 / pred.size, 2.0 / pred.size)
+            ref_value, ref_grad = reference_pointwise(loss, pred, target, weight=np.float64(0.5),
+                                                      activation=activation, **params)
+            what = f"{loss}/{activation}"
+            assert int(outside) == 0, what
+            assert_close(np.asarray(total.get() if hasattr(total, "get") else total) / pred.size, ref_value,
+                         dtype, what)
+            assert_close(_host(value), 2 * ref_value, dtype, what)
+            assert_close(_host(grad), ref_grad, dtype, what + " grad")
+            assert_close(_host(values), reference_pointwise(loss, pred, target, weight=np.float64(0.5),
+                                                            activation=activation, reduction="none",
+                                                            **params)[0], dtype, what + " values")
+
+
+def _host(a):
+    return np.asarray(a.get() if hasattr(a, "get") else a)
+
+
+def test_pointwise_counts_values_outside_the_domain(backend):
+    module, xp = backend
+    pred = xp.asarray(np.array([0.5, 1.5, -0.25, 0.1], np.float32))
+    value, _, outside = module.pointwise("bce", {}, "identity", 0.01, pred, xp.zeros(4, np.float32), None, None,
+                                         None, 1.0, 1.0)
+    assert int(outside) == 2 and np.isnan(_host(value))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activate(backend, rng, dtype):
+    module, xp = backend
+    z = (rng.standard_normal(1003) * 4).astype(dtype)
+    for activation in fastae.ACTIVATIONS:
+        y, dy = xp.empty(z.shape, dtype), xp.empty(z.shape, dtype)
+        module.activate(activation, 0.05, xp.asarray(z), y, dy)
+        assert_close(_host(y), reference_activation(activation, z, 0.05), dtype, activation)
+        _, slope = reference_pointwise("l1", z, np.full(z.shape, -1e6), activation=activation, negative_slope=0.05,
+                                       reduction="sum")  # d |act(z) + 1e6| / dz = act'(z)
+        assert_close(_host(dy), slope, dtype, activation + " slope")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("win,pad", [(7, 0), (11, 5), (3, 1)])
+def test_ssim_planes(backend, rng, dtype, win, pad):
+    module, xp = backend
+    x = rng.random((3, 29, 37)).astype(dtype)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1).astype(dtype)
+    grad = xp.empty(x.shape, dtype)
+    sums = module.ssim_planes(xp.asarray(x), xp.asarray(y), gaussian_window(win, 1.5), pad, 1e-4, 9e-4, False,
+                              xp.asarray(np.full(3, 1.0)), grad, False)
+    if pad:
+        ref, ref_grad = ssim_same_padding(x[:, None], y[:, None], win_size=win, reduction="none")
+        positions = 29 * 37
+    else:
+        from test_ssim import ssim_reference, torch_reference
+        ref, ref_grad = torch_reference(ssim_reference, x[:, None], y[:, None], reduction="none", win_size=win,
+                                        data_range=1.0)
+        positions = (29 - win + 1) * (37 - win + 1)
+    assert_close(_host(sums), ref * positions, dtype, "sums")
+    assert_close(_host(grad), ref_grad.reshape(x.shape) * positions, dtype, "grad", rtol32=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_soft_threshold_and_kl(backend, rng, dtype):
+    module, xp = backend
+    c = rng.standard_normal((40, 12)).astype(dtype)
+    lam = rng.random(12).astype(dtype)
+    out, mask = xp.empty(c.shape, dtype), xp.empty(c.shape, dtype)
+    module.soft_threshold(xp.asarray(c), xp.asarray(lam), out, mask)
+    np.testing.assert_array_equal(_host(out), np.where(np.abs(c) > lam, c - np.sign(c) * lam, 0).astype(dtype))
+    np.testing.assert_array_equal(_host(mask), (np.abs(c) > lam).astype(dtype))
+    h = rng.uniform(0.05, 0.95, (50, 6)).astype(dtype)
+    grad = xp.empty(h.shape, dtype)
+    value = module.kl_sparsity(xp.asarray(h), 0.1, 2.0, grad)
+    m = h.astype(np.float64).mean(axis=0)
+    assert_close(_host(value), 2.0 * np.sum(0.1 * np.log(0.1 / m) + 0.9 * np.log(0.9 / (1 - m))), dtype)
+    assert_close(_host(grad), np.broadcast_to(2.0 * (-0.1 / m + 0.9 / (1 - m)) / 50, h.shape), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fista_reaches_the_closed_form_on_an_orthonormal_dictionary(backend, rng, dtype):
+    module, xp = backend
+    d = np.linalg.qr(rng.standard_normal((16, 8)))[0]
+    x = rng.standard_normal((30, 16))
+    b = (x @ d).astype(dtype)
+    codes, unfinished = module.fista(xp.asarray(b), xp.asarray(np.eye(8, dtype=dtype)), 0.5, 0.5 * 0.3, 500,
+                                     1e-12, True)
+    exact = np.sign(x @ d) * np.maximum(np.abs(x @ d) - 0.15, 0)  # soft(x D, alpha / 2), L = 2
+    np.testing.assert_allclose(_host(codes), exact, atol=1e-5 if dtype == np.float32 else 1e-12)
