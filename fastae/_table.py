@@ -94,6 +94,9 @@ LOSSES = _rows(
          fields=(("inv_scale", lambda scale: 1.0 / scale), ("const", lambda scale: math.log(2.0) + math.log(scale))),
          torch="laplace_nll", module="LaplaceNLL",
          peer=lambda F, y, t, scale: (y - t).abs().mean() / scale + (math.log(2.0) + math.log(scale))),
+    Loss("charbonnier", "Charbonnier", "Charbonnier loss sqrt((y - t)^2 + eps^2) - eps: the smooth L1 of image restoration.",
+         params=(Param("eps", 1e-3),), torch="charbonnier_loss", module="CharbonnierLoss",
+         peer=lambda F, y, t, eps: (((y - t) ** 2 + eps * eps).sqrt() - eps).mean()),
 )
 
 ACTIVATIONS = _rows(

@@ -65,6 +65,13 @@ struct LaplaceNLL {  // p0 = 1 / scale, p1 = log(2 scale)
     }
 };
 
+struct Charbonnier {  // p0 = eps
+    template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A eps, A) {
+        A d = y - t, r = sqrt_(d * d + eps * eps);
+        return {abs_(d) < eps ? d * d / (r + eps) : r - eps, d / r, A(0)};  // r - eps cancels where |d| << eps
+    }
+};
+
 // ---------------------------------------------------------------- activations
 template <typename A> struct Act { A y, dy; };
 

@@ -32,6 +32,9 @@ def _per_element(loss, y, z, t, activation, params):
     if loss == "laplace_nll":
         scale = params.get("scale", 1.0)
         return (y - t).abs() / scale + np.log(2 * scale)
+    if loss == "charbonnier":
+        eps = params.get("eps", 1e-3)
+        return torch.sqrt((y - t) ** 2 + eps * eps) - eps
     raise KeyError(loss)
 
 

@@ -84,6 +84,15 @@ def laplace_nll_point(spec, y, t):
     return v * spec.inv_scale + spec.const, sign * spec.inv_scale, outside
 
 
+@njit(inline="always")
+def charbonnier_point(spec, y, t):
+    d = y - t
+    eps = spec.eps
+    r = np.sqrt(d * d + eps * eps)
+    value = d * d / (r + eps) if abs(d) < eps else r - eps  # r - eps cancels where |d| << eps
+    return value, d / r, like(d, 0.0)
+
+
 # ---------------------------------------------------------------- activations
 @njit(inline="always")
 def identity_act(spec, z):
