@@ -106,6 +106,7 @@ ACTIVATIONS = _rows(
     Activation("relu", "ReLU", "y = max(z, 0)", lambda torch, z, s: torch.relu(z)),
     Activation("leaky_relu", "LeakyReLU", "y = z where z > 0, else negative_slope * z",
                lambda torch, z, s: torch.nn.functional.leaky_relu(z, s)),
+    Activation("softplus", "Softplus", "y = log(1 + exp(z))", lambda torch, z, s: torch.nn.functional.softplus(z)),
 )
 
 

@@ -107,6 +107,13 @@ struct LeakyReLU {
     }
 };
 
+struct Softplus {  // log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)): no overflow for any z
+    template <typename A> static __device__ __forceinline__ Act<A> at(A z, A) {
+        A e = exp_(-abs_(z)), r = A(1) / (A(1) + e);
+        return {(z > A(0) ? z : A(0)) + log1p_(e), z >= A(0) ? r : e * r};
+    }
+};
+
 // loss(act(z), t) and its derivative w.r.t. z.
 template <class Loss, class Activation> struct Compose {
     template <typename A> static __device__ __forceinline__ Point<A> at(A z, A t, A p0, A p1, A slope) {

@@ -12,6 +12,7 @@ ACTIVATIONS = {
     "tanh": lambda z, slope: torch.tanh(z),
     "relu": lambda z, slope: torch.relu(z),
     "leaky_relu": lambda z, slope: F.leaky_relu(z, slope),
+    "softplus": lambda z, slope: F.softplus(z),
 }
 
 

@@ -127,6 +127,14 @@ def leaky_relu_act(spec, z):
 
 
 @njit(inline="always")
+def softplus_act(spec, z):
+    e = exp(-abs(z))  # log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)): no overflow for any z
+    r = like(z, 1.0) / (like(z, 1.0) + e)
+    zero = like(z, 0.0)
+    return (z if z > zero else zero) + log1p_unit(e), r if z >= zero else e * r
+
+
+@njit(inline="always")
 def bce_with_logits_point(z, t):
     """BCE fused with the sigmoid, stable for any finite logit z."""
     e = exp(-abs(z))
