@@ -5,7 +5,9 @@ import math
 import os
 import sys
 
-from .models.autoencoder import LOSSES
+from ._table import ACTIVATIONS
+from .models.autoencoder import LOSSES, SCHEDULES
+from .train import DEFAULTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,9 +125,10 @@ def _data_options(p, epochs_help):
     p.add_argument("--data", choices=["patches", "digits"], default="patches",
                    help="16x16 patches of scikit-image's photographs, or scikit-learn's 8x8 digits")
     p.add_argument("--epochs", type=_checked(POSITIVE_INT), help=epochs_help)
-    p.add_argument("--batch-size", type=_checked(POSITIVE_INT), default=128, help="samples per step")
-    p.add_argument("--lr", type=_checked(POSITIVE), default=1e-3, help="Adam's learning rate")
-    p.add_argument("--code", type=_checked(POSITIVE_INT), default=32, help="code size k")
+    p.add_argument("--batch-size", type=_checked(POSITIVE_INT), default=DEFAULTS["batch_size"], help="samples per step")
+    p.add_argument("--lr", type=_checked(POSITIVE), default=DEFAULTS["lr"], help="Adam's (peak) learning rate")
+    p.add_argument("--code", type=_checked(POSITIVE_INT), default=DEFAULTS["code"],
+                   help="code size k (PCA with the same k is the baseline)")
     p.add_argument("--out", type=_out_dir, default="fastae-out", help="directory for the outputs")
     p.add_argument("--quick", action="store_true", help="fewer patches and epochs (seconds)")
 
@@ -150,11 +153,22 @@ def parser():
     _data_options(train, "passes over the data (default: 30, or 10 with --quick)")
     train.add_argument("--loss", choices=LOSSES, default="mixed",
                        help="reconstruction loss (mixed: alpha * L1 + (1 - alpha) * (1 - SSIM))")
-    train.add_argument("--alpha", type=_checked(FRACTION), help="pixel weight of the mixed loss (default 0.16); --loss mixed only")
+    train.add_argument("--alpha", type=_checked(FRACTION),
+                       help=f"pixel weight of the mixed loss (default {DEFAULTS['alpha']}); --loss mixed only")
     train.add_argument("--tied", action="store_true", help="tied weights: W_dec = W_enc^T")
     train.add_argument("--sparsity", type=_sparsity, help="l1:ALPHA or kl:RHO[:BETA] on the codes")
-    train.add_argument("--hidden", type=_list(POSITIVE_INT, "hidden sizes"), default="128",
-                       help="hidden layer sizes, e.g. 256,128 ('' for none)")
+    train.add_argument("--hidden", type=_list(POSITIVE_INT, "hidden sizes"),
+                       default=",".join(map(str, DEFAULTS["hidden"])), help="hidden layer sizes, e.g. 256,128 ('' for none)")
+    train.add_argument("--activation", choices=list(ACTIVATIONS), default=DEFAULTS["activation"],
+                       help="activation of the hidden layers")
+    train.add_argument("--code-activation", choices=list(ACTIVATIONS), default=DEFAULTS["code_activation"],
+                       help="activation of the code layer (sigmoid with --sparsity kl)")
+    train.add_argument("--output-activation", choices=list(ACTIVATIONS), default=DEFAULTS["output_activation"],
+                       help="activation of the output, fused into the loss")
+    train.add_argument("--center", action=argparse.BooleanOptionalAction, default=DEFAULTS["center"],
+                       help="centre the inputs on the training mean and start the output there")
+    train.add_argument("--schedule", choices=list(SCHEDULES), default=DEFAULTS["schedule"],
+                       help="learning rate over the steps")
     train.add_argument("--bias-init", type=_checked(FINITE), default=0.01, help="initial biases (small positive: fewer dead ReLUs)")
     train.add_argument("--weight-decay", type=_checked(NON_NEGATIVE), default=0.0, help="L2 penalty on the weights")
     train.add_argument("--seed", type=_checked(SEED), default=0, help="seed of the initial weights")
@@ -174,6 +188,13 @@ def main(argv=None):
     if args.command == "train":
         if args.alpha is not None and args.loss != "mixed":
             sub.error(f"argument --alpha: applies to --loss mixed only (--loss is {args.loss})")
+        if args.alpha is None and args.loss == "mixed":
+            args.alpha = DEFAULTS["alpha"]
+        if args.sparsity and args.sparsity[0] == "kl":
+            if "--code-activation" in (argv if argv is not None else sys.argv):
+                if args.code_activation != "sigmoid":
+                    sub.error("argument --code-activation: --sparsity kl needs codes in (0, 1): sigmoid")
+            args.code_activation = "sigmoid"
     if args.command == "pareto" and not args.alphas:
         sub.error("argument --alphas: give at least one alpha")
     if args.command in ("train", "pareto"):

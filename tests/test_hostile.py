@@ -338,7 +338,9 @@ def test_several_bad_flags_each_get_their_line(capsys, tmp_path):
 def test_help_describes_every_flag_with_its_default():
     done = subprocess.run([sys.executable, "-m", "fastae", "train", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
-    for flag, default in [("--epochs", "30"), ("--batch-size", "128"), ("--lr", "0.001"), ("--code", "32"),
-                          ("--loss", "mixed"), ("--hidden", "128"), ("--weight-decay", "0.0"), ("--seed", "0"),
-                          ("--out", "fastae-out"), ("--data", "patches")]:
+    from fastae.train import DEFAULTS
+    for flag, default in [("--epochs", "30"), ("--batch-size", DEFAULTS["batch_size"]), ("--lr", DEFAULTS["lr"]),
+                          ("--code", "32"), ("--loss", "mixed"), ("--hidden", "128"), ("--weight-decay", "0.0"),
+                          ("--seed", "0"), ("--out", "fastae-out"), ("--data", "patches"),
+                          ("--activation", DEFAULTS["activation"]), ("--schedule", DEFAULTS["schedule"])]:
         assert flag in done.stdout and f"default: {default}" in done.stdout.replace("\n", " ").replace("  ", " ")

@@ -115,8 +115,10 @@ def test_train_and_pareto_commands(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     history = metrics["history"]
     assert metrics["config"]["loss"] == "mixed" and len(metrics["history"]) == 4
-    assert set(metrics["history"][0]) >= {"epoch", "train_loss", "val_loss", "val_psnr", "val_ssim"}
+    assert set(metrics["history"][0]) >= {"epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "dead_units"}
     assert history[-1]["val_ssim"] > history[0]["val_ssim"]
+    assert metrics["pca"]["code"] == 32 and set(metrics["pca"]) >= {"val_psnr", "val_ssim", "val_mse", "val_l1"}
+    assert 0 < metrics["timing"]["samples_per_second"] and abs(sum(metrics["timing"]["share"].values()) - 1) < 1e-6
     for png in ("reconstructions.png", "loss.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "pareto"
@@ -124,4 +126,28 @@ def test_train_and_pareto_commands(tmp_path):
     pareto = json.loads((out / "pareto.json").read_text())
     assert [p["alpha"] for p in pareto["points"]] == [0, 0.5, 1]
     assert any(p["non_dominated"] for p in pareto["points"])
+    assert pareto["pca"]["code"] == 32 and 0 < pareto["pca"]["one_minus_ssim"] < 1
     assert (out / "pareto.png").exists()
+
+
+def test_pca_baseline_is_the_exact_projection(rng):
+    from fastae.train import PCA
+    x = rng.standard_normal((500, 12)) @ rng.standard_normal((12, 12))
+    pca = PCA(x, 4)
+    _, _, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    projector = vt[:4].T @ vt[:4]
+    np.testing.assert_allclose(pca.reconstruct(x), (x - x.mean(axis=0)) @ projector + x.mean(axis=0), atol=1e-9)
+
+
+def test_the_quick_main_job_beats_pca_with_half_its_code(tmp_path):
+    """fastae train --quick (default flags): validation SSIM and PSNR at least PCA's with 16 numbers a patch,
+    no dead units (the issue's bar, measured on the same split)."""
+    from fastae import datasets
+    from fastae.train import pca_baseline
+    out = tmp_path / "quick"
+    assert cli(["train", "--quick", "--out", str(out)]) == 0
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    train, val, shape = datasets.patches(size=16, per_image=1000)
+    pca16, _ = pca_baseline(train, val, 16, shape)
+    assert final["val_ssim"] >= pca16["val_ssim"] and final["val_psnr"] >= pca16["val_psnr"]
+    assert final["dead_units"] == [0]

@@ -23,7 +23,7 @@ from numba import njit
 
 from ._math import like
 from ._threads import run_chunks
-from ._kernels import KERNEL_OPTIONS
+from ._kernels import KERNEL_OPTIONS, item
 
 
 @njit(**KERNEL_OPTIONS)
@@ -36,14 +36,13 @@ def _mean_of_both(x, y):
     return x.dtype.type(total / max(1, 2 * x.size))
 
 
-@njit(**KERNEL_OPTIONS)
-def _shifted(x, pad, s):
-    """x - s, padded by ``pad`` with -s (the shifted zero) on every side."""
-    out = np.full((x.shape[0] + 2 * pad, x.shape[1] + 2 * pad), -s, x.dtype)
+@njit(inline="always")
+def _shift_into(x, pad, s, out):
+    """out = x - s, padded by ``pad`` with -s (the shifted zero) on every side."""
+    out[:, :] = -s
     for r in range(x.shape[0]):
         for q in range(x.shape[1]):
             out[r + pad, q + pad] = x[r, q] - s
-    return out
 
 
 @njit(inline="always")
@@ -93,83 +92,111 @@ def _coefficients(mom, s, c1, c2, use_cs, scale, coef, wv):
     return row_sum
 
 
-@njit(**KERNEL_OPTIONS)
-def ssim_plane(x, y, g, pad, c1, c2, use_cs, scale, grad, accumulate):
-    """Sum over the valid positions of the SSIM map (or, with ``use_cs``, the
-    contrast-structure map) of one plane, zero-padded by ``pad`` first.
-
-    With ``grad`` an array of x's shape, writes (or adds, with
-    ``accumulate``) scale * d sum / dx into it.
-    """
-    s = _mean_of_both(x, y)
-    xs = _shifted(x, pad, s)
-    ys = _shifted(y, pad, s)
-    hp, wp = xs.shape
+@njit(inline="always")
+def _vertical(g, ring, o, mom):
+    """Output row o's moments: the window down the ring of horizontally filtered rows."""
+    mom[:, :] = like(g[0], 0.0)
     win = g.size
-    hv, wv = hp - win + 1, wp - win + 1
-    dtype = x.dtype
-    ring = np.zeros((4, win, wv), dtype)    # horizontally filtered moments of the last win input rows
-    back = np.zeros((3, win, wv), dtype)    # vertical adjoint of A, B, C for the input rows in flight
-    prod = np.empty((2, wp), dtype)
-    mom = np.empty((4, wv), dtype)
-    coef = np.empty((3, wv), dtype)
-    full = np.empty((3, wp), dtype)
-    zero = like(c1, 0.0)
+    for t in range(win):
+        slot = (o + t) % win
+        gt = g[t]
+        for m in range(mom.shape[0]):
+            for j in range(mom.shape[1]):
+                mom[m, j] += gt * ring[m, slot, j]
+
+
+@njit(inline="always")
+def _spread(g, coef, o, back):
+    """The vertical adjoint: output row o's coefficients into the input rows o .. o + win - 1 it saw."""
+    win = g.size
+    for t in range(win):
+        slot = (o + t) % win
+        gt = g[t]
+        for m in range(3):
+            for j in range(coef.shape[1]):
+                back[m, slot, j] += gt * coef[m, j]
+
+
+@njit(inline="always")
+def _gradient_row(g, back, slot, xs, ys, p, pad, full, grad, r, accumulate):
+    """The horizontal adjoint of input row p (ring slot ``slot``), then its gradient into grad[r]:
+    G^T A + y' G^T B + 2 (x - y) G^T C."""
+    full[:, :] = like(g[0], 0.0)
+    for t in range(g.size):
+        gt = g[t]
+        for m in range(3):
+            for j in range(back.shape[2]):
+                full[m, j + t] += gt * back[m, slot, j]
+    back[:, slot, :] = like(g[0], 0.0)
+    for q in range(grad.shape[1]):
+        c = q + pad
+        v = full[0, c] + ys[p, c] * full[1, c] + like(g[0], 2.0) * (xs[p, c] - ys[p, c]) * full[2, c]
+        if accumulate:
+            grad[r, q] += v
+        else:
+            grad[r, q] = v
+
+
+@njit(**KERNEL_OPTIONS)
+def _plane(x, y, g, pad, c1, c2, use_cs, scale, grad, accumulate, xs, ys, ring, back, prod, mom, coef, full):
+    """Sum over the valid positions of the SSIM map (or, with ``use_cs``, the
+    contrast-structure map) of one plane, zero-padded by ``pad`` first; with
+    ``grad`` an array of x's shape, writes (or adds, with ``accumulate``)
+    scale * d sum / dx into it. The other arrays are the caller's buffers."""
+    s = _mean_of_both(x, y)
+    _shift_into(x, pad, s, xs)
+    _shift_into(y, pad, s, ys)
+    hp = xs.shape[0]
+    win = g.size
+    hv = hp - win + 1
+    ring[:, :, :] = like(c1, 0.0)
+    back[:, :, :] = like(c1, 0.0)
     total = 0.0
     for i in range(hp):
-        _filter_row(g, xs, ys, i, prod, ring, i % win, wv)
+        _filter_row(g, xs, ys, i, prod, ring, i % win, ring.shape[2])
         o = i - win + 1  # the output row now complete
         if o < 0:
             continue
-        mom[:, :] = zero
-        for t in range(win):
-            slot = (o + t) % win
-            gt = g[t]
-            for m in range(4):
-                for j in range(wv):
-                    mom[m, j] += gt * ring[m, slot, j]
-        total += _coefficients(mom, s, c1, c2, use_cs, scale, coef, wv)
+        _vertical(g, ring, o, mom)
+        total += _coefficients(mom, s, c1, c2, use_cs, scale, coef, mom.shape[1])
         if grad is None:
             continue
-        for t in range(win):  # output row o reaches input rows o .. o + win - 1
-            slot = (o + t) % win
-            gt = g[t]
-            for m in range(3):
-                for j in range(wv):
-                    back[m, slot, j] += gt * coef[m, j]
+        _spread(g, coef, o, back)
         last = hp - 1 if o == hv - 1 else o  # input rows that no later output row touches
         for p in range(o, last + 1):
-            slot = p % win
-            full[:, :] = zero
-            for t in range(win):
-                gt = g[t]
-                for m in range(3):
-                    for j in range(wv):
-                        full[m, j + t] += gt * back[m, slot, j]
-            back[:, slot, :] = zero
             r = p - pad
-            if r < 0 or r >= x.shape[0]:
-                continue
-            for q in range(x.shape[1]):
-                c = q + pad
-                v = full[0, c] + ys[p, c] * full[1, c] + like(c1, 2.0) * (xs[p, c] - ys[p, c]) * full[2, c]
-                if accumulate:
-                    grad[r, q] += v
-                else:
-                    grad[r, q] = v
+            if 0 <= r < x.shape[0]:
+                _gradient_row(g, back, p % win, xs, ys, p, pad, full, grad, r, accumulate)
+            else:
+                back[:, p % win, :] = like(c1, 0.0)
     return total
 
 
+@njit(**KERNEL_OPTIONS)
+def _planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, first, stop, sums):
+    """_plane over planes ``first`` to ``stop`` of x, y (P, H, W), with one set of buffers."""
+    h, w = x.shape[1], x.shape[2]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    win = g.size
+    wv = wp - win + 1
+    dtype = x.dtype
+    xs, ys = np.empty((hp, wp), dtype), np.empty((hp, wp), dtype)
+    ring = np.empty((4, win, wv), dtype)    # horizontally filtered moments of the last win input rows
+    back = np.empty((3, win, wv), dtype)    # vertical adjoint of A, B, C for the input rows in flight
+    prod, full = np.empty((2, wp), dtype), np.empty((3, wp), dtype)
+    mom, coef = np.empty((4, wv), dtype), np.empty((3, wv), dtype)
+    for p in range(first, stop):
+        sums[p] = _plane(x[p], y[p], g, pad, c1, c2, use_cs, dtype.type(scales[p]), item(grad, p), accumulate,
+                         xs, ys, ring, back, prod, mom, coef, full)
+
+
 def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate):
-    """ssim_plane over the planes of x, y (P, H, W), in threads; returns the
-    per-plane sums. ``scales`` (P,) scales each plane's gradient."""
+    """The SSIM sums of the planes of x, y (P, H, W), in threads over ranges of planes (see
+    fastae/backends.md); ``scales`` (P,) scales each plane's gradient."""
     dtype = x.dtype
     g = g.astype(dtype)
+    scales = np.ascontiguousarray(scales, np.float64)
     sums = np.empty(x.shape[0])
-
-    def run(first, stop):
-        for i in range(first, stop):
-            sums[i] = ssim_plane(x[i], y[i], g, pad, dtype.type(c1), dtype.type(c2), use_cs,
-                                 dtype.type(scales[i]), None if grad is None else grad[i], accumulate)
-    run_chunks(run, x.shape[0], min_per_thread=1)  # a plane is a big task
+    run_chunks(lambda first, stop: _planes(x, y, g, pad, dtype.type(c1), dtype.type(c2), use_cs, scales, grad,
+                                           accumulate, first, stop, sums), x.shape[0], min_per_thread=1)
     return sums

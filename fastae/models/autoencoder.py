@@ -1,4 +1,6 @@
 """A dense autoencoder trained with NumPy BLAS products and fastae's fused kernels."""
+import collections
+import contextlib
 import json
 import sys
 import time
@@ -12,14 +14,28 @@ POINTWISE_LOSSES = tuple(fa.LOSSES)
 LOSSES = (*POINTWISE_LOSSES, "ssim", "mixed")
 
 
+CLOCK = collections.defaultdict(float)  # seconds per part of the training steps: loss, products, activations
+
+
+def _timed(part, function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    CLOCK[part] += time.perf_counter() - start
+    return result
+
+
+def _product(a, b):
+    return _timed("products", np.matmul, a, b)
+
+
 def _act(name, a):
     """activation(a), by the very kernels the losses fuse."""
-    return a if name == "identity" else fa.activate(a, name)
+    return a if name == "identity" else _timed("activations", fa.activate, a, name)
 
 
 def _act_grad(name, a, h):
     """d h / d a for h = act(a), as an array (or None for identity)."""
-    return None if name == "identity" else fa.activate(a, name, grad=True).slope
+    return None if name == "identity" else _timed("activations", fa.activate, a, name, grad=True).slope
 
 
 class Adam:
@@ -68,9 +84,13 @@ class Autoencoder:
 
     def __init__(self, d, k, *, hidden=(), activation="relu", output_activation="sigmoid", tied=False,
                  loss="bce", alpha=None, image_shape=None, weight_decay=0.0, sparsity=None, bias_init=0.0,
-                 seed=0, dtype=np.float32):
-        if activation not in ACTIVATIONS or output_activation not in ACTIVATIONS:
+                 seed=0, dtype=np.float32, code_activation=None, center=False):
+        if code_activation is None:
+            code_activation = "sigmoid" if sparsity is not None and sparsity[0] == "kl" else activation
+        if any(a not in ACTIVATIONS for a in (activation, output_activation, code_activation)):
             raise ValueError(f"activations must be among {ACTIVATIONS}")
+        if sparsity is not None and sparsity[0] == "kl" and code_activation != "sigmoid":
+            raise ValueError("sparsity=('kl', ...) needs codes in (0, 1): code_activation='sigmoid'")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if loss == "bce" and output_activation not in ("sigmoid", "identity"):
@@ -85,20 +105,27 @@ class Autoencoder:
                            output_activation=output_activation, tied=tied, loss=loss, alpha=alpha,
                            image_shape=None if image_shape is None else list(image_shape),
                            weight_decay=weight_decay, sparsity=None if sparsity is None else list(sparsity),
-                           bias_init=bias_init, seed=seed, dtype=np.dtype(dtype).name)
+                           bias_init=bias_init, seed=seed, dtype=np.dtype(dtype).name,
+                           code_activation=code_activation, center=bool(center))
         self.dtype = np.dtype(dtype)
         rng = np.random.default_rng(seed)
         sizes = [d, *hidden, k]
-        self.enc_w = [self._init(rng, sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+        acts = [activation] * len(hidden) + [code_activation]
+        self.enc_w = [self._init(rng, sizes[i], sizes[i + 1], acts[i]) for i in range(len(sizes) - 1)]
         self.enc_b = [np.full(n, bias_init, self.dtype) for n in sizes[1:]]
         back = sizes[::-1]
-        self.dec_w = [] if tied else [self._init(rng, back[i], back[i + 1]) for i in range(len(back) - 1)]
+        dec_acts = [activation] * len(hidden) + [output_activation]
+        self.dec_w = [] if tied else [self._init(rng, back[i], back[i + 1], dec_acts[i])
+                                      for i in range(len(back) - 1)]
         self.dec_b = [np.full(n, bias_init if i < len(back) - 2 else 0.0, self.dtype)
                       for i, n in enumerate(back[1:])]
-        self.code_activation = "sigmoid" if sparsity is not None and sparsity[0] == "kl" else activation
+        self.code_activation = code_activation
+        self.mean = np.zeros(d, self.dtype)  # the input's mean (center=True: learned by fit, from the data)
 
-    def _init(self, rng, n_in, n_out):
-        return (rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / (n_in + n_out))).astype(self.dtype)
+    def _init(self, rng, n_in, n_out, activation):
+        """He's initialisation before a ReLU-like unit (half its inputs are cut), Glorot's otherwise."""
+        var = 2.0 / n_in if activation in ("relu", "leaky_relu") else 2.0 / (n_in + n_out)
+        return (rng.standard_normal((n_in, n_out)) * np.sqrt(var)).astype(self.dtype)
 
     # ---------------------------------------------------------------- structure
     @property
@@ -115,10 +142,10 @@ class Autoencoder:
     # ---------------------------------------------------------------- passes
     def _encode(self, x):
         """Activations of every encoder layer: [x, h1, ..., z] and pre-activations."""
-        hs, pre = [x], []
+        hs, pre = [x - self.mean if self.config["center"] else x], []
         n = len(self.enc_w)
         for i, (w, b) in enumerate(zip(self.enc_w, self.enc_b)):
-            a = hs[-1] @ w + b
+            a = _product(hs[-1], w) + b
             pre.append(a)
             hs.append(_act(self.code_activation if i == n - 1 else self.config["activation"], a))
         return hs, pre
@@ -128,7 +155,7 @@ class Autoencoder:
         hs, pre = [z], []
         weights = self._decoder_weights()
         for i, (w, b) in enumerate(zip(weights, self.dec_b)):
-            a = hs[-1] @ w + b
+            a = _product(hs[-1], w) + b
             pre.append(a)
             if i < len(weights) - 1:
                 hs.append(_act(self.config["activation"], a))
@@ -194,27 +221,28 @@ class Autoencoder:
         cfg = self.config
         hs, pre = self._encode(x)
         dhs, dpre = self._decode(hs[-1])
-        value, dz = self._loss(dpre[-1], x, True)
+        value, dz = _timed("loss", self._loss, dpre[-1], x, True)
         value = float(value)
         dec_weights = self._decoder_weights()
         g_dec_w, g_dec_b = [None] * len(dec_weights), [None] * len(dec_weights)
         for i in range(len(dec_weights) - 1, -1, -1):  # decoder, last layer first
-            g_dec_w[i] = dhs[i].T @ dz
+            g_dec_w[i] = _product(dhs[i].T, dz)
             g_dec_b[i] = dz.sum(axis=0)
-            dh = dz @ dec_weights[i].T
+            dh = _product(dz, dec_weights[i].T)
             if i > 0:
                 dz = dh * _act_grad(cfg["activation"], dpre[i - 1], dhs[i]) \
                     if cfg["activation"] != "identity" else dh
-        value += self._code_penalty(hs[-1], dh)
+        value += _timed("loss", self._code_penalty, hs[-1], dh)
         g_enc_w, g_enc_b = [None] * len(self.enc_w), [None] * len(self.enc_w)
         n = len(self.enc_w)
         for i in range(n - 1, -1, -1):
             act = self.code_activation if i == n - 1 else cfg["activation"]
             dact = _act_grad(act, pre[i], hs[i + 1])
             da = dh if dact is None else dh * dact
-            g_enc_w[i] = hs[i].T @ da
+            g_enc_w[i] = _product(hs[i].T, da)
             g_enc_b[i] = da.sum(axis=0)
-            dh = da @ self.enc_w[i].T
+            if i > 0:
+                dh = _product(da, self.enc_w[i].T)
         if cfg["tied"]:  # W_enc[i] also serves as the decoder's W[n - 1 - i]^T
             for i in range(n):
                 g_enc_w[i] += g_dec_w[n - 1 - i].T
@@ -222,28 +250,38 @@ class Autoencoder:
         grads = g_enc_w + g_enc_b + g_dec_w + g_dec_b
         if cfg["weight_decay"]:
             for w, g in zip(self._weights(), g_enc_w + g_dec_w):
-                value += float(fa.l2_penalty(w, cfg["weight_decay"], accumulate_into=g))
+                value += float(_timed("loss", fa.l2_penalty, w, cfg["weight_decay"], accumulate_into=g))
         return value, grads
 
     def dead_units(self, x):
-        """Per encoder layer with ReLU, the units never active on x (dead ReLUs)."""
-        hs, _ = self._encode(np.asarray(x, self.dtype))
+        """Per encoder layer of (leaky) ReLUs, the units whose input is never positive on x: a dead ReLU
+        passes no gradient, a leaky one only its small negative slope."""
+        _, pre = self._encode(np.asarray(x, self.dtype))
         n = len(self.enc_w)
-        return [int((h.max(axis=0) <= 0).sum()) for i, h in enumerate(hs[1:])
-                if (self.code_activation if i == n - 1 else self.config["activation"]) == "relu"]
+        return [int((a.max(axis=0) <= 0).sum()) for i, a in enumerate(pre)
+                if (self.code_activation if i == n - 1 else self.config["activation"]) in ("relu", "leaky_relu")]
 
     # ---------------------------------------------------------------- training
     def fit(self, x, epochs=10, batch_size=128, lr=1e-3, optimizer="adam", validation=None, progress=True,
-            seed=0, on_epoch=None):
-        """Minibatch training with ``optimizer`` "adam" or "sgd"; returns the history (one dict per epoch)."""
+            seed=0, on_epoch=None, schedule="constant"):
+        """Minibatch training with ``optimizer`` "adam" or "sgd"; returns the history (one dict per epoch).
+        ``schedule="cosine"`` lowers the learning rate from ``lr`` to 0 along a half cosine over all steps."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {optimizer!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        with _one_blas_thread():
+            return self._fit(x, epochs, batch_size, lr, optimizer, validation, progress, seed, on_epoch, schedule)
+
+    def _fit(self, x, epochs, batch_size, lr, optimizer, validation, progress, seed, on_epoch, schedule):
         x = np.asarray(x, self.dtype)
+        if self.config["center"] and not self.mean.any():
+            self._center_on(x)
         params = self.params
         opt = OPTIMIZERS[optimizer](params, lr)
         rng = np.random.default_rng(seed)
@@ -255,7 +293,8 @@ class Autoencoder:
             for b in range(n_batches):
                 batch = x[order[b * batch_size:(b + 1) * batch_size]]
                 value, grads = self.gradients(batch)
-                opt.step(params, grads)
+                opt.lr = lr * SCHEDULES[schedule](((epoch - 1) * n_batches + b) / (epochs * n_batches))
+                _timed("optimizer", opt.step, params, grads)
                 total += value * len(batch)
                 if progress:
                     _bar(epoch, epochs, b + 1, n_batches, total / min(len(x), (b + 1) * batch_size))
@@ -271,10 +310,20 @@ class Autoencoder:
                 sys.stderr.write(f"\r{_bar_text(epoch, epochs, 1, 1, record['train_loss'])}{extra}{dead}\n")
         return history
 
+    def _center_on(self, x):
+        """Inputs centred on the data's mean, and an output that starts at that mean (the last bias)."""
+        self.mean[...] = x.mean(axis=0)
+        m = np.clip(self.mean.astype(np.float64), 1e-4, 1 - 1e-4)
+        start = {"identity": self.mean, "sigmoid": np.log(m / (1 - m)), "tanh": np.arctanh(m)}
+        out = self.config["output_activation"]
+        if out in start:
+            self.dec_b[-1][...] = start[out]
+
     # ---------------------------------------------------------------- persistence
     def save(self, path):
         """Write the configuration and parameters to ``path`` (an .npz archive, whatever its name)."""
         arrays = {f"p{i}": p for i, p in enumerate(self.params)}
+        arrays["mean"] = self.mean
         with open(path, "wb") as f:  # (np.savez given a name would append .npz to it)
             np.savez(f, config=json.dumps(self.config), **arrays)
 
@@ -287,7 +336,10 @@ class Autoencoder:
                 model = cls(**{k: v for k, v in config.items() if k not in ("d", "k")}, d=config["d"], k=config["k"])
             except (KeyError, TypeError, json.JSONDecodeError) as e:
                 raise ValueError(f"{path} holds no fastae Autoencoder configuration ({e})") from None
-            names = sorted((n for n in f.files if n != "config"), key=lambda n: int(n[1:]) if n[1:].isdigit() else -1)
+            if "mean" in f.files:
+                model.mean[...] = f["mean"]
+            names = sorted((n for n in f.files if n not in ("config", "mean")),
+                           key=lambda n: int(n[1:]) if n[1:].isdigit() else -1)
             if names != [f"p{i}" for i in range(len(model.params))]:
                 raise ValueError(f"{path} holds {len(names)} parameter arrays; its configuration needs "
                                  f"{len(model.params)}")
@@ -300,7 +352,19 @@ class Autoencoder:
         return model
 
 
+def _one_blas_thread():
+    """A minibatch's products are small: on one BLAS thread they leave the cores to fastae's kernels (a
+    multithreaded OpenBLAS keeps its idle workers spinning on them; 35% of an epoch here). Needs
+    threadpoolctl (scikit-learn's dependency); without it, nothing changes."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+SCHEDULES = {"constant": lambda progress: 1.0, "cosine": lambda progress: 0.5 * (1.0 + np.cos(np.pi * progress))}
 
 
 def _bar_text(epoch, epochs, done, total, loss, width=24):
