@@ -55,3 +55,20 @@ def test_ssim_forward(benchmark, images, who):
         benchmark(fa.ssim, x, y)
     else:
         benchmark(peer.ssim, torch.from_numpy(x), torch.from_numpy(y), data_range=1.0)
+
+
+SHAPES = [((1, 3, 1024, 1024), "valid"), ((1, 1, 2048, 2048), "valid"), ((128, 1, 16, 16), "same"),
+          ((512, 3, 32, 32), "same")]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("shape,padding", SHAPES, ids=["1x3x1024^2", "1x1x2048^2", "128x1x16^2 same", "512x3x32^2 same"])
+def test_shapes_and_threads(benchmark, monkeypatch, shape, padding, threads):
+    """One large image on one and on two threads (row bands), small patches in strips."""
+    rng = np.random.default_rng(0)
+    x = rng.random(shape, dtype=np.float32)
+    y = np.clip(x + 0.1 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
+    out = np.empty_like(x)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+    benchmark.group = f"SSIM loss forward+backward, {'x'.join(map(str, shape))} {padding}, float32"
+    benchmark(lambda: fa.ssim_loss(x, y, padding=padding, grad=True, out=out))

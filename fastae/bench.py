@@ -138,57 +138,140 @@ def sparse_rows(n, dtype, repeats):
     return rows
 
 
-def ista_row(repeats=3, n=2000, d=64, k=48, alpha=0.2):
-    """fa.ista against scikit-learn's sparse_encode(lasso_cd, n_jobs=1) on the same codes problem."""
+def dct_dictionary(size=8):
+    """The orthonormal 2-D DCT-II of size x size patches: size^2 atoms as columns."""
+    n = np.arange(size)
+    c = np.sqrt(2.0 / size) * np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size))
+    c[0] /= np.sqrt(2.0)
+    return np.kron(c, c).T
+
+
+def lasso_problems(n=2000, seed=0):
+    """(name, signals, dictionary (d, k), alpha): the regimes users meet, none built to suit a solver."""
+    rng = np.random.default_rng(seed)
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=0)
+    d48, d256 = unit(rng.standard_normal((64, 48))), unit(rng.standard_normal((64, 256)))
+    planted = (rng.standard_normal((n, 48)) * (rng.random((n, 48)) < 0.2)) @ d48.T + 0.05 * rng.standard_normal((n, 64))
+    gaussian = rng.standard_normal((n, 64))
+    try:
+        from skimage import data
+        image = data.camera().astype(np.float64) / 255.0
+        rows, cols = rng.integers(0, image.shape[0] - 8, n), rng.integers(0, image.shape[1] - 8, n)
+        patches = np.stack([image[r:r + 8, c:c + 8].ravel() for r, c in zip(rows, cols)])
+        patches -= patches.mean(axis=1, keepdims=True)
+    except ImportError:  # (scikit-image is the bench extra's)
+        patches = rng.standard_normal((n, 64)) * np.linspace(1, 0.05, 64)
+    zero_alpha = 2.05 * np.abs(gaussian @ d48).max()
+    return [("planted sparse (20% codes + noise)", planted, d48, 0.2),
+            ("Gaussian signals, dense codes", gaussian, d48, 0.5),
+            ("Gaussian signals", gaussian, d48, 2.0),
+            ("image patches, orthonormal DCT", patches, dct_dictionary(), 0.05),
+            ("overcomplete, 256 atoms", gaussian, d256, 0.5),
+            ("all-zero codes (alpha above 2 max |D^T x|)", gaussian, d48, zero_alpha)]
+
+
+def lasso_objective(x, d, alpha, z):
+    return float(np.sum((x - z @ d.T) ** 2) + alpha * np.abs(z).sum())
+
+
+def ista_rows(repeats=3, problems=None):
+    """fa.ista against scikit-learn's sparse_encode(lasso_cd, n_jobs=1) on each regime: times (median of
+    paired runs after a warm call), speed-up, objective gap, active atoms per signal."""
     import warnings
     from sklearn.decomposition import sparse_encode
-    rng = np.random.default_rng(0)
-    D = rng.standard_normal((d, k))
-    D /= np.linalg.norm(D, axis=0)
-    x = (rng.standard_normal((n, k)) * (rng.random((n, k)) < 0.2)) @ D.T + 0.05 * rng.standard_normal((n, d))
-    objective = lambda z: np.sum((x - z @ D.T) ** 2) + alpha * np.abs(z).sum()  # noqa: E731
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours, theirs = median_times([lambda: fa.ista(x, D, alpha),
-                                     lambda: sparse_encode(x, D.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)],
-                                    repeats)
-        gap = objective(fa.ista(x, D, alpha)) / objective(
-            sparse_encode(x, D.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)) - 1
-    return {"signals": f"{n} x {d}, {k} atoms", "fastae ms": ours * 1e3, "sklearn ms": theirs * 1e3,
-            "speed-up": theirs / ours, "objective vs sklearn": gap}
-
-
-def ssim_rows(repeats):
-    """SSIM loss f+b against pytorch-msssim on 8x3x256^2 float32, and forward
-    throughput at three image sizes (cost should grow linearly with pixels)."""
-    rng = np.random.default_rng(0)
     rows = []
+    for name, x, d, alpha in problems or lasso_problems():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, theirs = median_times([lambda: fa.ista(x, d, alpha),
+                                         lambda: sparse_encode(x, d.T, algorithm="lasso_cd", alpha=alpha / 2,
+                                                               n_jobs=1)], repeats)
+            z, ref = fa.ista(x, d, alpha), sparse_encode(x, d.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)
+        gap = lasso_objective(x, d, alpha, z) / lasso_objective(x, d, alpha, ref) - 1
+        rows.append({"regime": name, "signals": f"{x.shape[0]} x {x.shape[1]}, {d.shape[1]} atoms",
+                     "active": float((ref != 0).sum(axis=1).mean()), "fastae ms": ours * 1e3,
+                     "sklearn ms": theirs * 1e3, "speed-up": theirs / ours, "objective vs sklearn": gap})
+    return rows
+
+
+def ista_row(repeats=3):
+    """The planted-sparse regime alone (the row fastae bench has always shown)."""
+    return ista_rows(repeats, lasso_problems()[:1])[0]
+
+
+SSIM_CASES = [("ssim_loss", (8, 3, 256, 256), "valid"), ("ssim_loss", (1, 3, 1024, 1024), "valid"),
+              ("ssim_loss", (1, 1, 2048, 2048), "valid"), ("ssim_loss", (128, 1, 16, 16), "same"),
+              ("ssim_loss", (512, 3, 32, 32), "same"), ("ms_ssim", (8, 3, 256, 256), "valid"),
+              ("mixed_loss", (8, 3, 256, 256), "valid")]
+
+
+def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
+    """The SSIM family, float32 forward+backward, against pytorch-msssim (1 - ssim or 1 - ms_ssim, plus
+    F.l1_loss for the mixed loss, autograd) at fastae's thread counts ``threads`` (torch: all cores):
+    Mpixel/s, the ratio to the peer, and the speed-up of the second thread count over the first."""
+    rng = np.random.default_rng(0)
     try:
         import torch
+        import torch.nn.functional as F
+        from pytorch_msssim import ms_ssim as peer_ms_ssim
         from pytorch_msssim import ssim as peer_ssim
     except ImportError:
         torch = None
-    for n, side in [(128, 64), (8, 256), (1, 1024)]:
-        x = rng.random((n, 3, side, side), dtype=np.float32)
-        y = np.clip(x + 0.1 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+    rows = []
+    for kind, shape, padding in cases:
+        x = rng.random(shape, dtype=np.float32)
+        y = np.clip(x + 0.1 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
         out = np.empty_like(x)
-        functions = [lambda: fa.ssim_loss(x, y), lambda: fa.ssim_loss(x, y, grad=True, out=out)]
-        if torch is not None:
+        options = {} if kind == "ms_ssim" else {"padding": padding}
+        if kind == "mixed_loss":
+            options["alpha"] = 0.16
+
+        def ours():
+            getattr(fa, kind)(x, y, grad=True, out=out, **options)
+        functions = []
+        for n in threads:
+            functions.append(lambda n=n: _with_threads(n, ours))
+        if kind == "mixed_loss":
+            functions.append(lambda: _with_threads(threads[-1], lambda: fa.ssim_loss(x, y, grad=True, out=out)))
+        if torch is not None and padding == "valid":
             X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
 
             def peer_step():
                 X.grad = None
-                (1 - peer_ssim(X, Y, data_range=1.0)).backward()
-            functions += [lambda: peer_ssim(X.detach(), Y, data_range=1.0), peer_step]
+                if kind == "ms_ssim":
+                    loss = 1 - peer_ms_ssim(X, Y, data_range=1.0)
+                else:
+                    loss = 1 - peer_ssim(X, Y, data_range=1.0)
+                    if kind == "mixed_loss":
+                        loss = 0.16 * F.l1_loss(X, Y) + 0.84 * loss
+                loss.backward()
+            functions.append(peer_step)
         times = median_times(functions, repeats)
-        pixels = x.size
-        row = {"images": f"{n}x3x{side}^2", "fwd Mpx/s": pixels / times[0] / 1e6, "fwd ms": times[0] * 1e3,
-               "f+b ms": times[1] * 1e3, "f+b Mpx/s": pixels / times[1] / 1e6}
-        if torch is not None:
-            row.update({"peer f+b ms": times[3] * 1e3, "f+b x peer": times[3] / times[1],
-                        "fwd x peer": times[2] / times[0]})
+        ours_times, rest = times[:len(threads)], times[len(threads):]
+        row = {"loss": kind, "images": "x".join(map(str, shape)), "padding": padding}
+        for n, seconds in zip(threads, ours_times):
+            row[f"{n}T Mpx/s"] = x.size / seconds / 1e6
+        row[f"{threads[-1]}T/{threads[0]}T"] = ours_times[0] / ours_times[-1]
+        if kind == "mixed_loss":
+            row["x ssim_loss time"] = ours_times[-1] / rest.pop(0)
+        if rest:
+            row["x peer"] = rest[0] / ours_times[-1]
         rows.append(row)
     return rows
+
+
+def _with_threads(n, function):
+    previous = os.environ.get("NUMBA_NUM_THREADS")
+    os.environ["NUMBA_NUM_THREADS"] = str(n)
+    try:
+        return function()
+    finally:
+        if previous is None:
+            del os.environ["NUMBA_NUM_THREADS"]
+        else:
+            os.environ["NUMBA_NUM_THREADS"] = previous
 
 
 def training_step_row(repeats, n=8, side=128, alpha=0.16):
@@ -248,12 +331,12 @@ def dense_epoch_row(repeats=3, hidden=128, k=32, batch_size=128):
 
 def format_table(rows):
     cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]] \
-        or list(rows[0])
+        or list(dict.fromkeys(c for r in rows for c in r))  # every column any row has, in order
     fmt = {"n": lambda v: f"2^{int(np.log2(v))}" if v & (v - 1) == 0 else str(v), "ms": "{:.2f}".format,
            "GB/s": "{:.1f}".format, "x np.add": "{:.2f}".format, "x ceiling": "{:.2f}".format,
            "torch x": "{:.1f}".format}
     default = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    cells = [[fmt.get(c, default)(r[c]) for c in cols] for r in rows]
+    cells = [[fmt.get(c, default)(r[c]) if c in r else "" for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))]
     lines.append("  ".join("-" * w for w in widths))
@@ -283,13 +366,13 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
                                       for row in pointwise_rows(n, np.dtype(dtype), repeats)]),
         ("sparse codes ('x np.add' is against np.abs for soft_threshold alone: 1 read + 1 write)",
          lambda: [row for dtype in dtypes for n in sizes for row in sparse_rows(n, np.dtype(dtype), repeats)]),
-        ("SSIM loss (valid, 11x11 Gaussian window), float32; peer = pytorch-msssim (1 - ssim, autograd)",
-         lambda: ssim_rows(few)),
+        ("SSIM family f+b, float32, 11x11 Gaussian window, fastae on 1 and 2 threads; peer = pytorch-msssim "
+         "(autograd, torch's threads; it has no 'same' padding)", lambda: ssim_rows(few)),
         ("training step, conv autoencoder 3->8->3, mixed L1 + SSIM loss (alpha 0.16), float32, CPU",
          lambda: [training_step_row(few)]),
         ("dense autoencoder, one epoch (BCE on logits, Adam, batch 128), float32; peer = PyTorch eager",
          lambda: [dense_epoch_row(few)]),
-        ("ista, float64, against scikit-learn's sparse_encode(lasso_cd, n_jobs=1)", lambda: [ista_row(few)]),
+        ("ista, float64, against scikit-learn's sparse_encode(lasso_cd, n_jobs=1), per regime", lambda: ista_rows(few)),
     ]
     results = {}
     for title, make in sections:

@@ -195,17 +195,31 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     n_iter = int(n_iter)
     xp = call.xp
     signals = a if a.ndim == 2 else a[None]
-    d64 = d.astype(np.float64)
-    norm = float(xp.linalg.svd(d64, compute_uv=False)[0]) if d.size else 0.0
-    lipschitz = 2.0 * norm ** 2
-    if lipschitz == 0.0:
-        codes = xp.zeros((signals.shape[0], d.shape[1]), a.dtype)
-    else:
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
-            codes, unfinished = call.backend.fista(signals @ d, contiguous(d.T @ d), 1.0 / lipschitz,
-                                                     alpha / lipschitz, n_iter, tol, accelerated)
-        if unfinished:
-            warnings.warn(f"ista: {unfinished} of {signals.shape[0]} signals still moved by more than "
-                          f"tol={tol:g} after n_iter={n_iter} steps; raise n_iter", ConvergenceWarning,
-                          stacklevel=3)
-    return call.back(codes.reshape(a.shape[:-1] + (d.shape[1],)))
+    n, k = signals.shape[0], d.shape[1]
+    b, gram = signals @ d, contiguous(d.T @ d)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
+        if k and _orthonormal(gram, xp):  # the exact optimum in closed form: soft(x D, alpha / 2)
+            codes = contiguous(b)
+            call.backend.soft_threshold(codes, alpha / 2, codes, None)
+            return call.back(codes.reshape(a.shape[:-1] + (k,)))
+        codes = xp.zeros((n, k), a.dtype)
+        # z = 0 is optimal exactly where |x D|_inf <= alpha / 2 (the optimality conditions at 0): one product
+        # finds every all-zero code; only the other signals (NaN ones among them) are iterated.
+        live = xp.nonzero(~(xp.abs(b).max(axis=1) <= alpha / 2))[0]
+        norm = float(xp.linalg.svd(d.astype(np.float64), compute_uv=False)[0]) if d.size else 0.0
+        lipschitz = 2.0 * norm ** 2
+        unfinished = 0
+        if live.size and lipschitz > 0.0:
+            solved, unfinished = call.backend.fista(contiguous(b[live]), gram, 1.0 / lipschitz, alpha / lipschitz,
+                                                    n_iter, tol, accelerated)
+            codes[live] = solved
+    if unfinished:
+        warnings.warn(f"ista: {unfinished} of {n} signals still moved by more than tol={tol:g} after "
+                      f"n_iter={n_iter} steps; raise n_iter", ConvergenceWarning, stacklevel=3)
+    return call.back(codes.reshape(a.shape[:-1] + (k,)))
+
+
+def _orthonormal(gram, xp):
+    """D^T D = I to sqrt(eps) of the dtype: the dictionary's LASSO codes have a closed form."""
+    tolerance = np.sqrt(np.finfo(gram.dtype).eps)
+    return gram.shape[0] == 0 or float(xp.abs(gram - xp.eye(gram.shape[0], dtype=gram.dtype)).max()) <= tolerance

@@ -226,3 +226,37 @@ def test_errors_name_the_argument(rng):
         fa.mixed_loss(x, x, alpha=0.5, pixel="huber")
     with pytest.raises(TypeError, match="mixed dtypes"):
         fa.ssim(x, x.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_tall_planes_in_bands_and_any_thread_count(rng, monkeypatch, dtype, padding):
+    """Planes taller than a band (fastae.cpu.ssim.BAND output rows) are cut into bands that share their
+    halo rows; the result matches the reference and is bit-identical for 1 and 2 threads."""
+    from fastae.cpu import ssim as cpu_ssim
+    pred, target = image_pair(rng, (1, 2, 3 * cpu_ssim.BAND + 17, 41), dtype)
+    assert cpu_ssim.layout(2, *pred.shape[-2:], 5 if padding == "same" else 0, 11)[1] >= 3
+    ref_fn = ssim_same_padding if padding == "same" else lambda p, t, **kw: torch_reference(ssim_reference, p, t,
+                                                                                            data_range=1.0, **kw)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+        for fn in (fa.ssim, fa.mixed_loss):
+            kw = {"alpha": 0.3} if fn is fa.mixed_loss else {}
+            results.append([a.tobytes() for a in fn(pred, target, padding=padding, grad=True, **kw)])
+    assert results[:2] == results[2:]
+    value, grad = fa.ssim(pred, target, padding=padding, grad=True)
+    ref_value, ref_grad = ref_fn(pred, target)
+    assert_close(value, ref_value, dtype, "value")
+    assert_close(grad, ref_grad, dtype, "grad", rtol32=1e-4)
+
+
+def test_small_planes_side_by_side_match_one_at_a_time(rng):
+    """Small planes share strips (each with its own padding): every plane's value and gradient are the
+    same numbers as alone."""
+    pred, target = image_pair(rng, (23, 1, 16, 16), np.float32)
+    together = fa.ssim(pred, target, padding="same", reduction="none", grad=True)
+    for i in (0, 9, 22):
+        alone = fa.ssim(pred[i:i + 1], target[i:i + 1], padding="same", reduction="none", grad=True)
+        assert alone.loss.tobytes() == together.loss[i:i + 1].tobytes()
+        np.testing.assert_array_equal(alone.grad[0], together.grad[i])

@@ -1,11 +1,10 @@
-"""SSIM on the CPU: value and exact gradient in one streaming pass per plane.
+"""SSIM on the CPU: value and exact gradient in one streaming pass.
 
 The moments are those of the shifted plane x' = x - s, y' = y - s (s the
 plane's mean: variances and covariances do not change, and float32 keeps its
 digits on bright images): four maps mu'_x, mu'_y, P = E[x'y'] and
-Q = E[(x - y)^2], Gaussian-filtered separably. Each input row is filtered
-horizontally into a ring of ``win`` rows and each output row sums its ring
-vertically. With d = mu'_x - mu'_y, mu = mu' + s,
+Q = E[(x - y)^2], Gaussian-filtered separably. With d = mu'_x - mu'_y,
+mu = mu' + s,
 
     lum = 1 - d^2 / (2 mu_x mu_y + C1 + d^2)
     cs  = 1 - D / (2 cov + C2 + D),  cov = P - mu'_x mu'_y,  D = Q - d^2,
@@ -13,190 +12,336 @@ vertically. With d = mu'_x - mu'_y, mu = mu' + s,
 so identical images give exactly lum = cs = 1 and a gradient of exactly 0
 (D, d and x - y vanish). The gradient of the map's sum is the adjoint filter
 of three coefficient maps A = dS/dmu'_x, B = dS/dP, C = dS/dQ:
-dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C, accumulated into a second ring of
-input rows as the output rows stream by; an input row is written out as soon
-as no later output row touches it. Nothing of plane size is stored but the
-input and the gradient.
+dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C.
+
+The work is cut into tasks of a fixed shape, whatever the thread count: small
+planes side by side in strips (each with its own padding, so that every loop
+runs along a wide row), tall planes into bands of BAND output rows (each band
+reads its halo of win - 1 rows again). A task streams its input rows once:
+each is filtered horizontally into a ring of ``win`` rows, each output row
+sums the ring vertically, its coefficients go into a second ring, and an input
+row's gradient is gathered from that ring as soon as no later output row of
+the task touches it. Rows that two bands touch get a part from each, added in
+band order afterwards; plane sums add band sums in band order. So the result
+is bit-identical for any number of threads, and nothing of plane size is
+allocated but the gradient.
 """
 import numpy as np
 from numba import njit
 
+from ._kernels import KERNEL_OPTIONS
 from ._math import like
 from ._threads import run_chunks
-from ._kernels import KERNEL_OPTIONS, item
+
+BAND = 256          # output rows per task of a tall plane
+STRIP_WIDTH = 256   # padded columns a strip of small planes aims at
 
 
-@njit(**KERNEL_OPTIONS)
-def _mean_of_both(x, y):
-    """The mean of x and y together (summed in float64), in their dtype: the shift."""
-    total = 0.0
-    for r in range(x.shape[0]):
-        for q in range(x.shape[1]):
-            total += np.float64(x[r, q]) + np.float64(y[r, q])
-    return x.dtype.type(total / max(1, 2 * x.size))
-
-
+# ---------------------------------------------------------------- filters: one output row at a time
 @njit(inline="always")
-def _shift_into(x, pad, s, out):
-    """out = x - s, padded by ``pad`` with -s (the shifted zero) on every side."""
-    out[:, :] = -s
-    for r in range(x.shape[0]):
-        for q in range(x.shape[1]):
-            out[r + pad, q + pad] = x[r, q] - s
-
-
-@njit(inline="always")
-def _filter_row(g, xs, ys, i, prod, ring, slot, wv):
-    """The horizontal pass of input row i: the four products filtered into ring[:, slot]."""
-    for q in range(xs.shape[1]):
-        d = xs[i, q] - ys[i, q]
-        prod[0, q] = xs[i, q] * ys[i, q]
-        prod[1, q] = d * d
-    ring[:, slot, :] = like(g[0], 0.0)
-    for t in range(g.size):
+def _hfilter(g, src, dst, n):
+    """dst[j] = sum_t g[t] src[j + t] for j < n: the window along a row (taps four at a time)."""
+    win = g.size
+    g0 = g[0]
+    for j in range(n):
+        dst[j] = g0 * src[j]
+    t = 1
+    while t + 4 <= win:
+        g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
+        for j in range(n):
+            dst[j] += g0 * src[j + t] + g1 * src[j + t + 1] + g2 * src[j + t + 2] + g3 * src[j + t + 3]
+        t += 4
+    while t < win:
         gt = g[t]
-        for j in range(wv):
-            ring[0, slot, j] += gt * xs[i, j + t]
-            ring[1, slot, j] += gt * ys[i, j + t]
-            ring[2, slot, j] += gt * prod[0, j + t]
-            ring[3, slot, j] += gt * prod[1, j + t]
+        for j in range(n):
+            dst[j] += gt * src[j + t]
+        t += 1
 
 
 @njit(inline="always")
-def _coefficients(mom, s, c1, c2, use_cs, scale, coef, wv):
-    """The SSIM (or contrast-structure) sum of one output row from its moments, and scale times
-    the coefficient maps A, B, C of the gradient."""
+def _vfilter(g, ring, o, dst, n):
+    """dst[j] = sum_t g[t] ring[(o + t) % win][j]: the window down a ring of rows (output row o's moments)."""
+    win = g.size
+    a = ring[o % win]
+    g0 = g[0]
+    for j in range(n):
+        dst[j] = g0 * a[j]
+    t = 1
+    while t + 4 <= win:
+        g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
+        a, b = ring[(o + t) % win], ring[(o + t + 1) % win]
+        c, d = ring[(o + t + 2) % win], ring[(o + t + 3) % win]
+        for j in range(n):
+            dst[j] += g0 * a[j] + g1 * b[j] + g2 * c[j] + g3 * d[j]
+        t += 4
+    while t < win:
+        gt, a = g[t], ring[(o + t) % win]
+        for j in range(n):
+            dst[j] += gt * a[j]
+        t += 1
+
+
+@njit(inline="always")
+def _vadjoint(g, ring, k, p, dst, n):
+    """dst[j] = sum_t g[t] ring[(p - t) % win, k][j]: input row p's share of map k of the output rows p - t
+    that saw it."""
+    win = g.size
+    a = ring[p % win, k]
+    g0 = g[0]
+    for j in range(n):
+        dst[j] = g0 * a[j]
+    t = 1
+    while t + 4 <= win:
+        g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
+        a, b = ring[(p - t) % win, k], ring[(p - t - 1) % win, k]
+        c, d = ring[(p - t - 2) % win, k], ring[(p - t - 3) % win, k]
+        for j in range(n):
+            dst[j] += g0 * a[j] + g1 * b[j] + g2 * c[j] + g3 * d[j]
+        t += 4
+    while t < win:
+        gt, a = g[t], ring[(p - t) % win, k]
+        for j in range(n):
+            dst[j] += gt * a[j]
+        t += 1
+
+
+# ---------------------------------------------------------------- the SSIM of one output row
+@njit(inline="always")
+def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, j0, n):
+    """The SSIM (or contrast-structure) sum over columns j0 .. j0 + n of one output row from its moments,
+    and scale times the coefficient maps A, B, C of the gradient there."""
+    e = j0 + n  # (1-D views: LLVM vectorises a loop from 0 over them, not one from an offset)
+    return _coefficients_of(mom[0, j0:e], mom[1, j0:e], mom[2, j0:e], mom[3, j0:e], shift, c1, c2, use_cs, scale,
+                            coef[0, j0:e], coef[1, j0:e], coef[2, j0:e])
+
+
+@njit(inline="always")
+def _coefficients_of(mx_, my_, p_, q_, shift, c1, c2, use_cs, scale, a_, b_, c_):
     one, two = like(c1, 1.0), like(c1, 2.0)
     row_sum = like(c1, 0.0)
-    for j in range(wv):
-        mx, my = mom[0, j], mom[1, j]
-        d = mx - my
-        cov = mom[2, j] - mx * my
-        diff = mom[3, j] - d * d
-        b2 = two * cov + c2 + diff
-        cs = one - diff / b2  # (2 cov + C2) / b2, exactly 1 where diff is 0 (even as a * (1 / b))
-        if use_cs:
+    if use_cs:  # (two loops, not a branch in one: LLVM vectorises each)
+        for j in range(mx_.size):
+            mx, my = mx_[j], my_[j]
+            d = mx - my
+            diff = q_[j] - d * d
+            b2 = two * (p_[j] - mx * my) + c2 + diff
+            cs = one - diff / b2  # (2 cov + C2) / b2, exactly 1 where diff is 0 (even as a * (1 / b))
             row_sum += cs
-            coef[0, j] = scale * two * (mx * cs - my) / b2
-            coef[1, j] = scale * two * diff / (b2 * b2)
-            coef[2, j] = -scale * cs / b2
-        else:
-            ux, uy = mx + s, my + s
-            b1 = two * ux * uy + c1 + d * d
-            lum = one - d * d / b1
-            v = lum * cs
-            row_sum += v
-            coef[0, j] = scale * two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2)
-            coef[1, j] = scale * two * lum * diff / (b2 * b2)
-            coef[2, j] = -scale * v / b2
+            a_[j] = scale * two * (mx * cs - my) / b2
+            b_[j] = scale * two * diff / (b2 * b2)
+            c_[j] = -scale * cs / b2
+        return row_sum
+    for j in range(mx_.size):
+        mx, my = mx_[j], my_[j]
+        d = mx - my
+        diff = q_[j] - d * d
+        b2 = two * (p_[j] - mx * my) + c2 + diff
+        cs = one - diff / b2
+        ux, uy = mx + shift, my + shift
+        b1 = two * ux * uy + c1 + d * d
+        lum = one - d * d / b1
+        v = lum * cs
+        row_sum += v
+        a_[j] = scale * two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2)
+        b_[j] = scale * two * lum * diff / (b2 * b2)
+        c_[j] = -scale * v / b2
     return row_sum
 
 
+# ---------------------------------------------------------------- one task
 @njit(inline="always")
-def _vertical(g, ring, o, mom):
-    """Output row o's moments: the window down the ring of horizontally filtered rows."""
-    mom[:, :] = like(g[0], 0.0)
-    win = g.size
-    for t in range(win):
-        slot = (o + t) % win
-        gt = g[t]
-        for m in range(mom.shape[0]):
-            for j in range(mom.shape[1]):
-                mom[m, j] += gt * ring[m, slot, j]
-
-
-@njit(inline="always")
-def _spread(g, coef, o, back):
-    """The vertical adjoint: output row o's coefficients into the input rows o .. o + win - 1 it saw."""
-    win = g.size
-    for t in range(win):
-        slot = (o + t) % win
-        gt = g[t]
-        for m in range(3):
-            for j in range(coef.shape[1]):
-                back[m, slot, j] += gt * coef[m, j]
-
-
-@njit(inline="always")
-def _gradient_row(g, back, slot, xs, ys, p, pad, full, grad, r, accumulate):
-    """The horizontal adjoint of input row p (ring slot ``slot``), then its gradient into grad[r]:
-    G^T A + y' G^T B + 2 (x - y) G^T C."""
-    full[:, :] = like(g[0], 0.0)
-    for t in range(g.size):
-        gt = g[t]
-        for m in range(3):
-            for j in range(back.shape[2]):
-                full[m, j + t] += gt * back[m, slot, j]
-    back[:, slot, :] = like(g[0], 0.0)
-    for q in range(grad.shape[1]):
-        c = q + pad
-        v = full[0, c] + ys[p, c] * full[1, c] + like(g[0], 2.0) * (xs[p, c] - ys[p, c]) * full[2, c]
-        if accumulate:
-            grad[r, q] += v
-        else:
-            grad[r, q] = v
-
-
-@njit(**KERNEL_OPTIONS)
-def _plane(x, y, g, pad, c1, c2, use_cs, scale, grad, accumulate, xs, ys, ring, back, prod, mom, coef, full):
-    """Sum over the valid positions of the SSIM map (or, with ``use_cs``, the
-    contrast-structure map) of one plane, zero-padded by ``pad`` first; with
-    ``grad`` an array of x's shape, writes (or adds, with ``accumulate``)
-    scale * d sum / dx into it. The other arrays are the caller's buffers."""
-    s = _mean_of_both(x, y)
-    _shift_into(x, pad, s, xs)
-    _shift_into(y, pad, s, ys)
-    hp = xs.shape[0]
-    win = g.size
-    hv = hp - win + 1
-    ring[:, :, :] = like(c1, 0.0)
-    back[:, :, :] = like(c1, 0.0)
-    total = 0.0
-    for i in range(hp):
-        _filter_row(g, xs, ys, i, prod, ring, i % win, ring.shape[2])
-        o = i - win + 1  # the output row now complete
-        if o < 0:
-            continue
-        _vertical(g, ring, o, mom)
-        total += _coefficients(mom, s, c1, c2, use_cs, scale, coef, mom.shape[1])
-        if grad is None:
-            continue
-        _spread(g, coef, o, back)
-        last = hp - 1 if o == hv - 1 else o  # input rows that no later output row touches
-        for p in range(o, last + 1):
-            r = p - pad
-            if 0 <= r < x.shape[0]:
-                _gradient_row(g, back, p % win, xs, ys, p, pad, full, grad, r, accumulate)
-            else:
-                back[:, p % win, :] = like(c1, 0.0)
-    return total
-
-
-@njit(**KERNEL_OPTIONS)
-def _planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, first, stop, sums):
-    """_plane over planes ``first`` to ``stop`` of x, y (P, H, W), with one set of buffers."""
+def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
+    """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted, into xs, ys."""
     h, w = x.shape[1], x.shape[2]
+    wp = w + 2 * pad
+    for i in range(i0, i1):
+        r = i - pad
+        for q in range(m):
+            s = shifts[first_plane + q]
+            base = q * wp
+            if r < 0 or r >= h:
+                for c in range(wp):
+                    xs[i - i0, base + c] = -s
+                    ys[i - i0, base + c] = -s
+                continue
+            for c in range(pad):
+                xs[i - i0, base + c] = -s
+                ys[i - i0, base + c] = -s
+                xs[i - i0, base + pad + w + c] = -s
+                ys[i - i0, base + pad + w + c] = -s
+            for c in range(w):
+                xs[i - i0, base + pad + c] = x[first_plane + q, r, c] - s
+                ys[i - i0, base + pad + c] = y[first_plane + q, r, c] - s
+
+
+@njit(inline="always")
+def _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, m, w, wp, wv, out, r_out):
+    """Input row p's gradient (every plane of the strip) into out[q, r_out]: the horizontal adjoint
+    of its vertical share ``back``, then G^T A + y' G^T B + 2 (x - y) G^T C."""
+    win = g_rev.size
+    two = like(g_rev[0], 2.0)
+    for k in range(3):
+        row = vb[k]
+        for j in range(wv):
+            row[win - 1 + j] = back[k, j]  # vb's ends stay 0: the window's adjoint has nothing there
+        _hfilter(g_rev, row, full[k], wp * m)
+    for q in range(m):
+        s, e = q * wp + pad, q * wp + pad + w  # (1-D views from 0: they vectorise)
+        _gradient_of(full[0, s:e], full[1, s:e], full[2, s:e], xs[p - i0, s:e], ys[p - i0, s:e], two, out[q, r_out])
+
+
+@njit(inline="always")
+def _gradient_of(f0, f1, f2, xr, yr, two, out):
+    for c in range(out.size):
+        out[c] = f0[c] + yr[c] * f1[c] + two * (xr[c] - yr[c]) * f2[c]
+
+
+@njit(**KERNEL_OPTIONS)
+def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, bands, first, stop, sums, edges):
+    """Tasks ``first`` to ``stop``: task k is band k % bands of strip k // bands (m planes side by side).
+    Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
+    ``grad``, and its shared rows (first and last win - 1 of a band inside a tall plane) into edges[k]."""
+    n_planes, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     win = g.size
-    wv = wp - win + 1
+    hv = hp - win + 1
+    width = m * wp
+    wv = width - win + 1          # output columns of a strip row (those between planes are dropped)
+    wvp = wp - win + 1            # output columns of one plane row
     dtype = x.dtype
-    xs, ys = np.empty((hp, wp), dtype), np.empty((hp, wp), dtype)
-    ring = np.empty((4, win, wv), dtype)    # horizontally filtered moments of the last win input rows
-    back = np.empty((3, win, wv), dtype)    # vertical adjoint of A, B, C for the input rows in flight
-    prod, full = np.empty((2, wp), dtype), np.empty((3, wp), dtype)
-    mom, coef = np.empty((4, wv), dtype), np.empty((3, wv), dtype)
+    rows = min(hv, bands_height(hv, bands)) + win - 1
+    xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
+    prod = np.empty((2, rows, width), dtype)
+    ring = np.empty((4, win, wv), dtype)     # horizontally filtered moments of the last win input rows
+    coef = np.zeros((win, 3, wv), dtype)     # coefficients of the last win output rows (0 between planes)
+    mom = np.empty((4, wv), dtype)
+    back = np.empty((3, wv), dtype)
+    vb = np.zeros((3, wv + 2 * (win - 1)), dtype)
+    full = np.empty((3, width), dtype)
+    g_rev = g[::-1].copy()
+    one_plane = np.empty((m, 1, w), dtype)
+    for k in range(first, stop):
+        strip, band = k // bands, k % bands
+        p0 = strip * m
+        mk = min(m, n_planes - p0)
+        o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
+        i0, i1 = o0, o1 + win - 1
+        _load_rows(x, y, shifts, p0, mk, pad, i0, i1, xs, ys)
+        for i in range(i1 - i0):
+            for c in range(width):
+                d = xs[i, c] - ys[i, c]
+                prod[0, i, c] = xs[i, c] * ys[i, c]
+                prod[1, i, c] = d * d
+        coef[:, :, :] = like(c1, 0.0)
+        sums[k, :] = 0.0
+        for i in range(i0, i1):
+            slot = i % win
+            _hfilter(g, xs[i - i0], ring[0, slot], wv)
+            _hfilter(g, ys[i - i0], ring[1, slot], wv)
+            _hfilter(g, prod[0, i - i0], ring[2, slot], wv)
+            _hfilter(g, prod[1, i - i0], ring[3, slot], wv)
+            o = i - win + 1  # the output row now complete
+            if o < o0:
+                continue
+            for map_ in range(4):
+                _vfilter(g, ring[map_], o, mom[map_], wv)
+            for q in range(mk):
+                sums[k, q] += _coefficients(mom, shifts[p0 + q], c1, c2, use_cs, dtype.type(scales[p0 + q]),
+                                            coef[o % win], q * wp, wvp)
+            if grad is None:
+                continue
+            last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
+            for p in range(o, last + 1):
+                if p > o:  # past the band's last output row: no coefficients there
+                    coef[p % win] = like(c1, 0.0)
+                r = p - pad
+                if r < 0 or r >= h:
+                    continue
+                for map_ in range(3):
+                    _vadjoint(g, coef, map_, p, back[map_], wv)
+                head, tail = band > 0 and p < o0 + win - 1, band < bands - 1 and p >= o1
+                if head or tail:
+                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0)
+                    part = 0 if head else 1
+                    row = p - o0 if head else p - o1
+                    for q in range(mk):
+                        for c in range(w):
+                            edges[k, part, row, q, c] = one_plane[q, 0, c]
+                elif accumulate:
+                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0)
+                    for q in range(mk):
+                        for c in range(w):
+                            grad[p0 + q, r, c] += one_plane[q, 0, c]
+                else:
+                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, grad[p0:p0 + mk], r)
+
+
+@njit(inline="always")
+def bands_height(hv, bands):
+    return -(-hv // bands)
+
+
+@njit(**KERNEL_OPTIONS)
+def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_strip, m):
+    """The rows two bands share: the upper band's part, then the lower band's, added into the gradient."""
+    n_planes = grad.shape[0]
+    hv = h + 2 * pad - win + 1
+    for strip in range(first_strip, stop_strip):
+        for band in range(1, bands):
+            o0 = band * bands_height(hv, bands)
+            upper, lower = strip * bands + band - 1, strip * bands + band
+            for row in range(win - 1):
+                r = o0 + row - pad
+                if r < 0 or r >= h:
+                    continue
+                for q in range(min(m, n_planes - strip * m)):
+                    for c in range(grad.shape[2]):
+                        v = edges[upper, 1, row, q, c] + edges[lower, 0, row, q, c]
+                        if accumulate:
+                            grad[strip * m + q, r, c] += v
+                        else:
+                            grad[strip * m + q, r, c] = v
+
+
+@njit(**KERNEL_OPTIONS)
+def _shifts(x, y, first, stop, out):
+    """The shift of planes ``first`` to ``stop``: the mean of x and y together (summed in float64)."""
     for p in range(first, stop):
-        sums[p] = _plane(x[p], y[p], g, pad, c1, c2, use_cs, dtype.type(scales[p]), item(grad, p), accumulate,
-                         xs, ys, ring, back, prod, mom, coef, full)
+        total = 0.0
+        for r in range(x.shape[1]):
+            for q in range(x.shape[2]):
+                total += np.float64(x[p, r, q]) + np.float64(y[p, r, q])
+        out[p] = x.dtype.type(total / max(1, 2 * x.shape[1] * x.shape[2]))
+
+
+def layout(planes, h, w, pad, win):
+    """(planes per strip, bands per plane): fixed by the sizes alone, never by the thread count."""
+    wp, hv = w + 2 * pad, h + 2 * pad - win + 1
+    m = max(1, min(planes, STRIP_WIDTH // wp))
+    bands = max(1, min(-(-hv // BAND), hv // max(2 * win, 1)))  # a band holds at least two windows
+    return m, bands
 
 
 def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate):
-    """The SSIM sums of the planes of x, y (P, H, W), in threads over ranges of planes (see
-    fastae/backends.md); ``scales`` (P,) scales each plane's gradient."""
+    """The SSIM sums of the planes of x, y (P, H, W), in threads over strips and bands (see
+    fastae/backends.md and the module docstring); ``scales`` (P,) scales each plane's gradient."""
+    n_planes, h, w = x.shape
     dtype = x.dtype
     g = g.astype(dtype)
+    win = g.size
     scales = np.ascontiguousarray(scales, np.float64)
-    sums = np.empty(x.shape[0])
-    run_chunks(lambda first, stop: _planes(x, y, g, pad, dtype.type(c1), dtype.type(c2), use_cs, scales, grad,
-                                           accumulate, first, stop, sums), x.shape[0], min_per_thread=1)
-    return sums
+    shifts = np.empty(n_planes, dtype)
+    run_chunks(lambda first, stop: _shifts(x, y, first, stop, shifts), n_planes, min_per_thread=64)
+    m, bands = layout(n_planes, h, w, pad, win)
+    strips = -(-n_planes // m)
+    tasks = strips * bands
+    sums = np.empty((tasks, m))
+    edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, win - 1, m, w), dtype)
+    c1, c2 = dtype.type(c1), dtype.type(c2)
+    run_chunks(lambda first, stop: _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, bands,
+                                          first, stop, sums, edges), tasks, min_per_thread=1)
+    if edges.size:
+        run_chunks(lambda first, stop: _join_bands(edges, bands, win, pad, h, grad, accumulate, first, stop, m),
+                   strips, min_per_thread=1)
+    per_plane = sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
+    return per_plane.reshape(-1)[:n_planes].copy()
