@@ -196,8 +196,8 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     xp = call.xp
     signals = a if a.ndim == 2 else a[None]
     n, k = signals.shape[0], d.shape[1]
-    b, gram = signals @ d, contiguous(d.T @ d)
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
+        b, gram = signals @ d, contiguous(d.T @ d)
         if k and _orthonormal(gram, xp):  # the exact optimum in closed form: soft(x D, alpha / 2)
             codes = contiguous(b)
             call.backend.soft_threshold(codes, alpha / 2, codes, None)

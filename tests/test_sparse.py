@@ -271,8 +271,9 @@ def test_ista_steps_follow_the_reference_iteration(rng, accelerated):
     in float32, so to float32 accuracy."""
     D = dictionary(rng, 40, 24)
     x = signals(rng, D, 64)
+    live = int((np.abs(x @ D).max(axis=1) > 0.1).sum())  # the others' codes are 0 at once (|x D| <= alpha / 2)
     for n_steps in (1, 3):
-        with pytest.warns(fa.ConvergenceWarning, match=f"ista: 64 of 64 signals still moved by more than "
+        with pytest.warns(fa.ConvergenceWarning, match=f"ista: {live} of 64 signals still moved by more than "
                                                         f"tol=0 after n_iter={n_steps} steps; raise n_iter"):
             codes = fa.ista(x, D, 0.2, n_iter=n_steps, tol=0.0, accelerated=accelerated)
         np.testing.assert_allclose(codes, fista_reference(x, D, 0.2, n_steps, accelerated), atol=1e-5)
@@ -359,3 +360,38 @@ def test_ista_errors(rng):
         fa.ista(np.zeros((2, 8)), D, -0.1)
     with pytest.raises(TypeError, match="mixed dtypes: D is float32"):
         fa.ista(np.zeros((2, 8)), D.astype(np.float32), 0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ista_solves_orthonormal_dictionaries_in_closed_form(rng, dtype, monkeypatch):
+    """D^T D = I: the exact codes are soft(x D, alpha / 2), with no iteration at all."""
+    from fastae.bench import dct_dictionary
+    d = dct_dictionary().astype(dtype)
+    x = rng.standard_normal((300, 64)).astype(dtype)
+    import fastae.cpu.backend
+    monkeypatch.setattr(fastae.cpu.backend, "fista", lambda *a: pytest.fail("iterated"))
+    np.testing.assert_array_equal(fa.ista(x, d, 0.3), fa.lasso_codes(x, d, 0.3))
+
+
+def test_ista_finds_all_zero_codes_by_one_product(rng):
+    """z = 0 is optimal exactly where |x D|_inf <= alpha / 2: those signals are never iterated."""
+    D = dictionary(rng, 30, 20)
+    x = rng.standard_normal((200, 30))
+    alpha = 2 * np.quantile(np.abs(x @ D).max(axis=1), 0.5)  # half the signals have zero codes
+    zero = np.abs(x @ D).max(axis=1) <= alpha / 2
+    codes = fa.ista(x, D, alpha, n_iter=2000, tol=1e-12)
+    assert zero.sum() > 50 and not codes[zero].any() and codes[~zero].any(axis=1).all()
+    assert optimality_gap(x, D, codes, alpha) < 1e-8
+
+
+@pytest.mark.parametrize("regime", range(6))
+def test_ista_reaches_scikit_learns_objective_in_every_regime(regime):
+    """The regimes of fastae bench (none built to suit a solver), 400 signals each."""
+    from sklearn.decomposition import sparse_encode
+    from fastae.bench import lasso_objective, lasso_problems
+    name, x, d, alpha = lasso_problems(n=400)[regime]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sparse_encode(x, d.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1, max_iter=10000)
+    ours = fa.ista(x, d, alpha, n_iter=2000)
+    assert lasso_objective(x, d, alpha, ours) <= lasso_objective(x, d, alpha, ref) * (1 + 1e-5), name
