@@ -6,11 +6,13 @@ combines in chunk order. Results are therefore bit-identical for any thread
 count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
 """
+import contextlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+import numpy as np
 
 _pool = None
 MIN_CHUNKS_PER_THREAD = 4  # below this, a thread costs more than it saves
@@ -59,3 +61,28 @@ def run_chunks(kernel, n_chunks, min_per_thread=MIN_CHUNKS_PER_THREAD):
     kernel(bounds[0], bounds[1])
     for f in futures:
         f.result()
+
+
+def one_blas_thread():
+    """NumPy's BLAS on one thread for the block: fastae's threads then split the products themselves, and
+    no idle OpenBLAS worker spins on the cores they need (it does for some 100 ms after each product).
+    Needs threadpoolctl (scikit-learn's dependency); without it, nothing changes."""
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return contextlib.nullcontext()
+        _controller = ThreadpoolController()  # (finding the libraries takes 0.2 ms: once)
+    return _controller.limit(limits=1, user_api="blas")
+
+
+_controller = None
+
+
+def matmul(a, b, out):
+    """out = a @ b, the rows of ``a`` split over the kernels' threads (each product on one BLAS thread
+    under one_blas_thread)."""
+    rows = 256
+    run_chunks(lambda first, stop: np.matmul(a[first * rows:stop * rows], b, out=out[first * rows:stop * rows]),
+               -(-a.shape[0] // rows), min_per_thread=1)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from ._math import like
-from ._threads import run_chunks
+from ._threads import matmul, one_blas_thread, run_chunks
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 
 
@@ -171,9 +171,9 @@ def back_substitute(u, y, m, x):
 
 
 @njit(**KERNEL_OPTIONS)
-def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step, state, rows, codes):
+def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step, state, rows, codes, first, stop):
     """Jump to the exact optimum where FISTA is close to the support: on the
-    iterating rows whose ``change`` is under ``below``.
+    iterating rows ``first`` to ``stop`` whose ``change`` is under ``below``.
     Row r of the batch is signal ``rows[r]`` of ``b`` (all n signals) and of
     ``codes``; ``b`` and ``gram`` are float64 whatever the iterates' dtype.
 
@@ -204,7 +204,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     member = np.zeros(k, np.bool_)
     limit = half_alpha * slack
     solved = 0
-    for r in range(n):
+    for r in range(first, stop):
         if state[r] != ITERATING or not change[r] <= below or step < retry[r]:
             continue  # (NaN codes never qualify: they propagate)
         m = 0
@@ -288,7 +288,7 @@ class _Batch:
         return _Batch(rows, z.astype(dtype), y.astype(dtype), t, tried, np.zeros(rows.size, np.int64))
 
 
-def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
+def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes, split):
     """At most ``n_iter`` FISTA steps on ``batch`` in its dtype, polishing
     every few steps in float64; solved signals go straight into ``codes``.
     Returns the steps taken, the signals converged (in pieces) and those
@@ -306,20 +306,45 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
     i = 0
     while i < n_iter and batch.rows.size:
         m = batch.rows.size
-        np.matmul(batch.y, gram, out=gy[:m])
+        if split:
+            matmul(batch.y, gram, gy[:m])
+        else:
+            np.matmul(batch.y, gram, out=gy[:m])
         if not accelerated:
             batch.t[:] = 1.0  # momentum factor 0: plain ISTA
         finished = fista_rows(batch.y, gy[:m], b, batch.z, step, thr, tol2, batch.t, change, state)
         i += 1
-        if i % POLISH_EVERY == 0:  # one thread: numpy's BLAS threads spin on the other cores after each product
-            finished += polish_rows(batch.z, b64, gram64, half_alpha, slack, change, POLISH_BELOW, batch.tried,
-                                    batch.retry, i, state, batch.rows, codes)
+        if i % POLISH_EVERY == 0:
+            finished += _polish(batch.z, b64, gram64, half_alpha, slack, change, POLISH_BELOW, batch.tried,
+                                batch.retry, i, state, batch.rows, codes, split)
         if finished * 4 >= m:  # set the finished signals aside: the products shrink
             left.append(batch.take(state == CONVERGED))
             keep = state == ITERATING
             batch, b, state = batch.take(keep), b[keep], state[keep]
     left.append(batch.take(state == CONVERGED))
     return i, left, batch.take(state == ITERATING)
+
+
+POLISH_ROWS = 32  # rows per polishing task
+SPLIT_ABOVE = 1 << 24  # n k^2 from which fastae's threads take the products and the polish: below, the
+# threads' wake-up (milliseconds on this VM after a pause) costs more than the second core brings
+
+
+def _polish(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows, codes, split):
+    """polish_rows over the batch in tasks of POLISH_ROWS rows (in threads with ``split``); the count of
+    rows solved."""
+    if not split:
+        return polish_rows(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows, codes,
+                           0, z.shape[0])
+    tasks = -(-z.shape[0] // POLISH_ROWS)
+    solved = np.zeros(tasks, np.int64)
+
+    def run(first, stop):
+        for task in range(first, stop):
+            solved[task] = polish_rows(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state,
+                                       rows, codes, task * POLISH_ROWS, min((task + 1) * POLISH_ROWS, z.shape[0]))
+    run_chunks(run, tasks, min_per_thread=1)
+    return int(solved.sum())
 
 
 def fista(b, gram, step, thr, n_iter, tol, accelerated):
@@ -336,16 +361,24 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     codes settle (to ``SCOUT_TOL``) go on in float64 from where they are.
     """
     n, k = b.shape
+    if n * k * k < SPLIT_ABOVE:  # small products and solves: BLAS's threads, one polishing thread
+        return _fista(b, gram, step, thr, n_iter, tol, accelerated, False)
+    with one_blas_thread():  # large ones: fastae's threads split the products and the polish
+        return _fista(b, gram, step, thr, n_iter, tol, accelerated, True)
+
+
+def _fista(b, gram, step, thr, n_iter, tol, accelerated, split):
+    n, k = b.shape
     codes = np.empty((n, k), b.dtype)  # every row is written: solved, converged or out of steps
     b64, gram64 = b.astype(np.float64, copy=False), gram.astype(np.float64, copy=False)
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
     batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64), np.zeros(n, np.int64))
     scout = b.dtype == np.float64
     steps, left, unfinished = _iterate(batch, b64, gram64, step, thr, n_iter,
-                                       max(tol, SCOUT_TOL) if scout else tol, accelerated, codes)
+                                       max(tol, SCOUT_TOL) if scout else tol, accelerated, codes, split)
     if scout:
         _, left, unfinished = _iterate(_Batch.join(left + [unfinished], np.float64), b64, gram64, step, thr,
-                                       n_iter - steps, tol, accelerated, codes)
+                                       n_iter - steps, tol, accelerated, codes, split)
     for part in left + [unfinished]:
         codes[part.rows] = part.z
     return codes, unfinished.rows.size

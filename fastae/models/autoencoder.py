@@ -1,6 +1,5 @@
 """A dense autoencoder trained with NumPy BLAS products and fastae's fused kernels."""
 import collections
-import contextlib
 import json
 import sys
 import time
@@ -8,6 +7,7 @@ import time
 import numpy as np
 
 import fastae as fa
+from fastae.cpu._threads import one_blas_thread
 
 ACTIVATIONS = tuple(fa.ACTIVATIONS)
 POINTWISE_LOSSES = tuple(fa.LOSSES)
@@ -275,7 +275,7 @@ class Autoencoder:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._fit(x, epochs, batch_size, lr, optimizer, validation, progress, seed, on_epoch, schedule)
 
     def _fit(self, x, epochs, batch_size, lr, optimizer, validation, progress, seed, on_epoch, schedule):
@@ -350,17 +350,6 @@ class Autoencoder:
                                      f"needs {p.dtype} {p.shape}")
                 p[...] = stored
         return model
-
-
-def _one_blas_thread():
-    """A minibatch's products are small: on one BLAS thread they leave the cores to fastae's kernels (a
-    multithreaded OpenBLAS keeps its idle workers spinning on them; 35% of an epoch here). Needs
-    threadpoolctl (scikit-learn's dependency); without it, nothing changes."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}
