@@ -59,47 +59,25 @@ def _hfilter(g, src, dst, n):
 
 
 @njit(inline="always")
-def _vfilter(g, ring, o, dst, n):
-    """dst[j] = sum_t g[t] ring[(o + t) % win][j]: the window down a ring of rows (output row o's moments)."""
+def _ring_filter(g, ring, k, o, step, dst, n):
+    """dst[j] = sum_t g[t] ring[(o + step t) % win, k][j]: the window down a ring of rows, map k (taps four
+    at a time). step = 1: output row o's moments from the input rows it sees; step = -1: input row o's
+    share of the output rows o - t that saw it (the window's adjoint)."""
     win = g.size
-    a = ring[o % win]
+    a = ring[o % win, k]
     g0 = g[0]
     for j in range(n):
         dst[j] = g0 * a[j]
     t = 1
     while t + 4 <= win:
         g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
-        a, b = ring[(o + t) % win], ring[(o + t + 1) % win]
-        c, d = ring[(o + t + 2) % win], ring[(o + t + 3) % win]
+        a, b = ring[(o + step * t) % win, k], ring[(o + step * (t + 1)) % win, k]
+        c, d = ring[(o + step * (t + 2)) % win, k], ring[(o + step * (t + 3)) % win, k]
         for j in range(n):
             dst[j] += g0 * a[j] + g1 * b[j] + g2 * c[j] + g3 * d[j]
         t += 4
     while t < win:
-        gt, a = g[t], ring[(o + t) % win]
-        for j in range(n):
-            dst[j] += gt * a[j]
-        t += 1
-
-
-@njit(inline="always")
-def _vadjoint(g, ring, k, p, dst, n):
-    """dst[j] = sum_t g[t] ring[(p - t) % win, k][j]: input row p's share of map k of the output rows p - t
-    that saw it."""
-    win = g.size
-    a = ring[p % win, k]
-    g0 = g[0]
-    for j in range(n):
-        dst[j] = g0 * a[j]
-    t = 1
-    while t + 4 <= win:
-        g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
-        a, b = ring[(p - t) % win, k], ring[(p - t - 1) % win, k]
-        c, d = ring[(p - t - 2) % win, k], ring[(p - t - 3) % win, k]
-        for j in range(n):
-            dst[j] += g0 * a[j] + g1 * b[j] + g2 * c[j] + g3 * d[j]
-        t += 4
-    while t < win:
-        gt, a = g[t], ring[(p - t) % win, k]
+        gt, a = g[t], ring[(o + step * t) % win, k]
         for j in range(n):
             dst[j] += gt * a[j]
         t += 1
@@ -212,7 +190,7 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
     rows = min(hv, bands_height(hv, bands)) + win - 1
     xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
     prod = np.empty((2, rows, width), dtype)
-    ring = np.empty((4, win, wv), dtype)     # horizontally filtered moments of the last win input rows
+    ring = np.empty((win, 4, wv), dtype)     # horizontally filtered moments of the last win input rows
     coef = np.zeros((win, 3, wv), dtype)     # coefficients of the last win output rows (0 between planes)
     mom = np.empty((4, wv), dtype)
     back = np.empty((3, wv), dtype)
@@ -236,15 +214,15 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
         sums[k, :] = 0.0
         for i in range(i0, i1):
             slot = i % win
-            _hfilter(g, xs[i - i0], ring[0, slot], wv)
-            _hfilter(g, ys[i - i0], ring[1, slot], wv)
-            _hfilter(g, prod[0, i - i0], ring[2, slot], wv)
-            _hfilter(g, prod[1, i - i0], ring[3, slot], wv)
+            _hfilter(g, xs[i - i0], ring[slot, 0], wv)
+            _hfilter(g, ys[i - i0], ring[slot, 1], wv)
+            _hfilter(g, prod[0, i - i0], ring[slot, 2], wv)
+            _hfilter(g, prod[1, i - i0], ring[slot, 3], wv)
             o = i - win + 1  # the output row now complete
             if o < o0:
                 continue
             for map_ in range(4):
-                _vfilter(g, ring[map_], o, mom[map_], wv)
+                _ring_filter(g, ring, map_, o, 1, mom[map_], wv)
             for q in range(mk):
                 sums[k, q] += _coefficients(mom, shifts[p0 + q], c1, c2, use_cs, dtype.type(scales[p0 + q]),
                                             coef[o % win], q * wp, wvp)
@@ -258,7 +236,7 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
                 if r < 0 or r >= h:
                     continue
                 for map_ in range(3):
-                    _vadjoint(g, coef, map_, p, back[map_], wv)
+                    _ring_filter(g, coef, map_, p, -1, back[map_], wv)
                 head, tail = band > 0 and p < o0 + win - 1, band < bands - 1 and p >= o1
                 if head or tail:
                     _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0)

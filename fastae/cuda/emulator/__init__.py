@@ -282,7 +282,20 @@ ATTRIBUTES = {"MaxSharedMemoryPerBlockOptin": 227 * 1024, "MaxSharedMemoryPerBlo
               "MaxGridDimZ": 65535, "MultiProcessorCount": 132, "WarpSize": 32}
 
 
-class Device:
+class _Context:
+    """A context manager with nothing to wait for: launches run to completion when called."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        pass
+
+
+class Device(_Context):
     """The one emulated device (an H100's limits); ``Device(i)`` for i != 0 fails as on a one-GPU machine."""
 
     def __init__(self, device=None):
@@ -292,15 +305,6 @@ class Device:
         self.attributes = dict(ATTRIBUTES)
         self.compute_capability = "90"
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def synchronize(self):
-        pass
-
     def __eq__(self, other):
         return isinstance(other, Device) and other.id == self.id
 
@@ -308,21 +312,12 @@ class Device:
         return self.id
 
 
-class Stream:
-    """Launches run to completion when called, so every stream is always synchronised."""
+class Stream(_Context):
+    """A stream: always synchronised, since launches run to completion when called."""
     null = None
 
     def __init__(self, null=False, non_blocking=False, ptr=0):
         self.ptr = ptr
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def synchronize(self):
-        pass
 
     def use(self):
         return self
