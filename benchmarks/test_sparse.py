@@ -40,17 +40,21 @@ def test_three_streams(benchmark, data, who):
         benchmark(fa.l2_penalty, c, 1e-6, accumulate_into=g)
 
 
+REGIMES = list(range(6))
+
+
 @pytest.mark.parametrize("who", ["sklearn lasso_cd", "fastae ista"])
-def test_ista(benchmark, who):
+@pytest.mark.parametrize("regime", REGIMES)
+def test_ista(benchmark, regime, who):
+    """Each regime of fastae.bench.lasso_problems (planted, dense Gaussian, Gaussian, DCT patches,
+    overcomplete, all-zero) against scikit-learn's sparse_encode(lasso_cd, n_jobs=1)."""
     sparse_encode = pytest.importorskip("sklearn.decomposition").sparse_encode
-    rng = np.random.default_rng(0)
-    D = rng.standard_normal((64, 48))
-    D /= np.linalg.norm(D, axis=0)
-    x = (rng.standard_normal((2000, 48)) * (rng.random((2000, 48)) < 0.2)) @ D.T + 0.05 * rng.standard_normal((2000, 64))
-    benchmark.group = "LASSO codes, 2000 x 64, 48 atoms, float64"
-    if who == "fastae ista":
-        benchmark(fa.ista, x, D, 0.2)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            benchmark(sparse_encode, x, D.T, algorithm="lasso_cd", alpha=0.1, n_jobs=1)
+    from fastae.bench import lasso_problems
+    name, x, d, alpha = lasso_problems()[regime]
+    benchmark.group = f"LASSO codes, {name}: {x.shape[0]} x {x.shape[1]}, {d.shape[1]} atoms, float64"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if who == "fastae ista":
+            benchmark(fa.ista, x, d, alpha)
+        else:
+            benchmark(sparse_encode, x, d.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1)
