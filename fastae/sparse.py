@@ -161,16 +161,11 @@ def lasso_codes(x, U, alpha):
     CUDA device the orthonormality check waits for the device.)"""
     call, a, u = _signals_and_dictionary(x, U, "U")
     alpha = check_number(alpha, "alpha", nonnegative=True)
-    xp = call.xp
-    gram = u.T @ u
-    off = float(xp.abs(gram - xp.eye(u.shape[1], dtype=u.dtype)).max()) if gram.size else 0.0
-    tolerance = np.sqrt(np.finfo(u.dtype).eps)
+    off, tolerance = _off_identity(u.T @ u, call.xp)
     if off > tolerance:
         raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
                          f"{tolerance:.1g}); use fastae.ista for a general dictionary")
-    codes = a @ u
-    call.backend.soft_threshold(codes, alpha / 2, codes, None)
-    return call.back(codes)
+    return call.back(_orthonormal_codes(call, a @ u, alpha))
 
 
 @on_device
@@ -198,10 +193,9 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     n, k = signals.shape[0], d.shape[1]
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
         b, gram = signals @ d, contiguous(d.T @ d)
-        if k and _orthonormal(gram, xp):  # the exact optimum in closed form: soft(x D, alpha / 2)
-            codes = contiguous(b)
-            call.backend.soft_threshold(codes, alpha / 2, codes, None)
-            return call.back(codes.reshape(a.shape[:-1] + (k,)))
+        off, tolerance = _off_identity(gram, xp)
+        if off <= tolerance:  # an orthonormal dictionary: the exact optimum in closed form
+            return call.back(_orthonormal_codes(call, b, alpha).reshape(a.shape[:-1] + (k,)))
         codes = xp.zeros((n, k), a.dtype)
         # z = 0 is optimal exactly where |x D|_inf <= alpha / 2 (the optimality conditions at 0): one product
         # finds every all-zero code; only the other signals (NaN ones among them) are iterated.
@@ -219,7 +213,14 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     return call.back(codes.reshape(a.shape[:-1] + (k,)))
 
 
-def _orthonormal(gram, xp):
-    """D^T D = I to sqrt(eps) of the dtype: the dictionary's LASSO codes have a closed form."""
-    tolerance = np.sqrt(np.finfo(gram.dtype).eps)
-    return gram.shape[0] == 0 or float(xp.abs(gram - xp.eye(gram.shape[0], dtype=gram.dtype)).max()) <= tolerance
+def _off_identity(gram, xp):
+    """max |D^T D - I| and the tolerance (sqrt(eps) of the dtype) within which D is orthonormal."""
+    off = float(xp.abs(gram - xp.eye(gram.shape[0], dtype=gram.dtype)).max()) if gram.size else 0.0
+    return off, np.sqrt(np.finfo(gram.dtype).eps)
+
+
+def _orthonormal_codes(call, b, alpha):
+    """The LASSO codes of an orthonormal dictionary from b = x D: soft(b, alpha / 2), in place."""
+    codes = contiguous(b)
+    call.backend.soft_threshold(codes, alpha / 2, codes, None)
+    return codes

@@ -189,7 +189,7 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
     dtype = x.dtype
     rows = min(hv, bands_height(hv, bands)) + win - 1
     xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
-    prod = np.empty((2, rows, width), dtype)
+    prod = np.empty((2, width), dtype)
     ring = np.empty((win, 4, wv), dtype)     # horizontally filtered moments of the last win input rows
     coef = np.zeros((win, 3, wv), dtype)     # coefficients of the last win output rows (0 between planes)
     mom = np.empty((4, wv), dtype)
@@ -205,19 +205,18 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
         _load_rows(x, y, shifts, p0, mk, pad, i0, i1, xs, ys)
-        for i in range(i1 - i0):
-            for c in range(width):
-                d = xs[i, c] - ys[i, c]
-                prod[0, i, c] = xs[i, c] * ys[i, c]
-                prod[1, i, c] = d * d
         coef[:, :, :] = like(c1, 0.0)
         sums[k, :] = 0.0
         for i in range(i0, i1):
-            slot = i % win
-            _hfilter(g, xs[i - i0], ring[slot, 0], wv)
-            _hfilter(g, ys[i - i0], ring[slot, 1], wv)
-            _hfilter(g, prod[0, i - i0], ring[slot, 2], wv)
-            _hfilter(g, prod[1, i - i0], ring[slot, 3], wv)
+            slot, xr, yr = i % win, xs[i - i0], ys[i - i0]
+            for c in range(width):  # the row's products, then the four maps' horizontal pass
+                d = xr[c] - yr[c]
+                prod[0, c] = xr[c] * yr[c]
+                prod[1, c] = d * d
+            _hfilter(g, xr, ring[slot, 0], wv)
+            _hfilter(g, yr, ring[slot, 1], wv)
+            _hfilter(g, prod[0], ring[slot, 2], wv)
+            _hfilter(g, prod[1], ring[slot, 3], wv)
             o = i - win + 1  # the output row now complete
             if o < o0:
                 continue
