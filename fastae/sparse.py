@@ -173,14 +173,18 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     """argmin_z ||x - D z||^2 + alpha ||z||_1 for any dictionary D (d, k),
     batched over the rows of x ((n, d) or (d,)); returns codes (n, k) or (k,).
 
-    FISTA (``accelerated=True``, with adaptive momentum restart) or ISTA, step
-    1 / L with L = 2 ||D||_2^2. On the CPU each signal stops when the relative
-    change of its codes ||z' - z|| / ||z'|| falls under ``tol``, or when, its
-    support (nearly) found, small linear solves on that support give the
-    exact optimum (checked by the optimality conditions); float64 signals
-    take their first steps in float32 and are exact at convergence. On a CUDA
-    device the batch stops when every signal's change is under ``tol``
-    (checked every few steps). At most ``n_iter`` steps.
+    An orthonormal D is solved in closed form, and the signals with
+    |x D|_inf <= alpha / 2 (zero codes) by that one product. On the CPU the
+    others are solved one by one, spread over the threads, by coordinate
+    descent on G = D^T D (full sweeps alternating with sweeps over the
+    support) and, once a sweep leaves the support and signs unchanged, a
+    linear solve on that support, which is the exact optimum when the
+    optimality conditions hold; a signal also stops when a sweep changes its
+    codes by at most ``tol`` relatively. ``n_iter`` bounds the full sweeps.
+    On a CUDA device: batched FISTA (``accelerated=True``, with adaptive
+    momentum restart) or ISTA, step 1 / L with L = 2 ||D||_2^2, stopping when
+    every signal's relative change is under ``tol`` (checked every few
+    steps), at most ``n_iter`` steps.
     """
     call, a, d = _signals_and_dictionary(x, D, "D")
     alpha = check_number(alpha, "alpha", nonnegative=True)
@@ -191,7 +195,8 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     xp = call.xp
     signals = a if a.ndim == 2 else a[None]
     n, k = signals.shape[0], d.shape[1]
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite signals give NaN codes, quietly
+    # (On the CPU the products take one BLAS thread: its idle workers would spin on the cores the solver needs.)
+    with np.errstate(invalid="ignore", over="ignore"), call.backend.one_blas_thread():
         b, gram = signals @ d, contiguous(d.T @ d)
         off, tolerance = _off_identity(gram, xp)
         if off <= tolerance:  # an orthonormal dictionary: the exact optimum in closed form
@@ -200,16 +205,13 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
         # z = 0 is optimal exactly where |x D|_inf <= alpha / 2 (the optimality conditions at 0): one product
         # finds every all-zero code; only the other signals (NaN ones among them) are iterated.
         live = xp.nonzero(~(xp.abs(b).max(axis=1) <= alpha / 2))[0]
-        norm = float(xp.linalg.svd(d.astype(np.float64), compute_uv=False)[0]) if d.size else 0.0
-        lipschitz = 2.0 * norm ** 2
         unfinished = 0
-        if live.size and lipschitz > 0.0:
-            solved, unfinished = call.backend.fista(contiguous(b[live]), gram, 1.0 / lipschitz, alpha / lipschitz,
-                                                    n_iter, tol, accelerated)
+        if live.size:
+            solved, unfinished = call.backend.lasso(contiguous(b[live]), gram, alpha, n_iter, tol, accelerated)
             codes[live] = solved
     if unfinished:
         warnings.warn(f"ista: {unfinished} of {n} signals still moved by more than tol={tol:g} after "
-                      f"n_iter={n_iter} steps; raise n_iter", ConvergenceWarning, stacklevel=3)
+                      f"n_iter={n_iter} iterations; raise n_iter", ConvergenceWarning, stacklevel=3)
     return call.back(codes.reshape(a.shape[:-1] + (k,)))
 
 

@@ -117,12 +117,27 @@ def test_soft_threshold_and_kl(backend, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fista_reaches_the_closed_form_on_an_orthonormal_dictionary(backend, rng, dtype):
+def test_lasso_reaches_the_optimum(backend, rng, dtype):
+    """An orthonormal dictionary (the closed form soft(x D, alpha / 2)), then general ones with fewer and
+    with more atoms than dimensions (the optimality conditions)."""
     module, xp = backend
     d = np.linalg.qr(rng.standard_normal((16, 8)))[0]
     x = rng.standard_normal((30, 16))
     b = (x @ d).astype(dtype)
-    codes, unfinished = module.fista(xp.asarray(b), xp.asarray(np.eye(8, dtype=dtype)), 0.5, 0.5 * 0.3, 500,
-                                     1e-12, True)
-    exact = np.sign(x @ d) * np.maximum(np.abs(x @ d) - 0.15, 0)  # soft(x D, alpha / 2), L = 2
+    codes, unfinished = module.lasso(xp.asarray(b), xp.asarray(np.eye(8, dtype=dtype)), 0.3, 500, 1e-12, True)
+    exact = np.sign(x @ d) * np.maximum(np.abs(x @ d) - 0.15, 0)
     np.testing.assert_allclose(_host(codes), exact, atol=1e-5 if dtype == np.float32 else 1e-12)
+    assert unfinished == 0
+    for atoms in (10, 24):
+        d = rng.standard_normal((16, atoms))
+        d /= np.linalg.norm(d, axis=0)
+        b, gram = x @ d, d.T @ d
+        codes, unfinished = module.lasso(xp.asarray(b.astype(dtype)), xp.asarray(gram.astype(dtype)), 0.5, 5000,
+                                         1e-6 if dtype == np.float32 else 1e-10, True)
+        residual = b - _host(codes).astype(np.float64) @ gram
+        z = _host(codes)
+        assert unfinished == 0 and (z != 0).any() and (z == 0).any()
+        on = np.abs(residual - 0.25 * np.sign(z))[z != 0].max()
+        off = np.abs(residual)[z == 0].max()
+        tolerance = 1e-3 if dtype == np.float32 else 1e-6
+        assert on < 0.25 * tolerance and off < 0.25 * (1 + tolerance), (atoms, on, off)

@@ -274,7 +274,7 @@ def test_ista_steps_follow_the_reference_iteration(rng, accelerated):
     live = int((np.abs(x @ D).max(axis=1) > 0.1).sum())  # the others' codes are 0 at once (|x D| <= alpha / 2)
     for n_steps in (1, 3):
         with pytest.warns(fa.ConvergenceWarning, match=f"ista: {live} of 64 signals still moved by more than "
-                                                        f"tol=0 after n_iter={n_steps} steps; raise n_iter"):
+                                                        f"tol=0 after n_iter={n_steps} iterations; raise n_iter"):
             codes = fa.ista(x, D, 0.2, n_iter=n_steps, tol=0.0, accelerated=accelerated)
         np.testing.assert_allclose(codes, fista_reference(x, D, 0.2, n_steps, accelerated), atol=1e-5)
 
@@ -369,7 +369,7 @@ def test_ista_solves_orthonormal_dictionaries_in_closed_form(rng, dtype, monkeyp
     d = dct_dictionary().astype(dtype)
     x = rng.standard_normal((300, 64)).astype(dtype)
     import fastae.cpu.backend
-    monkeypatch.setattr(fastae.cpu.backend, "fista", lambda *a: pytest.fail("iterated"))
+    monkeypatch.setattr(fastae.cpu.backend, "lasso", lambda *a: pytest.fail("iterated"))
     np.testing.assert_array_equal(fa.ista(x, d, 0.3), fa.lasso_codes(x, d, 0.3))
 
 
@@ -395,3 +395,53 @@ def test_ista_reaches_scikit_learns_objective_in_every_regime(regime):
         ref = sparse_encode(x, d.T, algorithm="lasso_cd", alpha=alpha / 2, n_jobs=1, max_iter=10000)
     ours = fa.ista(x, d, alpha, n_iter=2000)
     assert lasso_objective(x, d, alpha, ours) <= lasso_objective(x, d, alpha, ref) * (1 + 1e-5), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ista_with_more_atoms_than_dimensions_is_exact_for_any_threads_and_batch(rng, dtype, monkeypatch):
+    """G singular (70 atoms in 30 dimensions): coordinate descent with exact solves on the support. Each
+    signal is solved alone: the codes do not depend on the threads nor on the other signals. (At smaller
+    alpha some optima use all 30 dimensions, where G_SS is ill conditioned or singular: those signals stop
+    by ``tol``, as scikit-learn's do, short of exact.)"""
+    import fastae.cpu.sparse as cpu_sparse
+    D = dictionary(rng, 30, 70, dtype)
+    x = rng.standard_normal((301, 30)).astype(dtype)[::2]  # non-contiguous rows
+    monkeypatch.setattr(cpu_sparse, "fista", lambda *a: pytest.fail("FISTA on a singular G"))
+    monkeypatch.setattr(cpu_sparse, "THREADS_FROM", 0)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    codes = fa.ista(x, D, 1.0)
+    gap = optimality_gap(x, D, codes, 1.0)
+    assert gap < (3e-6 if dtype == np.float32 else 1e-10)
+    assert 3 < (codes != 0).sum(axis=1).mean() < 25
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    np.testing.assert_array_equal(fa.ista(x, D, 1.0), codes)
+    np.testing.assert_array_equal(fa.ista(x[17:40], D, 1.0), codes[17:40])
+    # (one signal: x D is a matrix-vector product, which BLAS rounds otherwise)
+    np.testing.assert_allclose(fa.ista(x[5], D, 1.0), codes[5], rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_ista_coordinate_descent_descends_sweep_by_sweep(rng):
+    """Every coordinate step lowers the objective: cut off after 1, 2, 3 sweeps, the objective falls, and
+    the signals not done are counted in the warning."""
+    D = dictionary(rng, 20, 50)
+    x = rng.standard_normal((40, 20))
+    values = []
+    for n_iter in (1, 2, 3):
+        with pytest.warns(fa.ConvergenceWarning, match=rf"ista: \d+ of 40 signals still moved by more than "
+                                                       rf"tol=0 after n_iter={n_iter} iterations; raise n_iter"):
+            values.append(objective(x, D, fa.ista(x, D, 0.3, n_iter=n_iter, tol=0.0), 0.3))
+    final = objective(x, D, fa.ista(x, D, 0.3), 0.3)
+    assert values[0] > values[1] > values[2] > final
+    assert values[0] < objective(x, D, np.zeros((40, 50)), 0.3)
+
+
+def test_run_tasks_runs_every_task_once_on_each_thread_count(monkeypatch):
+    from fastae.cpu._threads import run_tasks
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+        seen = []
+        run_tasks(seen.append, 57)
+        assert sorted(seen) == list(range(57))
+        seen = []
+        run_tasks(seen.append, 5, parallel=False)
+        assert seen == list(range(5))

@@ -7,6 +7,7 @@ count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
 """
 import contextlib
+import itertools
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,31 @@ def run_chunks(kernel, n_chunks, min_per_thread=MIN_CHUNKS_PER_THREAD):
         f.result()
 
 
+def run_tasks(kernel, n_tasks, parallel=True):
+    """Call ``kernel(task)`` for every task in ``range(n_tasks)``, each thread taking the next task as it
+    comes free, so that a thread on a busy core takes fewer (for tasks whose results do not depend on
+    which thread runs them). ``parallel=False``: all in the calling thread."""
+    global _pool
+    threads = min(num_threads(), n_tasks) if parallel else 1
+    if threads <= 1:
+        for task in range(n_tasks):
+            kernel(task)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
+    counter = itertools.count()  # (next() on it is atomic under the GIL)
+
+    def work():
+        for task in iter(lambda: next(counter), None):
+            if task >= n_tasks:
+                return
+            kernel(task)
+    futures = [_pool.submit(work) for _ in range(threads - 1)]
+    work()
+    for f in futures:
+        f.result()
+
+
 def one_blas_thread():
     """NumPy's BLAS on one thread for the block: fastae's threads then split the products themselves, and
     no idle OpenBLAS worker spins on the cores they need (it does for some 100 ms after each product).
@@ -79,10 +105,3 @@ def one_blas_thread():
 
 _controller = None
 
-
-def matmul(a, b, out):
-    """out = a @ b, the rows of ``a`` split over the kernels' threads (each product on one BLAS thread
-    under one_blas_thread)."""
-    rows = 256
-    run_chunks(lambda first, stop: np.matmul(a[first * rows:stop * rows], b, out=out[first * rows:stop * rows]),
-               -(-a.shape[0] // rows), min_per_thread=1)

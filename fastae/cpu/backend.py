@@ -1,9 +1,9 @@
 """The CPU backend's side of the contract in fastae/backends.md."""
 import numpy as np
 
-from ._threads import num_threads, run_chunks  # noqa: F401  (fastae bench's threads)
+from ._threads import num_threads, one_blas_thread, run_chunks  # noqa: F401  (fastae bench's threads)
 from .pointwise import activate, pointwise  # noqa: F401
-from .sparse import fista, kl_sparsity, soft_threshold  # noqa: F401
+from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
 
 

@@ -52,14 +52,20 @@ def kl_sparsity(h, rho, beta, grad):
     return value
 
 
-def fista(b, gram, step, thr, n_iter, tol, accelerated):
+def lasso(b, gram, alpha, n_iter, tol, accelerated):
     """Codes (n, k) minimising ||x - D z||^2 + alpha ||z||_1 for every signal,
-    from b = x D and gram = D^T D; step = 1 / L, thr = alpha * step. Stops
-    when every signal's codes changed by at most ``tol`` relatively (checked
-    every CHECK_EVERY steps) or after ``n_iter`` steps. Returns the codes and
-    the count of signals whose codes still moved more than ``tol``."""
+    from b = x D and gram = D^T D, by batched FISTA with adaptive restart
+    (``accelerated``, else ISTA): step 1 / L with L = 2 ||D||_2^2, the largest
+    eigenvalue of 2 G. Stops when every signal's codes changed by at most
+    ``tol`` relatively (checked every CHECK_EVERY steps) or after ``n_iter``
+    steps. Returns the codes and the count of signals whose codes still moved
+    more than ``tol``."""
     cupy = cuda_runtime()
     n, k = b.shape
+    lipschitz = 2.0 * float(cupy.linalg.eigvalsh(gram.astype(np.float64))[-1]) if k else 0.0
+    if lipschitz <= 0.0:  # a zero dictionary: zero codes
+        return cupy.zeros((n, k), b.dtype), 0
+    step, thr = 1.0 / lipschitz, alpha / lipschitz
     z = cupy.zeros((n, k), b.dtype)
     if n == 0:
         return z, 0  # (a grid of no blocks is a launch error)
