@@ -15,6 +15,12 @@ from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 
 
 @njit(**KERNEL_OPTIONS)
+def soft(v, t):
+    """sign(v) max(|v| - t, 0); NaN stays NaN."""
+    return like(v, 0.0) if abs(v) <= t else (v - t if v > 0 else v + t)
+
+
+@njit(**KERNEL_OPTIONS)
 def _soft_block(c, lam, out, mask):
     for i in range(c.size):
         x = c[i]
@@ -183,7 +189,7 @@ def fista_rows(y, gy, b, z, step, thr, tol2, t, change, state):
         back = like(step, 0.0)
         for j in range(k):  # z' goes into gy, no longer needed
             v = y[r, j] - two_step * (gy[r, j] - b[r, j])
-            zn = like(v, 0.0) if abs(v) <= thr else (v - thr if v > 0 else v + thr)  # soft(v, thr)
+            zn = soft(v, thr)
             gy[r, j] = zn
             back += (y[r, j] - zn) * (zn - z[r, j])
         tr = 1.0 if back > 0 else t[r]  # restart: forget the momentum
@@ -378,12 +384,6 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     for part in left + [unfinished]:
         codes[part.rows] = part.z
     return codes, unfinished.rows.size
-
-
-@njit(**KERNEL_OPTIONS)
-def soft(v, t):
-    """sign(v) max(|v| - t, 0); NaN stays NaN."""
-    return like(v, 0.0) if abs(v) <= t else (v - t if v > 0 else v + t)
 
 
 @njit(**KERNEL_OPTIONS)
