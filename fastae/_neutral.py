@@ -1,7 +1,20 @@
-"""Helpers of the structural losses that belong to no backend: the Gaussian window (computed once
-on the host, in float64) and the 2x2 average pooling of MS-SSIM with its adjoint, written against
-whichever array module holds the images (NumPy or CuPy)."""
+"""Helpers that belong to no backend, written against whichever array module holds the data (NumPy
+or CuPy): the Gaussian window of the structural losses (computed once on the host, in float64), the
+2x2 average pooling of MS-SSIM with its adjoint, and the products of the sparse codes."""
 import numpy as np
+
+
+def rows_times(a, b, out=None):
+    """a @ b for a (n, d), each row of the result the same whatever the other rows: NumPy hands a
+    single row to BLAS's gemv, whose sums run in another order than gemm's, so a signal's codes would
+    depend on the signals solved beside it (the last row of a Dask block, the last signal of a batch)."""
+    if a.shape[0] != 1:
+        return np.matmul(a, b, out=out) if out is not None else a @ b
+    row = (a[[0, 0]] @ b)[:1]  # two rows: gemm
+    if out is None:
+        return row
+    out[...] = row
+    return out
 
 
 def gaussian_window(win_size, sigma):

@@ -14,6 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._arrays import Call, check_number, contiguous, is_number, on_device
+from ._neutral import rows_times
 from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
@@ -165,7 +166,8 @@ def lasso_codes(x, U, alpha):
     if off > tolerance:
         raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
                          f"{tolerance:.1g}); use fastae.ista for a general dictionary")
-    return call.back(_orthonormal_codes(call, a @ u, alpha))
+    b = rows_times(a.reshape(-1, a.shape[-1]), u).reshape(a.shape[:-1] + (u.shape[1],))
+    return call.back(_orthonormal_codes(call, b, alpha))
 
 
 @on_device
@@ -197,7 +199,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     n, k = signals.shape[0], d.shape[1]
     # (On the CPU the products take one BLAS thread: its idle workers would spin on the cores the solver needs.)
     with np.errstate(invalid="ignore", over="ignore"), call.backend.one_blas_thread():
-        b, gram = signals @ d, contiguous(d.T @ d)
+        b, gram = rows_times(signals, d), contiguous(d.T @ d)
         off, tolerance = _off_identity(gram, xp)
         if off <= tolerance:  # an orthonormal dictionary: the exact optimum in closed form
             return call.back(_orthonormal_codes(call, b, alpha).reshape(a.shape[:-1] + (k,)))

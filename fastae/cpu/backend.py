@@ -1,6 +1,7 @@
 """The CPU backend's side of the contract in fastae/backends.md."""
 import numpy as np
 
+from ._kernels import CHUNK as SUM_PIECE  # noqa: F401  (pointwise sums pieces of this many elements)
 from ._threads import num_threads, one_blas_thread, run_chunks  # noqa: F401  (fastae bench's threads)
 from .pointwise import activate, pointwise  # noqa: F401
 from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401

@@ -12,6 +12,7 @@ from numba import njit
 from ._math import like
 from ._threads import one_blas_thread, run_chunks, run_tasks
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
+from .._neutral import rows_times
 
 
 @njit(**KERNEL_OPTIONS)
@@ -316,7 +317,7 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes, bla
     i, parallel = 0, None
     while i < n_iter and batch.rows.size:
         m = batch.rows.size
-        np.matmul(batch.y, gram, out=gy[:m])
+        rows_times(batch.y, gram, out=gy[:m])
         if not accelerated:
             batch.t[:] = 1.0  # momentum factor 0: plain ISTA
         finished = fista_rows(batch.y, gy[:m], b, batch.z, step, thr, tol2, batch.t, change, state)

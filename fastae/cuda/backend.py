@@ -5,3 +5,5 @@ from .bfloat16 import from_float32, to_float32  # noqa: F401
 from .pointwise import activate, pointwise  # noqa: F401
 from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
+
+SUM_PIECE = None  # pointwise sums the whole array in one tree
