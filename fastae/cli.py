@@ -7,7 +7,7 @@ import sys
 
 from ._table import ACTIVATIONS
 from .models.autoencoder import LOSSES, SCHEDULES
-from .train import DEFAULTS
+from .train import CONV_LOSSES, DEFAULTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,8 +127,9 @@ def _data_options(p, epochs_help):
     p.add_argument("--epochs", type=_checked(POSITIVE_INT), help=epochs_help)
     p.add_argument("--batch-size", type=_checked(POSITIVE_INT), default=DEFAULTS["batch_size"], help="samples per step")
     p.add_argument("--lr", type=_checked(POSITIVE), default=DEFAULTS["lr"], help="Adam's (peak) learning rate")
-    p.add_argument("--code", type=_checked(POSITIVE_INT), default=DEFAULTS["code"],
-                   help="code size k (PCA with the same k is the baseline)")
+    p.add_argument("--code", type=_checked(POSITIVE_INT),
+                   help=f"code size k (default {DEFAULTS['code']}; PCA with the same k is the baseline); with "
+                        "--model conv, the code map's channels (default 8: k = 8 (crop / 8)^2)")
     p.add_argument("--out", type=_out_dir, default="fastae-out", help="directory for the outputs")
     p.add_argument("--quick", action="store_true", help="fewer patches and epochs (seconds)")
 
@@ -151,6 +152,17 @@ def parser():
                            description="Train a dense autoencoder on real images; writes metrics.json, "
                                        "reconstructions.png and loss.png.")
     _data_options(train, "passes over the data (default: 30, or 10 with --quick)")
+    train.add_argument("--model", choices=["dense", "conv"], default="dense",
+                       help="dense: NumPy on fastae's kernels; conv: a convolutional autoencoder in PyTorch on "
+                            "fastae.torch's losses (needs torch; data-parallel under torchrun)")
+    train.add_argument("--crop", type=_checked(_number(int, 16, 128, what="a multiple of 8 in [16, 128]")),
+                       default=64, help="side of the photographs' crops (--model conv)")
+    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where --model conv trains")
+    train.add_argument("--peer-loss", action="store_true",
+                       help="--model conv: the same loss by pytorch-msssim and torch.nn.functional (to compare)")
+    train.add_argument("--micro-batches", type=_checked(_number(int, 1, 64, what="a power of 2 up to 64")), default=1,
+                       help="--model conv: gradient accumulation over this many interleaved parts of each batch "
+                            "(one process with N does what torchrun with N processes does)")
     train.add_argument("--loss", choices=LOSSES, default="mixed",
                        help="reconstruction loss (mixed: alpha * L1 + (1 - alpha) * (1 - SSIM))")
     train.add_argument("--alpha", type=_checked(FRACTION),
@@ -180,11 +192,39 @@ def parser():
     return top
 
 
+DENSE_ONLY = ("--tied", "--sparsity", "--hidden", "--activation", "--code-activation", "--output-activation",
+              "--center", "--no-center", "--schedule", "--bias-init", "--weight-decay", "--data")
+
+
+def _check_conv(sub, args, argv):
+    """--model conv: one line for each flag of the dense model given, for a loss it does not take, for a
+    crop that is no multiple of 8, for --device cuda without a device, and when torch is missing."""
+    lines = [f"argument {flag}: applies to --model dense only" for flag in DENSE_ONLY
+             if any(a == flag or a.startswith(flag + "=") for a in argv)]
+    if args.loss not in CONV_LOSSES:
+        lines.append(f"argument --loss: --model conv takes {', '.join(CONV_LOSSES)}; got {args.loss!r}")
+    if args.micro_batches & (args.micro_batches - 1):
+        lines.append(f"argument --micro-batches: expected a power of 2 up to 64, got {args.micro_batches}")
+    if args.crop % 8:
+        lines.append(f"argument --crop: expected a multiple of 8 in [16, 128], got {args.crop}")
+    try:
+        import torch
+    except ImportError:
+        lines.append("argument --model: conv needs PyTorch (pip install 'fastae[torch]')")
+    else:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            lines.append("argument --device: cuda, but torch sees no CUDA device")
+    if lines:
+        sub.exit(2, "".join(f"{sub.prog}: error: {line}\n" for line in lines))
+
+
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     sub = p._subparsers._group_actions[0].choices.get(args.command)
     sub.check(args)
+    if args.command == "train" and args.model == "conv":
+        _check_conv(sub, args, argv if argv is not None else sys.argv[1:])
     if args.command == "train":
         if args.alpha is not None and args.loss != "mixed":
             sub.error(f"argument --alpha: applies to --loss mixed only (--loss is {args.loss})")
@@ -199,6 +239,7 @@ def main(argv=None):
         sub.error("argument --alphas: give at least one alpha")
     if args.command in ("train", "pareto"):
         args.epochs = args.epochs or (10 if args.quick else 30)
+        args.code = args.code or (8 if getattr(args, "model", "dense") == "conv" else DEFAULTS["code"])
         from . import train as train_module
         (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
         return 0

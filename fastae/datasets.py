@@ -31,8 +31,8 @@ def _patches_of(image, size, count, rng):
 def patches(size=16, per_image=2000, seed=0):
     """Random size x size patches: ``per_image`` from each training photograph
     and from each validation photograph."""
-    if size not in (8, 16, 32):
-        raise ValueError(f"size must be 8, 16 or 32, got {size}")
+    if not 4 <= size <= 128:
+        raise ValueError(f"size must lie in [4, 128], got {size}")
     rng = np.random.default_rng(seed)
     train = np.concatenate([_patches_of(_grayscale(n), size, per_image, rng) for n in TRAIN_IMAGES])
     val = np.concatenate([_patches_of(_grayscale(n), size, per_image, rng) for n in VALIDATION_IMAGES])

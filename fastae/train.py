@@ -55,8 +55,11 @@ class PCA:
         x = np.asarray(x, np.float64)
         self.mean = x.mean(axis=0)
         centred = x - self.mean
-        values, vectors = np.linalg.eigh(centred.T @ centred)
-        self.components = vectors[:, ::-1][:, :k]  # (d, k), largest variance first
+        if len(x) < x.shape[1]:  # fewer rows than dimensions (large crops): the SVD of the rows is cheaper
+            self.components = np.linalg.svd(centred, full_matrices=False)[2][:k].T
+        else:
+            values, vectors = np.linalg.eigh(centred.T @ centred)
+            self.components = vectors[:, ::-1][:, :k]  # (d, k), largest variance first
 
     def reconstruct(self, x):
         return (x - self.mean) @ self.components @ self.components.T + self.mean
@@ -159,6 +162,8 @@ def write_outputs(out, config, model, history, val_x, shape, pca, pca_recon, tim
 
 
 def run_train(args):
+    if args.model == "conv":
+        return run_conv(args)
     config = {k: getattr(args, k) for k in DEFAULTS}
     if config["loss"] != "mixed":
         config["alpha"] = None
@@ -176,6 +181,77 @@ def run_train(args):
           f"MSE {pca['val_mse']:.5f}\n"
           f"wrote {args.out}/metrics.json, reconstructions.png, loss.png")
     return history
+
+
+CONV_CROPS = 100  # crops per photograph with --quick (300 without)
+CONV_LOSSES = ("mixed", "mse", "l1", "ssim")  # the losses --model conv takes
+
+
+class _Images:
+    """A trained conv model seen as write_outputs sees a dense one: rows in, rows out."""
+
+    def __init__(self, model, shape, device):
+        self.model, self.shape, self.device = model, shape, device
+
+    def reconstruct(self, rows):
+        from .models import conv
+        return conv.reconstruct(self.model, rows.reshape(-1, 1, *self.shape), self.device).reshape(len(rows), -1)
+
+
+def run_conv(args):
+    """``fastae train --model conv``: the conv autoencoder on crops of the bundled photographs, on one
+    process or data-parallel under torchrun; rank 0 evaluates and writes the outputs (and model.pt)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and "NUMBA_NUM_THREADS" not in os.environ:  # the cores shared among the processes
+        os.environ["NUMBA_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world_size))
+    from .models import conv
+    config = {"model": "conv", "loss": args.loss, "alpha": args.alpha, "epochs": args.epochs,
+              "batch_size": args.batch_size, "lr": args.lr, "code": args.code, "crop": args.crop,
+              "seed": args.seed, "quick": args.quick, "device": args.device, "peer_loss": args.peer_loss,
+              "micro_batches": args.micro_batches}
+    world = conv.World(args.device)
+    try:
+        train_x, val_x, shape = datasets.patches(size=args.crop, per_image=CONV_CROPS if args.quick else
+                                                 3 * CONV_CROPS, seed=args.seed)
+        images = (-1, 1, *shape)
+        view = _Images(None, shape, world.device)
+        loss_of = conv.loss_function(args.loss, args.alpha)
+        history = []
+
+        def record(model, entry):  # rank 0 only: the validation metrics of the epoch's model
+            if world.rank != 0:
+                return
+            view.model = model
+            recon = view.reconstruct(val_x)
+            import torch
+            with torch.no_grad():
+                val_loss = float(loss_of(torch.from_numpy(recon.reshape(images)), torch.from_numpy(val_x.reshape(images))))
+            history.append({**entry, "val_loss": val_loss, **images_metrics(recon, val_x, shape)})
+        start = time.perf_counter()
+        model, train_history, seconds = conv.fit(train_x.reshape(images), config, world, record, args.peer_loss)
+        if world.rank != 0:
+            return train_history
+        samples = config["epochs"] * (len(train_x) // config["batch_size"]) * config["batch_size"]
+        warm = [h["seconds_per_step"] for h in train_history[1:]] or [train_history[0]["seconds_per_step"]]
+        timing = {"processes": world.size, "step_seconds": seconds, "samples_per_second": samples / seconds,
+                  "seconds_per_step": float(np.median(warm))}  # (the first epoch compiles: left out)
+        k = config["code"] * (shape[0] // 8) * (shape[1] // 8)
+        pca, pca_recon = pca_baseline(train_x, val_x, k, shape)
+        write_outputs(args.out, {**config, "code": k}, view, history, val_x, shape, pca, pca_recon, timing)
+        import torch
+        torch.save(model.state_dict(), os.path.join(args.out, "model.pt"))
+        last = history[-1]
+        print(f"trained {sum(p.numel() for p in model.parameters())} parameters on {world.size} process"
+              f"{'es' if world.size > 1 else ''} in {time.perf_counter() - start:.1f} s "
+              f"({timing['samples_per_second']:.0f} samples/s, {1e3 * timing['seconds_per_step']:.1f} ms a step)\n"
+              f"validation   model (k={k}): PSNR {last['val_psnr']:.2f} dB, SSIM {last['val_ssim']:.4f}, "
+              f"MSE {last['val_mse']:.5f}\n"
+              f"             PCA   (k={k}): PSNR {pca['val_psnr']:.2f} dB, SSIM {pca['val_ssim']:.4f}, "
+              f"MSE {pca['val_mse']:.5f}\n"
+              f"wrote {args.out}/metrics.json, reconstructions.png, loss.png, model.pt")
+        return history
+    finally:
+        world.close()
 
 
 def non_dominated(points):
