@@ -128,8 +128,8 @@ def _data_options(p, epochs_help):
     p.add_argument("--batch-size", type=_checked(POSITIVE_INT), default=DEFAULTS["batch_size"], help="samples per step")
     p.add_argument("--lr", type=_checked(POSITIVE), default=DEFAULTS["lr"], help="Adam's (peak) learning rate")
     p.add_argument("--code", type=_checked(POSITIVE_INT),
-                   help=f"code size k (default {DEFAULTS['code']}; PCA with the same k is the baseline); with "
-                        "--model conv, the code map's channels (default 8: k = 8 (crop / 8)^2)")
+                   help=f"code size k (default: {DEFAULTS['code']}; PCA with the same k is the baseline); with "
+                        "--model conv, the code map's channels (default: 8, so k = 8 (crop / 8)^2)")
     p.add_argument("--out", type=_out_dir, default="fastae-out", help="directory for the outputs")
     p.add_argument("--quick", action="store_true", help="fewer patches and epochs (seconds)")
 
@@ -192,6 +192,7 @@ def parser():
     return top
 
 
+CONV_ONLY = ("--crop", "--device", "--peer-loss", "--micro-batches")
 DENSE_ONLY = ("--tied", "--sparsity", "--hidden", "--activation", "--code-activation", "--output-activation",
               "--center", "--no-center", "--schedule", "--bias-init", "--weight-decay", "--data")
 
@@ -223,8 +224,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     sub = p._subparsers._group_actions[0].choices.get(args.command)
     sub.check(args)
-    if args.command == "train" and args.model == "conv":
-        _check_conv(sub, args, argv if argv is not None else sys.argv[1:])
+    if args.command == "train":
+        given = argv if argv is not None else sys.argv[1:]
+        if args.model == "conv":
+            _check_conv(sub, args, given)
+        else:
+            lines = [f"argument {flag}: applies to --model conv only (the dense model trains on NumPy, on the CPU)"
+                     for flag in CONV_ONLY if any(a == flag or a.startswith(flag + "=") for a in given)]
+            if lines:
+                sub.exit(2, "".join(f"{sub.prog}: error: {line}\n" for line in lines))
     if args.command == "train":
         if args.alpha is not None and args.loss != "mixed":
             sub.error(f"argument --alpha: applies to --loss mixed only (--loss is {args.loss})")

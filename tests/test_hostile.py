@@ -311,6 +311,8 @@ BAD_FLAGS = [
     (["train", "--sparsity", "kl:0.1:1:5"], "--sparsity"), (["train", "--sparsity", "l1"], "--sparsity"),
     (["train", "--sparsity", "l1:abc"], "--sparsity"), (["train", "--alpha", "2"], "--alpha"),
     (["train", "--loss", "mse", "--alpha", "0.5"], "--alpha"), (["train", "--device", "cuda"], "--device"),
+    (["train", "--model", "conv", "--crop", "36"], "--crop"), (["train", "--model", "conv", "--loss", "bce"], "--loss"),
+    (["train", "--model", "conv", "--hidden", "64"], "--hidden"), (["train", "--micro-batches", "2"], "--micro-batches"),
     (["pareto", "--alphas", "0,a"], "--alphas"), (["bench", "--size", "2^x"], "--size"),
     (["bench", "--threads", "0"], "--threads"),
 ]
