@@ -31,6 +31,7 @@ import fastae as _fa
 from ._arrays import Call, check_choice, check_number, is_number
 from ._table import LOSSES
 from .pointwise import REDUCTIONS, loss_params
+from .ssim import _Images, mean
 
 __all__ = ["soft_threshold", "lasso_codes", "ista", "ssim", "ssim_loss", *LOSSES]
 
@@ -127,13 +128,12 @@ def _images(pred, target):
         raise TypeError(f"mixed dtypes: target is {target.dtype}, pred is {pred.dtype}")
     if pred.ndim != 4:
         raise ValueError(f"pred must be (N, C, H, W) images, got shape {pred.shape}")
-    target = target.rechunk(pred.chunks)
-    return _whole(pred, (1, 2, 3)), _whole(target.rechunk(pred.chunks), (1, 2, 3))
+    pred = _whole(pred, (1, 2, 3))
+    return pred, target.rechunk(pred.chunks)
 
 
 def _plane_means(pred, target, options):
     """The float64 mean SSIM of each plane of a block (N * C,)."""
-    from .ssim import _Images
     images = _Images(pred, target, **options)
     n_pos = images.positions(images.h, images.w)
     return images.planes(images.x, images.y, False, images.full(images.x.shape[0], 1.0), None) / n_pos
@@ -141,7 +141,6 @@ def _plane_means(pred, target, options):
 
 def _reduce(per_plane, channels, reduction, sign, offset, dtype):
     """What the in-memory call returns from the per-plane means (fastae.ssim._Images.reduce)."""
-    from .ssim import mean
     if reduction == "none":
         value = offset + sign * per_plane.reshape(-1, channels).mean(axis=1)
     else:
@@ -228,7 +227,7 @@ def _pixel(loss, pred, target, reduction, weight, activation, negative_slope, pa
                              dtype=pred.dtype, meta=np.empty((0,) * pred.ndim, pred.dtype))
     # the flat arrays in blocks of whole kernel chunks, about as large as the given blocks
     piece = Call(meta).backend.SUM_PIECE or pred.size or 1
-    size = max(piece, round(max(pred.chunksize and np.prod(pred.chunksize), 1) / piece) * piece)
+    size = max(1, round(int(np.prod(pred.chunksize)) / piece)) * piece
     flat = [a.reshape(-1).rechunk(size) for a in (pred, target)]
     w = weight if weight is None or is_number(weight) else weight.reshape(-1).rechunk(size)
     pieces = tuple(-(-n // piece) for n in flat[0].chunks[0])
