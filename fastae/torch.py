@@ -6,8 +6,10 @@ a graph break. The forward computes the gradient in the same fused pass and
 saves it; the backward only scales it by the incoming gradient. When no input
 requires grad (or grad mode is off), no gradient is computed at all.
 
-Gradients flow to ``input`` only: targets and weights are treated as data,
-as an autoencoder's reconstruction target is (one that requires grad gets a
+Gradients flow to ``input`` and, as torch.nn.functional's and pytorch-msssim's
+do, to a ``target`` that requires grad (computed only then: for the structural
+losses, by a second pass with the two images swapped, as every one of them is
+symmetric). Weights and thresholds are data (one that requires grad gets a
 warning, once). First derivatives only: differentiating a gradient again
 (``create_graph=True`` and then backward, gradient penalties, ``gradgradcheck``)
 raises, as do forward-mode AD and the ``torch.func`` transforms. Under
@@ -30,18 +32,39 @@ from fastae.pointwise import loss_params
 
 @torch.library.custom_op("fastae::pointwise", mutates_args=())
 def _pointwise(input: Tensor, target: Tensor, weight: Optional[Tensor], loss: str, reduction: str,
-               activation: str, negative_slope: float, params: List[float], need_grad: bool) -> Tuple[Tensor, Tensor]:
+               activation: str, negative_slope: float, params: List[float], need_grad: bool,
+               need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
     kw = dict(zip((p.name for p in LOSSES[loss].params), params))  # the table's parameters, in its order
-    result = getattr(_fa, loss)(input.detach(), target.detach(), reduction=reduction,
-                                weight=None if weight is None else weight.detach(), activation=activation,
+    x, t = input.detach(), target.detach()
+    w = None if weight is None else weight.detach()
+    result = getattr(_fa, loss)(x, t, reduction=reduction, weight=w, activation=activation,
                                 negative_slope=negative_slope, grad=need_grad, **kw)
-    return (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+    value, grad = (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+    target_grad = _target_grad(loss, x, t, w, reduction, activation, negative_slope, kw) if need_target_grad \
+        else input.new_empty(0)
+    return value, grad, target_grad
+
+
+def _target_grad(loss, x, t, w, reduction, activation, negative_slope, kw):
+    """d loss / d target. Every loss of the table but BCE is a function of y - t (y = activation(x)):
+    minus its derivative in y, by the same kernel on y. BCE: -(log y - log(1 - y)) (each log clamped at
+    -100, as torch's), -x for logits (torch's binary_cross_entropy_with_logits); times the weight and the
+    reduction's scale."""
+    y = x if activation == "identity" else _fa.activate(x, activation, negative_slope=negative_slope)
+    if loss != "bce":
+        return -getattr(_fa, loss)(y, t, reduction=reduction, weight=w, grad=True, **kw).grad
+    logit = x if activation == "sigmoid" else torch.clamp(torch.log(y), min=-100) - torch.clamp(torch.log1p(-y),
+                                                                                                   min=-100)
+    count = {"mean": x.numel(), "sum": 1, "none": 1, "batchmean": x.shape[0] if x.dim() else 1}[reduction]
+    grad = -logit / count if count else -logit * float("nan")
+    return grad * w if w is not None else grad
 
 
 @_pointwise.register_fake
-def _(input, target, weight, loss, reduction, activation, negative_slope, params, need_grad):
+def _(input, target, weight, loss, reduction, activation, negative_slope, params, need_grad, need_target_grad):
     value = input.new_empty(input.shape if reduction == "none" else ())
-    return value, input.new_empty(input.shape if need_grad else (0,))
+    return value, input.new_empty(input.shape if need_grad else (0,)), \
+        input.new_empty(input.shape if need_target_grad else (0,))
 
 
 @torch.library.custom_op("fastae::penalty", mutates_args=())
@@ -58,23 +81,30 @@ def _(input, kind, coefficient, need_grad):
 @torch.library.custom_op("fastae::structural", mutates_args=())
 def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_range: float, win_size: int,
                 sigma: float, k1: float, k2: float, padding: str, alpha: float, pixel: str,
-                weights: Optional[List[float]], need_grad: bool) -> Tuple[Tensor, Tensor]:
-    kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, grad=need_grad)
+                weights: Optional[List[float]], need_grad: bool, need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2)
+
+    def call(x, y, grad):
+        if kind == "mixed":
+            return _fa.mixed_loss(x, y, alpha=alpha, pixel=pixel, padding=padding, grad=grad, **kw)
+        if kind == "ms_ssim":
+            return _fa.ms_ssim(x, y, weights=weights, reduction=reduction, grad=grad, **kw)
+        return getattr(_fa, kind)(x, y, padding=padding, reduction=reduction, grad=grad, **kw)
     x, y = input.detach(), target.detach()
-    if kind == "mixed":
-        result = _fa.mixed_loss(x, y, alpha=alpha, pixel=pixel, padding=padding, **kw)
-    elif kind == "ms_ssim":
-        result = _fa.ms_ssim(x, y, weights=weights, reduction=reduction, **kw)
-    else:
-        result = getattr(_fa, kind)(x, y, padding=padding, reduction=reduction, **kw)
-    return (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+    result = call(x, y, need_grad)
+    value, grad = (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
+    # Every structural loss is symmetric in its two images (SSIM, MS-SSIM, |x - y|, (x - y)^2): the
+    # gradient in the target is the gradient in the first image of the call with the two swapped.
+    target_grad = call(y, x, True).grad if need_target_grad else input.new_empty(0)
+    return value, grad, target_grad
 
 
 @_structural.register_fake
 def _(input, target, kind, reduction, data_range, win_size, sigma, k1, k2, padding, alpha, pixel, weights,
-      need_grad):
+      need_grad, need_target_grad):
     value = input.new_empty(input.shape[:-3] if reduction == "none" else ())
-    return value, input.new_empty(input.shape if need_grad else (0,))
+    return value, input.new_empty(input.shape if need_grad else (0,)), \
+        input.new_empty(input.shape if need_target_grad else (0,))
 
 
 @torch.library.custom_op("fastae::soft_threshold", mutates_args=())
@@ -105,7 +135,7 @@ def _(h, rho, beta, need_grad):
 
 
 def _save_grad(ctx, inputs, output):
-    ctx.save_for_backward(output[1], inputs[0])
+    ctx.save_for_backward(*output[1:], inputs[0])
 
 
 _TWICE = (b"fastae.torch: the fused kernels give first derivatives only; a second derivative (create_graph=True "
@@ -113,10 +143,12 @@ _TWICE = (b"fastae.torch: the fused kernels give first derivatives only; a secon
           b"torch.nn.functional (or pytorch-msssim) for that loss term")
 
 
-def _scaled(ctx, grad_value, grad_of_grad):
-    """d loss / d input = incoming gradient x the gradient saved by the forward. Under create_graph the
-    result carries a node that raises when it is differentiated again (the saved gradient is data)."""
-    saved, input = ctx.saved_tensors
+def _scaled(grad_value, saved, input):
+    """d loss / d an input = incoming gradient x the gradient saved by the forward (None where none was
+    computed). Under create_graph the result carries a node that raises when it is differentiated again
+    (the saved gradient is data)."""
+    if saved.numel() == 0 and input.numel() != 0:
+        return None
     while grad_value.dim() < saved.dim():  # per-image values: broadcast over the image axes
         grad_value = grad_value.unsqueeze(-1)
     result = grad_value * saved
@@ -125,22 +157,31 @@ def _scaled(ctx, grad_value, grad_of_grad):
     return result
 
 
+def _backward(n_inputs):
+    """The autograd formula of an operator with ``n_inputs`` arguments: the saved gradients go to its
+    first arguments (input, and target where the operator returns a gradient for it), None to the rest."""
+    def backward(ctx, grad_value, *_):
+        *saved, input = ctx.saved_tensors
+        grads = tuple(_scaled(grad_value, g, input) for g in saved)
+        return grads + (None,) * (n_inputs - len(grads))
+    return backward
+
+
 _OPS = (_pointwise, _penalty, _structural, _soft_threshold, _kl_sparsity)
 for _op in _OPS:
-    _inputs = len(_op._opoverload._schema.arguments)  # the gradient goes to the first; none to the rest
-    _op.register_autograd(lambda ctx, gv, gg, n=_inputs: (_scaled(ctx, gv, gg),) + (None,) * (n - 1),
-                          setup_context=_save_grad)
+    _op.register_autograd(_backward(len(_op._opoverload._schema.arguments)), setup_context=_save_grad)
     for _device in ("cpu", "cuda"):  # autocast: float32, as F.mse_loss
         torch.library.register_autocast(_op._qualname, _device, torch.float32)
 
 _warned = set()
 
 
-def _check(input, **data):
-    """Refuse what the fused kernels cannot differentiate; warn (once) about data that asks for a gradient."""
+def _check(*inputs, **data):
+    """Refuse what the fused kernels cannot differentiate; warn (once) about data (``data``: weights,
+    thresholds) that asks for a gradient: ``inputs`` get theirs."""
     if torch.compiler.is_compiling():
         return
-    tensors = (input, *(d for d in data.values() if isinstance(d, Tensor)))
+    tensors = (*inputs, *(d for d in data.values() if isinstance(d, Tensor)))
     if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
         raise RuntimeError("fastae.torch losses do not support torch.func transforms (grad, vmap, jvp, jacrev, "
                            "hessian): use torch.autograd (loss.backward(), torch.autograd.grad) instead")
@@ -151,7 +192,7 @@ def _check(input, **data):
         if isinstance(d, Tensor) and d.requires_grad and torch.is_grad_enabled() and name not in _warned:
             _warned.add(name)
             warnings.warn(f"fastae.torch: {name} requires grad but gets no gradient (gradients flow to input "
-                          f"only); detach it to silence this warning", stacklevel=4)
+                          f"and target only); detach it to silence this warning", stacklevel=4)
 
 
 def _needs_grad(input):
@@ -160,10 +201,10 @@ def _needs_grad(input):
 
 # ---------------------------------------------------------------- functional API
 def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, **params):
-    _check(input, target=target, weight=weight)
+    _check(input, target, weight=weight)
     checked = loss_params(loss, params, LOSSES[loss].torch)
-    value, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope),
-                          list(checked.values()), _needs_grad(input))
+    value, _, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope),
+                             list(checked.values()), _needs_grad(input), _needs_grad(target))
     return value
 
 
@@ -223,10 +264,11 @@ def l2_penalty(w, lam):
 
 def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_size=11, sigma=1.5, k1=0.01,
                      k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None):
-    _check(input, target=target)
-    value, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
-                           float(k1), float(k2), padding, float(alpha), pixel,
-                           None if weights is None else [float(w) for w in weights], _needs_grad(input))
+    _check(input, target)
+    value, _, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
+                              float(k1), float(k2), padding, float(alpha), pixel,
+                              None if weights is None else [float(w) for w in weights], _needs_grad(input),
+                              _needs_grad(target))
     return value
 
 

@@ -233,3 +233,78 @@ def test_every_loss_of_the_table_under_autograd(loss):
         value.backward()
         np.testing.assert_allclose(value.detach().numpy(), ref_value, rtol=1e-10)
         np.testing.assert_allclose(x.grad.numpy(), ref_grad, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss", list(fastae.LOSSES))
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "tanh"])
+def test_target_gets_the_gradient_torch_gives_it(rng, loss, activation):
+    """d loss / d target as torch.nn.functional's autograd gives it (float64), with a weight and each
+    reduction; and gradcheck in both arguments."""
+    from conftest import loss_inputs, loss_params
+    from fastae._table import torch_peer
+    params = loss_params(loss)
+    pred, target = loss_inputs(rng, loss, activation, (3, 4, 5), np.float64)
+    if fastae.LOSSES[loss].domain and activation == "identity":
+        pred = np.clip(pred, 0.05, 0.95)
+    ours = (lambda a, t: ft.binary_cross_entropy(a, t, activation=activation)) if loss == "bce" else \
+        (lambda a, t: getattr(ft, fastae.LOSSES[loss].torch)(a, t, activation=activation, **params))
+    theirs = torch_peer(loss, activation, **params)
+    grads = []
+    for fn in (ours, theirs):
+        x, t = torch.tensor(pred, requires_grad=True), torch.tensor(target, requires_grad=True)
+        fn(x, t).backward()
+        grads.append((x.grad, t.grad))
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-9, atol=1e-13)
+    w = torch.tensor(rng.uniform(0.5, 2.0, (4, 1)))
+    for reduction in ("sum", "none", "batchmean"):
+        f = (lambda a, t: ft.binary_cross_entropy(a, t, w, reduction, activation=activation)) if loss == "bce" \
+            else (lambda a, t: getattr(ft, fastae.LOSSES[loss].torch)(a, t, reduction, weight=w,
+                                                                        activation=activation, **params))
+        x, t = torch.tensor(pred, requires_grad=True), torch.tensor(target, requires_grad=True)
+        assert torch.autograd.gradcheck(f, (x, t)), reduction
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_structural_losses_give_both_images_their_gradient(rng, dtype):
+    x = torch.tensor(rng.uniform(0, 1, (2, 3, 41, 37)), dtype=dtype)
+    y = torch.tensor(np.clip(x.double().numpy() + 0.1 * rng.standard_normal(x.shape), 0, 1), dtype=dtype)
+    big = [torch.tensor(rng.uniform(0, 1, (1, 2, 170, 163)), dtype=dtype) for _ in range(2)]
+    win = torch.tensor(gaussian_window(11, 1.5)).reshape(1, 1, 1, 11).repeat(3, 1, 1, 1)  # float64: as ours
+
+    def peer(a, b, **kw):
+        return peer_ssim(a, b, data_range=1.0, win=win[:a.shape[1]], **kw)
+    pairs = [(lambda a, b: ft.ssim(a, b), lambda a, b: peer(a, b), x, y),
+             (lambda a, b: ft.ssim_loss(a, b, reduction="none").sum(),
+              lambda a, b: (1 - peer(a, b, size_average=False)).sum(), x, y),
+             (lambda a, b: ft.mixed_loss(a, b, 0.4, pixel="mse"),
+              lambda a, b: 0.4 * F.mse_loss(a, b) + 0.6 * (1 - peer(a, b)), x, y),
+             (lambda a, b: ft.ms_ssim(a, b), lambda a, b: peer_ms_ssim(a, b, data_range=1.0, win=win[:2]), *big)]
+    for ours, theirs, a, b in pairs:
+        grads = []
+        for fn in (ours, theirs):
+            p, q = a.clone().requires_grad_(), b.clone().requires_grad_()
+            fn(p, q).backward()
+            grads.append((p.grad, q.grad))
+        scale = grads[1][1].abs().max()
+        tol = 2e-5 if dtype == torch.float32 else 1e-9
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=tol * scale)
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=tol * scale)
+    img = torch.rand(1, 2, 13, 12, dtype=torch.float64, requires_grad=True)
+    ref = torch.rand(1, 2, 13, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: ft.ssim(a, b, padding="same", win_size=5), (img, ref))
+
+
+def test_the_target_gradient_is_computed_only_when_asked(monkeypatch):
+    calls = []
+    original = fastae.ssim
+
+    def spy(*args, **kw):
+        calls.append(kw["grad"])
+        return original(*args, **kw)
+    monkeypatch.setattr(fastae, "ssim", spy)
+    x, t = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    ft.ssim(x, t)
+    ft.ssim(x.requires_grad_(), t)
+    ft.ssim(x, t.requires_grad_())
+    assert calls == [False, True, True, True]
