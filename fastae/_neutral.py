@@ -24,29 +24,30 @@ def gaussian_window(win_size, sigma):
     return g / g.sum()
 
 
-def pool_pads(h, w):
-    """The zero padding of each side before 2x2 pooling: one row (column) where the size is odd."""
-    return h % 2, w % 2
+def pool_pads(*shape):
+    """The zero padding of each side of each spatial axis before 2x pooling: one where the size is odd."""
+    return tuple(n % 2 for n in shape)
 
 
 def avg_pool(a, pads):
-    """2x2 average pooling with zero padding (ph, pw) on both sides, padding counted (torch's avg_pool2d)."""
-    ph, pw = pads
-    p, h, w = a.shape
-    padded = np.zeros_like(a, shape=(p, h + 2 * ph, w + 2 * pw))
-    padded[:, ph:ph + h, pw:pw + w] = a
-    ho, wo = (h + 2 * ph) // 2, (w + 2 * pw) // 2
-    a = padded[:, :2 * ho, :2 * wo]
-    return (a[:, 0::2, 0::2] + a[:, 0::2, 1::2] + a[:, 1::2, 0::2] + a[:, 1::2, 1::2]) * a.dtype.type(0.25)
+    """2x average pooling over the spatial axes of planes a (P, *spatial), zero padding ``pads`` on both
+    sides of each, the padding counted (torch's avg_pool2d / avg_pool3d)."""
+    p, spatial = a.shape[0], a.shape[1:]
+    padded = np.zeros_like(a, shape=(p,) + tuple(n + 2 * q for n, q in zip(spatial, pads)))
+    padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))] = a
+    out = tuple((n + 2 * q) // 2 for n, q in zip(spatial, pads))
+    a = padded[(slice(None),) + tuple(slice(0, 2 * m) for m in out)]
+    pairs = a.reshape((p,) + tuple(x for m in out for x in (m, 2)))  # (P, m0, 2, m1, 2, ...)
+    total = pairs.sum(axis=tuple(range(2, 2 + 2 * len(out), 2)))
+    return total * a.dtype.type(0.5 ** len(out))
 
 
-def avg_pool_adjoint(g, pads, h, w):
-    """The gradient through avg_pool: each output spreads a quarter to its four inputs."""
-    ph, pw = pads
-    p, ho, wo = g.shape
-    padded = np.zeros_like(g, shape=(p, h + 2 * ph, w + 2 * pw))
-    quarter = g * g.dtype.type(0.25)
-    for i in (0, 1):
-        for j in (0, 1):
-            padded[:, i:2 * ho:2, j:2 * wo:2] = quarter
-    return padded[:, ph:ph + h, pw:pw + w]
+def avg_pool_adjoint(g, pads, *spatial):
+    """The gradient through avg_pool: each output spreads 1 / 2^dims to its inputs."""
+    p, out = g.shape[0], g.shape[1:]
+    share = g * g.dtype.type(0.5 ** len(out))
+    for axis in range(1, 1 + len(out)):
+        share = share.repeat(2, axis=axis)
+    padded = np.zeros_like(g, shape=(p,) + tuple(n + 2 * q for n, q in zip(spatial, pads)))
+    padded[(slice(None),) + tuple(slice(0, 2 * m) for m in out)] = share
+    return padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))]

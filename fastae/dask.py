@@ -135,7 +135,7 @@ def _images(pred, target):
 def _plane_means(pred, target, options):
     """The float64 mean SSIM of each plane of a block (N * C,)."""
     images = _Images(pred, target, **options)
-    n_pos = images.positions(images.h, images.w)
+    n_pos = images.positions(*images.spatial)
     return images.planes(images.x, images.y, False, images.full(images.x.shape[0], 1.0), None) / n_pos
 
 

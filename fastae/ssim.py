@@ -7,16 +7,31 @@ use_sample_covariance=False)``. The window is computed in float64 (then cast
 to the data's dtype); pytorch-msssim rounds it to float32 first, which moves
 SSIM by a few 1e-9 on typical images, about 1e-5 on bright ones. Identical
 images give exactly 1 and a zero gradient. ``padding="same"`` zero-pads every filtered map by
-win_size // 2 (fused-ssim's convention, used by 3D Gaussian Splatting).
-Images are (H, W), (C, H, W) or (N, C, H, W); the gradient is exact.
+win_size // 2 (fused-ssim's convention, used by 3D Gaussian Splatting); ``padding="reflect"``
+reflects the images about their edges instead (kornia's "same").
+Images are (H, W), (C, H, W) or (N, C, H, W); volumes (N, C, D, H, W) take the window along each
+of their three axes (3-D SSIM, as pytorch-msssim and kornia's ssim3d). ``window`` replaces the
+Gaussian of win_size and sigma by a caller's own 1-D window (odd length); ``eps`` enters as
+kornia's: SSIM = a b / (c d + eps). ``target_grad=True`` (with ``grad=True``) also returns the
+gradient in the target: ``LossGrads(loss, grad, target_grad)``. The gradient is exact.
+
+The 2-D images with zero padding and eps = 0 run the fused streaming kernel (the target's gradient
+then by a second pass, the two images swapped: SSIM is symmetric); everything else runs the general
+path (``fastae/_ssim_map.py``: separable filters, both gradients in one pass).
 """
+from collections import namedtuple
+
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number, contiguous, on_device
+from ._arrays import Call, check_choice, check_number, contiguous, is_number, on_device
 from ._neutral import avg_pool, avg_pool_adjoint, gaussian_window, pool_pads
+from ._ssim_map import ssim_map as _general_map
 from .pointwise import LossGrad
 
-PADDINGS = ("valid", "same")
+LossGrads = namedtuple("LossGrads", "loss grad target_grad")
+LossGrads.__doc__ = "A loss and its gradients with respect to the prediction and to the target."
+
+PADDINGS = ("valid", "same", "reflect")
 SMALL_WINDOW = 63  # any image takes a window this small with padding="same"
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as pytorch-msssim
 
@@ -24,14 +39,23 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, 
 class _Images:
     """pred and target checked and viewed as planes (P, H, W), with the SSIM constants."""
 
-    def __init__(self, pred, target, data_range, win_size, sigma, k1, k2, padding, reduction=None):
+    def __init__(self, pred, target, data_range, win_size, sigma, k1, k2, padding, reduction=None, window=None,
+                 eps=0.0):
         self.call = Call(pred)
         p = self.call.pred
         t = self.call.like_pred(target, "target")
-        if not 2 <= p.ndim <= 4:
-            raise ValueError(f"pred must be (H, W), (C, H, W) or (N, C, H, W) images, got shape {p.shape}")
-        if 0 in p.shape[-3:]:
+        if not 2 <= p.ndim <= 5:
+            raise ValueError(f"pred must be (H, W), (C, H, W), (N, C, H, W) images or (N, C, D, H, W) volumes, "
+                             f"got shape {p.shape}")
+        self.dims = 3 if p.ndim == 5 else 2
+        if 0 in p.shape[-self.dims - 1:]:
             raise ValueError(f"pred's images must have channels and pixels, got shape {p.shape}")
+        if window is not None:
+            window = np.asarray(window.tolist() if hasattr(window, "tolist") else window, dtype=np.float64)
+            if window.ndim != 1 or window.size % 2 == 0 or not np.isfinite(window).all():
+                raise ValueError(f"window must be a 1-D sequence of finite numbers of odd length, got shape "
+                                 f"{window.shape}")
+            win_size = window.size
         if isinstance(win_size, bool) or not isinstance(win_size, (int, np.integer)) or win_size < 1 \
                 or win_size % 2 == 0:
             raise ValueError(f"win_size must be a positive odd integer, got {win_size!r}")
@@ -39,24 +63,30 @@ class _Images:
         self.sigma = check_number(sigma, "sigma", positive=True)
         self.k1 = check_number(k1, "k1", positive=True)
         self.k2 = check_number(k2, "k2", positive=True)
+        self.eps = check_number(eps, "eps", nonnegative=True)
         check_choice(padding, "padding", PADDINGS)
         if reduction is not None:
             check_choice(reduction, "reduction", ("mean", "none"))
         self.win_size, self.padding, self.reduction = int(win_size), padding, reduction
         self.shape = p.shape
+        self.spatial = p.shape[-self.dims:]
         self.h, self.w = p.shape[-2:]
-        self.channels = p.shape[-3] if p.ndim >= 3 else 1
-        self.batch = p.shape[:-3]  # () or (N,)
-        self.x = contiguous(p).reshape(-1, self.h, self.w)
-        self.y = contiguous(t).reshape(-1, self.h, self.w)
+        self.channels = p.shape[-self.dims - 1] if p.ndim > self.dims else 1
+        self.batch = p.shape[:-self.dims - 1]  # () or (N,)
+        self.x = contiguous(p).reshape((-1,) + self.spatial)
+        self.y = contiguous(t).reshape((-1,) + self.spatial)
         self.xp = self.call.xp
         self.backend = self.call.backend
-        self.pad = self.win_size // 2 if padding == "same" else 0
-        self.positions(self.h, self.w)  # sizes are checked before anything is allocated
-        if self.win_size > max(2 * max(self.h, self.w) + 1, SMALL_WINDOW):
-            raise ValueError(f"win_size={self.win_size} is more than twice the {self.h}x{self.w} images: its ends "
-                             "would see nothing but padding")
-        self.window = gaussian_window(self.win_size, self.sigma)
+        self.pad = 0 if padding == "valid" else self.win_size // 2
+        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0
+        self.positions(*self.spatial)  # sizes are checked before anything is allocated
+        if self.win_size > max(2 * max(self.spatial) + 1, SMALL_WINDOW):
+            raise ValueError(f"win_size={self.win_size} is more than twice the {'x'.join(map(str, self.spatial))} "
+                             "images: its ends would see nothing but padding")
+        if padding == "reflect" and self.pad >= min(self.spatial):
+            raise ValueError(f"padding='reflect' with win_size={self.win_size} needs images larger than "
+                             f"{self.pad} a side, got {'x'.join(map(str, self.spatial))}")
+        self.window = gaussian_window(self.win_size, self.sigma) if window is None else window
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
 
@@ -67,18 +97,42 @@ class _Images:
     def deliver(self, g, out):
         return self.call.deliver(g.reshape(self.shape), out)
 
-    def positions(self, h, w):
-        """Valid output positions of an h x w plane; ValueError when there are none."""
-        if self.pad == 0 and (h < self.win_size or w < self.win_size):
-            raise ValueError(f"images of {h}x{w} are smaller than the window ({self.win_size}) with "
-                             "padding='valid'; use padding='same' or a smaller win_size")
-        return (h + 2 * self.pad - self.win_size + 1) * (w + 2 * self.pad - self.win_size + 1)
+    def positions(self, *spatial):
+        """Valid output positions of a plane; ValueError when there are none."""
+        if self.pad == 0 and min(spatial) < self.win_size:
+            raise ValueError(f"images of {'x'.join(map(str, spatial))} are smaller than the window "
+                             f"({self.win_size}) with padding='valid'; use padding='same' or a smaller win_size")
+        return int(np.prod([n + 2 * self.pad - self.win_size + 1 for n in spatial]))
 
-    def planes(self, x, y, use_cs, scales, grad, accumulate=False):
-        """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad``, scales[p] times
-        each plane's gradient written (or added) into it."""
-        return self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
-                                        accumulate)
+    def map(self, x, y, use_cs=False, weights=None, grad_x=False, grad_y=False):
+        """The general path: (map, gradient in x, gradient in y) of planes x, y (see _ssim_map)."""
+        return _general_map(self.xp, self.backend, x, y, [self.window] * self.dims, [self.pad] * self.dims,
+                            self.padding == "reflect", self.c1, self.c2, self.eps, use_cs, weights, grad_x, grad_y)
+
+    def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None):
+        """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
+        scales[p] times each plane's gradient in x (in y) written (or added) into it."""
+        if not self.general:
+            sums = self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
+                                            accumulate)
+            if target_grad is not None:  # SSIM is symmetric: the gradient in y is the swapped call's in x
+                self.backend.ssim_planes(y, x, self.window, self.pad, self.c1, self.c2, use_cs, scales, target_grad,
+                                         accumulate)
+            return sums
+        weights = None
+        if grad is not None or target_grad is not None:
+            out_shape = tuple(n + 2 * self.pad - self.win_size + 1 for n in x.shape[1:])
+            weights = self.xp.empty((x.shape[0],) + out_shape, x.dtype)
+            weights[...] = scales.astype(x.dtype).reshape((-1,) + (1,) * len(out_shape))
+        value, gx, gy = self.map(x, y, use_cs, weights, grad is not None, target_grad is not None)
+        for buffer, g in ((grad, gx), (target_grad, gy)):
+            if buffer is None:
+                continue
+            if accumulate:
+                buffer += g
+            else:
+                buffer[...] = g
+        return value.reshape(x.shape[0], -1).sum(axis=1, dtype=np.float64)
 
     def full(self, planes, value):
         return self.xp.full(planes, value, np.float64)
@@ -106,38 +160,72 @@ def mean(a):
     return a.mean() if a.size else np.nan
 
 
-def _ssim(images, sign, offset, grad, out):
-    n_pos = images.positions(images.h, images.w)
+def _result(images, value, g, out, tg):
+    if g is None:
+        return value
+    if tg is None:
+        return LossGrad(value, images.deliver(g, out))
+    return LossGrads(value, images.deliver(g, out), images.deliver(tg, None))
+
+
+def _target_buffer(images, grad, target_grad):
+    if target_grad and not grad:
+        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+    return images.out(None) if target_grad else None
+
+
+def _ssim(images, sign, offset, grad, out, target_grad=False):
+    n_pos = images.positions(*images.spatial)
+    tg = _target_buffer(images, grad, target_grad)
     g = images.out(out) if grad else None
     scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
-    per_plane = images.planes(images.x, images.y, False, scales, g) / n_pos
-    value = images.reduce(per_plane, sign, offset)
-    if not grad:
-        return value
-    return LossGrad(value, images.deliver(g, out))
+    per_plane = images.planes(images.x, images.y, False, scales, g, target_grad=tg) / n_pos
+    return _result(images, images.reduce(per_plane, sign, offset), g, out, tg)
 
 
 @on_device
 def ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
-         reduction="mean", grad=False, out=None):
+         reduction="mean", window=None, eps=0.0, grad=False, target_grad=False, out=None):
     """Mean SSIM of pred against target (``reduction="none"``: one value per
     image, the mean over its channels). ``grad=True`` returns
     ``LossGrad(ssim, d ssim / d pred)``; ``out`` receives the gradient."""
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction)
-    return _ssim(images, 1.0, 0.0, grad, out)
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction, window, eps)
+    return _ssim(images, 1.0, 0.0, grad, out, target_grad)
 
 
 @on_device
 def ssim_loss(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
-              reduction="mean", grad=False, out=None):
+              reduction="mean", window=None, eps=0.0, grad=False, target_grad=False, out=None):
     """1 - SSIM, and its gradient (the SSIM gradient negated)."""
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction)
-    return _ssim(images, -1.0, 1.0, grad, out)
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction, window, eps)
+    return _ssim(images, -1.0, 1.0, grad, out, target_grad)
+
+
+@on_device
+def ssim_map(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
+             window=None, eps=0.0, weights=None):
+    """The per-pixel SSIM map, shaped as the images with the spatial axes those of the filtered maps
+    (kornia's ``metrics.ssim``). With ``weights`` (the map's shape): ``LossGrads(map, d/dpred,
+    d/dtarget)`` of sum(weights * map), both gradients in one pass."""
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, None, window, eps)
+    out_spatial = tuple(n + 2 * images.pad - images.win_size + 1 for n in images.spatial)
+    w = None
+    if weights is not None:
+        w = images.call.like_pred(weights, "weights", shape=False)
+        if w.shape != images.shape[:-images.dims] + out_spatial:
+            raise ValueError(f"weights has shape {w.shape}, the map has shape "
+                             f"{images.shape[:-images.dims] + out_spatial}")
+        w = contiguous(w).reshape((-1,) + out_spatial)
+    value, gx, gy = images.map(images.x, images.y, weights=w, grad_x=w is not None, grad_y=w is not None)
+    value = images.call.back(value.reshape(images.shape[:-images.dims] + out_spatial))
+    if w is None:
+        return value
+    return LossGrads(value, images.call.back(gx.reshape(images.shape)), images.call.back(gy.reshape(images.shape)))
 
 
 @on_device
 def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-               padding="valid", grad=False, out=None):
+               padding="valid", window=None, eps=0.0, grad=False, target_grad=False, out=None):
     """alpha * pixel + (1 - alpha) * (1 - SSIM), pixel the mean L1 or MSE.
 
     alpha = 1 is the pixel loss alone, alpha = 0 the structural loss alone;
@@ -150,41 +238,51 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     check_choice(pixel, "pixel", ("l1", "mse"))
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, "mean")
-    n_pos = images.positions(images.h, images.w)
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, "mean", window, eps)
+    n_pos = images.positions(*images.spatial)
+    tg = _target_buffer(images, grad, target_grad)
     g = images.out(out) if grad else None
     n = images.x.size
+    scale = alpha / n if n else 0.0
     _, pixel_sum, _ = images.backend.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                               alpha / n if n else 0.0, 1.0)
+                                               scale, 1.0)
+    if tg is not None:  # |x - y| and (x - y)^2 are symmetric: the target's gradient is the swapped call's
+        images.backend.pointwise(pixel, {}, "identity", 0.0, images.y, images.x, None, tg, None, scale, 1.0)
     scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos)
-    per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True) / n_pos
+    per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True, target_grad=tg) / n_pos
     pixel_mean = pixel_sum / n if n else np.nan
     value = images.call.back(images.xp.asarray(alpha * pixel_mean + (1.0 - alpha) * (1.0 - mean(per_plane)),
                                                images.call.value_dtype))
-    if not grad:
-        return value
-    return LossGrad(value, images.deliver(g, out))
+    return _result(images, value, g, out, tg)
 
 
 @on_device
 def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, weights=None,
-            reduction="mean", grad=False, out=None):
+            reduction="mean", window=None, grad=False, target_grad=False, out=None):
     """Multi-scale SSIM as pytorch-msssim computes it: per level the mean
     contrast-structure (clamped at 0), the SSIM at the last, combined as
     prod_l value_l ** weight_l, the images halved by 2x2 average pooling (odd
     sizes zero-padded) between levels. Valid filtering; the smaller side must
     exceed (win_size - 1) * 2 ** (levels - 1). Gradient exact (a level whose
     value is clamped to 0 passes no gradient). bfloat16 images run in float32.
+    Volumes (N, C, D, H, W) pool 2x2x2, as pytorch-msssim's avg_pool3d.
     """
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction)
+    if target_grad:  # MS-SSIM is symmetric: the target's gradient is the swapped call's
+        if not grad:
+            raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+        kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, weights=weights,
+                  reduction=reduction, window=window)
+        value, g = ms_ssim(pred, target, grad=True, out=out, **kw)
+        return LossGrads(value, g, ms_ssim(target, pred, grad=True, **kw).grad)
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction, window)
     w = np.asarray(MS_SSIM_WEIGHTS if weights is None else weights, dtype=np.float64)
     if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all():
         raise ValueError(f"weights must be a non-empty 1-D sequence of finite numbers, got {weights!r}")
     levels = w.size
     need = (images.win_size - 1) * 2 ** (levels - 1)
-    if min(images.h, images.w) <= need:
+    if min(images.spatial) <= need:
         raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
-                         f"than {need} pixels a side, got {images.h}x{images.w}")
+                         f"than {need} pixels a side, got {'x'.join(map(str, images.spatial))}")
     xp = images.xp
     result = images.out(out) if grad else None
     x, y, g = images.x, images.y, result
@@ -215,7 +313,7 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         with np.errstate(divide="ignore", invalid="ignore"):
             d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
         here = grads[level]
-        here *= (images.plane_weight() * d_value).astype(here.dtype)[:, None, None]
+        here *= (images.plane_weight() * d_value).astype(here.dtype).reshape((-1,) + (1,) * images.dims)
         if total is not None:
             here += avg_pool_adjoint(total, pads[level], *here.shape[1:])
         total = here

@@ -210,10 +210,20 @@ def test_errors_name_the_argument(rng):
     with pytest.raises(ValueError, match="sigma must be a positive"):
         fa.ssim_loss(x, x, sigma=-1.0)
     with pytest.raises(ValueError, match="padding must be one of"):
-        fa.ssim(x, x, padding="reflect")
+        fa.ssim(x, x, padding="circular")
+    with pytest.raises(ValueError, match="padding='reflect' with win_size=11 needs images larger than 5"):
+        fa.ssim(np.zeros((5, 30)), np.zeros((5, 30)), padding="reflect")
+    with pytest.raises(ValueError, match="window must be a 1-D sequence"):
+        fa.ssim(x, x, window=[0.25, 0.5, 0.25, 0.0])
+    with pytest.raises(ValueError, match="eps must be a non-negative"):
+        fa.ssim(x, x, eps=-1.0)
+    with pytest.raises(ValueError, match="target_grad=True adds"):
+        fa.ssim(x, x, target_grad=True)
+    with pytest.raises(ValueError, match="weights has shape"):
+        fa.ssim_map(x, x, weights=np.zeros((1, 3, 20, 20)))
     with pytest.raises(ValueError, match="reduction must be one of 'mean', 'none'"):
         fa.ssim(x, x, reduction="sum")
-    with pytest.raises(ValueError, match=r"pred must be \(H, W\), \(C, H, W\) or \(N, C, H, W\)"):
+    with pytest.raises(ValueError, match=r"pred must be \(H, W\), \(C, H, W\), \(N, C, H, W\) images or "):
         fa.ssim(np.zeros(30), np.zeros(30))
     for shape in [(1, 3, 0, 20), (2, 0, 20, 20), (20, 0)]:
         with pytest.raises(ValueError, match=r"pred's images must have channels and pixels, got shape \("):

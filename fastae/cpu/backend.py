@@ -5,6 +5,7 @@ from ._kernels import CHUNK as SUM_PIECE  # noqa: F401  (pointwise sums pieces o
 from ._threads import num_threads, one_blas_thread, run_chunks  # noqa: F401  (fastae bench's threads)
 from .pointwise import activate, pointwise  # noqa: F401
 from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
+from .filters import filter_axis, filter_axis_adjoint  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
 
 

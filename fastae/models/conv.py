@@ -114,7 +114,8 @@ def fit(train_x, config, world, on_epoch=None, peer=False):
             for m in range(micro):  # micro-batch m: images m, m + micro, ... (DDP's split, within a process)
                 last = m == micro - 1
                 with contextlib.nullcontext() if last or world.size == 1 else net.no_sync():
-                    part = loss_of(net(x[m::micro]), x[m::micro]) / micro  # (exact: micro is a power of 2)
+                    xm = x[m::micro].contiguous() if micro > 1 else x  # (laid out as a process's own batch)
+                    part = loss_of(net(xm), xm) / micro  # (exact: micro is a power of 2)
                     part.backward()
                 loss += float(part.detach())
             optimizer.step()
