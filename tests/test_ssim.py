@@ -270,3 +270,105 @@ def test_small_planes_side_by_side_match_one_at_a_time(rng):
         alone = fa.ssim(pred[i:i + 1], target[i:i + 1], padding="same", reduction="none", grad=True)
         assert alone.loss.tobytes() == together.loss[i:i + 1].tobytes()
         np.testing.assert_array_equal(alone.grad[0], together.grad[i])
+
+
+# ---------------------------------------------------------------- the general path: volumes, reflect, eps, maps
+def peers_gradients(fn, pred, target):
+    """fn(x, y) in torch float64 (a scalar): its value and its gradients in both images."""
+    x = torch.tensor(pred, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(target, dtype=torch.float64, requires_grad=True)
+    value = fn(x, y)
+    value.backward()
+    return value.detach().numpy(), x.grad.numpy(), y.grad.numpy()
+
+
+def window64(win_size, sigma, channels, dims):
+    return torch.tensor(gaussian_window(win_size, sigma)).reshape((1,) * (dims + 1) + (-1,)).repeat(
+        (channels,) + (1,) * (dims + 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [(2, 3, 17, 21, 19), (1, 1, 12, 40, 33)])
+def test_volumes_match_pytorch_msssim_in_both_images(rng, dtype, shape):
+    x, y = image_pair(rng, shape, dtype, data_range=255.0)
+    win = window64(7, 1.5, shape[1], 3)
+    for reduction in ("mean", "none"):
+        value, grad, target_grad = fa.ssim(x, y, data_range=255.0, win_size=7, reduction=reduction, grad=True,
+                                           target_grad=True)
+        ref = peers_gradients(lambda a, b: ssim_reference(a, b, data_range=255.0, win=win,
+                                                          size_average=reduction == "mean").sum(), x, y)
+        assert value.dtype == grad.dtype == target_grad.dtype == dtype and value.shape == shape[:1][:value.ndim]
+        assert_close(np.sum(value), ref[0], dtype, "value")
+        assert_close(grad, ref[1], dtype, "grad")
+        assert_close(target_grad, ref[2], dtype, "target grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_ms_ssim_on_volumes_matches_pytorch_msssim(rng, dtype):
+    x, y = image_pair(rng, (1, 2, 40, 52, 49), dtype)
+    win = window64(3, 1.5, 2, 3)
+    weights = [0.3, 0.3, 0.4]
+    value, grad, target_grad = fa.ms_ssim(x, y, win_size=3, weights=weights, grad=True, target_grad=True)
+    ref = peers_gradients(lambda a, b: msssim_reference(a, b, data_range=1.0, win=win, weights=weights), x, y)
+    assert_close(value, ref[0], dtype, "value")
+    assert_close(grad, ref[1], dtype, "grad")
+    assert_close(target_grad, ref[2], dtype, "target grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", [(2, 3, 23, 31), (1, 2, 9, 14, 12)])
+def test_reflect_padding_eps_and_the_map_match_kornia(rng, dtype, shape):
+    kornia = pytest.importorskip("kornia")
+    x, y = image_pair(rng, shape, dtype)
+    peer = kornia.metrics.ssim if len(shape) == 4 else kornia.metrics.ssim3d
+    window = 5
+    weights = rng.uniform(-1, 1, shape).astype(dtype)  # the map's incoming gradient
+    m, gx, gy = fa.ssim_map(x, y, win_size=window, padding="reflect", eps=1e-6, weights=weights)
+    ref = peers_gradients(lambda a, b: (peer(a, b, window, eps=1e-6) * torch.tensor(weights, dtype=a.dtype)).sum(),
+                          x, y)
+    ref_map = peer(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64), window,
+                   eps=1e-6).numpy()
+    assert m.shape == shape and m.dtype == dtype
+    # kornia sums raw moments (E[x^2] - mu^2): in float32 it is itself off by ~1e-5 on these images
+    assert_close(m, ref_map, dtype, "map", rtol32=1e-5)
+    assert_close(gx, ref[1], dtype, "grad", rtol32=1e-4)
+    assert_close(gy, ref[2], dtype, "target grad", rtol32=1e-4)
+    value = fa.ssim(x, y, win_size=window, padding="reflect", eps=1e-6, reduction="none")
+    assert_close(value, ref_map.reshape(shape[0], -1).mean(axis=1), dtype, "mean of the map")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_a_callers_window_and_padding_same_on_the_general_path(rng, dtype):
+    x, y = image_pair(rng, (2, 2, 19, 24), dtype)
+    window = np.array([0.1, 0.2, 0.4, 0.2, 0.1])  # not a Gaussian
+    win = torch.tensor(window).reshape(1, 1, 1, -1).repeat(2, 1, 1, 1)
+    value, grad = fa.ssim(x, y, window=window, grad=True)
+    ref = peers_gradients(lambda a, b: ssim_reference(a, b, data_range=1.0, win=win), x, y)
+    assert_close(value, ref[0], dtype, "value")
+    assert_close(grad, ref[1], dtype, "grad")
+    # zero padding on the general path (a volume with one slice and a window of one tap along D) = the
+    # fused kernel's 2-D padding="same"
+    fused = fa.ssim(x, y, padding="same", grad=True, target_grad=True)
+    m, gx, gy = fa.ssim_map(x, y, padding="same", weights=np.full((2, 2, 19, 24), 1 / x.size, dtype))
+    assert_close(m.mean(), fused.loss, dtype, "value")
+    assert_close(gx, fused.grad, dtype, "grad")
+    assert_close(gy, fused.target_grad, dtype, "target grad")
+
+
+def test_identical_images_are_exactly_one_with_zero_gradients_on_the_general_path(rng):
+    x = rng.uniform(100, 200, (1, 2, 9, 13, 12)).astype(np.float32)  # bright: float32 cancellation
+    value, grad, target_grad = fa.ssim(x, x.copy(), data_range=255.0, win_size=5, padding="reflect", grad=True,
+                                       target_grad=True)
+    assert value == 1.0 and not grad.any() and not target_grad.any()
+    m = fa.ssim_map(x, x.copy(), data_range=255.0, win_size=5, padding="same")
+    assert (m == 1.0).all()
+
+
+def test_mixed_loss_gives_the_target_its_gradient(rng):
+    x, y = image_pair(rng, (2, 3, 20, 22), np.float64)
+    value, grad, target_grad = fa.mixed_loss(x, y, alpha=0.3, grad=True, target_grad=True)
+    ref = peers_gradients(lambda a, b: 0.3 * torch.nn.functional.l1_loss(a, b) + 0.7 * (
+        1 - ssim_reference(a, b, data_range=1.0, win=window64(11, 1.5, 3, 2))), x, y)
+    assert_close(value, ref[0], np.float64, "value")
+    assert_close(grad, ref[1], np.float64, "grad")
+    assert_close(target_grad, ref[2], np.float64, "target grad")
