@@ -16,6 +16,7 @@ raises, as do forward-mode AD and the ``torch.func`` transforms. Under
 ``torch.autocast`` the losses run in float32, as ``torch.nn.functional``'s do.
 """
 import contextlib
+import functools
 import inspect
 import warnings
 from typing import List, Optional, Sequence, Tuple
@@ -81,30 +82,65 @@ def _(input, kind, coefficient, need_grad):
 @torch.library.custom_op("fastae::structural", mutates_args=())
 def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_range: float, win_size: int,
                 sigma: float, k1: float, k2: float, padding: str, alpha: float, pixel: str,
-                weights: Optional[List[float]], need_grad: bool, need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2)
-
-    def call(x, y, grad):
-        if kind == "mixed":
-            return _fa.mixed_loss(x, y, alpha=alpha, pixel=pixel, padding=padding, grad=grad, **kw)
-        if kind == "ms_ssim":
-            return _fa.ms_ssim(x, y, weights=weights, reduction=reduction, grad=grad, **kw)
-        return getattr(_fa, kind)(x, y, padding=padding, reduction=reduction, grad=grad, **kw)
-    x, y = input.detach(), target.detach()
-    result = call(x, y, need_grad)
-    value, grad = (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
-    # Every structural loss is symmetric in its two images (SSIM, MS-SSIM, |x - y|, (x - y)^2): the
-    # gradient in the target is the gradient in the first image of the call with the two swapped.
-    target_grad = call(y, x, True).grad if need_target_grad else input.new_empty(0)
-    return value, grad, target_grad
+                weights: Optional[List[float]], window: Optional[List[float]], eps: float, need_grad: bool,
+                need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, window=window)
+    if kind == "mixed":
+        call = functools.partial(_fa.mixed_loss, alpha=alpha, pixel=pixel, padding=padding, eps=eps, **kw)
+    elif kind == "ms_ssim":
+        call = functools.partial(_fa.ms_ssim, weights=weights, reduction=reduction, **kw)
+    else:
+        call = functools.partial(getattr(_fa, kind), padding=padding, reduction=reduction, eps=eps, **kw)
+    result = call(input.detach(), target.detach(), grad=need_grad or need_target_grad,
+                  target_grad=need_target_grad)
+    if not (need_grad or need_target_grad):
+        return result, input.new_empty(0), input.new_empty(0)
+    empty = input.new_empty(0)
+    return result[0], result[1] if need_grad else empty, result[2] if need_target_grad else empty
 
 
 @_structural.register_fake
 def _(input, target, kind, reduction, data_range, win_size, sigma, k1, k2, padding, alpha, pixel, weights,
-      need_grad, need_target_grad):
-    value = input.new_empty(input.shape[:-3] if reduction == "none" else ())
+      window, eps, need_grad, need_target_grad):
+    dims = 3 if input.dim() == 5 else 2
+    value = input.new_empty(input.shape[:-dims - 1] if reduction == "none" else ())
     return value, input.new_empty(input.shape if need_grad else (0,)), \
         input.new_empty(input.shape if need_target_grad else (0,))
+
+
+@torch.library.custom_op("fastae::ssim_map", mutates_args=())
+def _ssim_map(input: Tensor, target: Tensor, data_range: float, win_size: int, sigma: float, k1: float,
+              k2: float, padding: str, window: Optional[List[float]], eps: float) -> Tensor:
+    return _fa.ssim_map(input.detach(), target.detach(), data_range=data_range, win_size=win_size, sigma=sigma,
+                        k1=k1, k2=k2, padding=padding, window=window, eps=eps)
+
+
+@_ssim_map.register_fake
+def _(input, target, data_range, win_size, sigma, k1, k2, padding, window, eps):
+    size = len(window) if window is not None else win_size
+    dims = 3 if input.dim() == 5 else 2
+    pad = 0 if padding == "valid" else size // 2
+    return input.new_empty(input.shape[:-dims] + tuple(n + 2 * pad - size + 1 for n in input.shape[-dims:]))
+
+
+def _ssim_map_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.options = inputs[2:]
+
+
+def _ssim_map_backward(ctx, grad_map):
+    """The map's two gradients in one pass of the general path, weighted by the incoming gradient (the
+    map is not saved: the backward filters the images again)."""
+    x, y = ctx.saved_tensors
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return (None,) * 10
+    data_range, win_size, sigma, k1, k2, padding, window, eps = ctx.options
+    _, gx, gy = _fa.ssim_map(x.detach(), y.detach(), data_range=data_range, win_size=win_size, sigma=sigma, k1=k1,
+                             k2=k2, padding=padding, window=window, eps=eps,
+                             weights=grad_map.detach().to(x.dtype).contiguous())
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        gx, _ = torch._C._functions.DelayedError(_TWICE, 2)(gx, x)
+    return (gx if ctx.needs_input_grad[0] else None, gy if ctx.needs_input_grad[1] else None) + (None,) * 8
 
 
 @torch.library.custom_op("fastae::soft_threshold", mutates_args=())
@@ -170,6 +206,8 @@ def _backward(n_inputs):
 _OPS = (_pointwise, _penalty, _structural, _soft_threshold, _kl_sparsity)
 for _op in _OPS:
     _op.register_autograd(_backward(len(_op._opoverload._schema.arguments)), setup_context=_save_grad)
+_ssim_map.register_autograd(_ssim_map_backward, setup_context=_ssim_map_setup)
+for _op in (*_OPS, _ssim_map):
     for _device in ("cpu", "cuda"):  # autocast: float32, as F.mse_loss
         torch.library.register_autocast(_op._qualname, _device, torch.float32)
 
@@ -263,39 +301,59 @@ def l2_penalty(w, lam):
 
 
 def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_size=11, sigma=1.5, k1=0.01,
-                     k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None):
+                     k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None, window=None, eps=0.0):
     _check(input, target)
     value, _, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
                               float(k1), float(k2), padding, float(alpha), pixel,
-                              None if weights is None else [float(w) for w in weights], _needs_grad(input),
-                              _needs_grad(target))
+                              None if weights is None else [float(w) for w in weights], _window(window),
+                              float(eps), _needs_grad(input), _needs_grad(target))
     return value
 
 
+def _window(window):
+    """A caller's 1-D window as a list of floats (a tensor's values, any shape with one axis longer than 1)."""
+    if window is None:
+        return None
+    if isinstance(window, Tensor):
+        window = window.detach().to("cpu", torch.float64).reshape(-1).tolist()
+    return [float(w) for w in window]
+
+
 def ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-         padding="valid"):
-    """SSIM (pytorch-msssim's convention; ``reduction="none"``: one value per image)."""
-    return _structural_loss("ssim", input, target, reduction, data_range, win_size, sigma, k1, k2, padding)
+         padding="valid", window=None, eps=0.0):
+    """SSIM (pytorch-msssim's convention; ``reduction="none"``: one value per image). Images (N, C, H, W)
+    or volumes (N, C, D, H, W); padding "valid", "same" (zeros) or "reflect"."""
+    return _structural_loss("ssim", input, target, reduction, data_range, win_size, sigma, k1, k2, padding,
+                            window=window, eps=eps)
 
 
 def ssim_loss(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-              padding="valid"):
+              padding="valid", window=None, eps=0.0):
     """1 - SSIM."""
-    return _structural_loss("ssim_loss", input, target, reduction, data_range, win_size, sigma, k1, k2, padding)
+    return _structural_loss("ssim_loss", input, target, reduction, data_range, win_size, sigma, k1, k2, padding,
+                            window=window, eps=eps)
+
+
+def ssim_map(input, target, data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
+             window=None, eps=0.0):
+    """The per-pixel SSIM map (kornia's ``metrics.ssim``), differentiable in both images."""
+    _check(input, target)
+    return _ssim_map(input, target, float(data_range), int(win_size), float(sigma), float(k1), float(k2), padding,
+                     _window(window), float(eps))
 
 
 def ms_ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-            weights=None):
-    """MS-SSIM as pytorch-msssim's ms_ssim."""
+            weights=None, window=None):
+    """MS-SSIM as pytorch-msssim's ms_ssim (volumes pool 2x2x2)."""
     return _structural_loss("ms_ssim", input, target, reduction, data_range, win_size, sigma, k1, k2,
-                            weights=weights)
+                            weights=weights, window=window)
 
 
 def mixed_loss(input, target, alpha, pixel="l1", data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-               padding="valid"):
+               padding="valid", window=None, eps=0.0):
     """alpha * pixel + (1 - alpha) * (1 - SSIM), pixel the mean L1 or MSE."""
     return _structural_loss("mixed", input, target, "mean", data_range, win_size, sigma, k1, k2, padding,
-                            alpha, pixel)
+                            alpha, pixel, window=window, eps=eps)
 
 
 def soft_threshold(input, lam):
