@@ -19,6 +19,7 @@ The 2-D images with zero padding and eps = 0 run the fused streaming kernel (the
 then by a second pass, the two images swapped: SSIM is symmetric); everything else runs the general
 path (``fastae/_ssim_map.py``: separable filters, both gradients in one pass).
 """
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -40,7 +41,7 @@ class _Images:
     """pred and target checked and viewed as planes (P, H, W), with the SSIM constants."""
 
     def __init__(self, pred, target, data_range, win_size, sigma, k1, k2, padding, reduction=None, window=None,
-                 eps=0.0):
+                 eps=0.0, small="raise"):
         self.call = Call(pred)
         p = self.call.pred
         t = self.call.like_pred(target, "target")
@@ -78,7 +79,14 @@ class _Images:
         self.xp = self.call.xp
         self.backend = self.call.backend
         self.pad = 0 if padding == "valid" else self.win_size // 2
-        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0
+        check_choice(small, "small", ("raise", "skip"))
+        # small="skip": an axis shorter than the window is not smoothed (pytorch-msssim's behaviour)
+        self.skip = tuple(i for i, n in enumerate(self.spatial) if small == "skip" and self.pad == 0
+                          and n < self.win_size)
+        if self.skip:
+            warnings.warn(f"ssim: images of {'x'.join(map(str, self.spatial))} are smaller than the window "
+                          f"({self.win_size}) along axes {self.skip}: not smoothed along them", stacklevel=4)
+        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip)
         self.positions(*self.spatial)  # sizes are checked before anything is allocated
         if self.win_size > max(2 * max(self.spatial) + 1, SMALL_WINDOW):
             raise ValueError(f"win_size={self.win_size} is more than twice the {'x'.join(map(str, self.spatial))} "
@@ -97,17 +105,23 @@ class _Images:
     def deliver(self, g, out):
         return self.call.deliver(g.reshape(self.shape), out)
 
+    def out_shape(self, *spatial):
+        """The filtered maps' spatial shape (an axis in ``skip`` is not filtered)."""
+        return tuple(n if i in self.skip else n + 2 * self.pad - self.win_size + 1 for i, n in enumerate(spatial))
+
     def positions(self, *spatial):
         """Valid output positions of a plane; ValueError when there are none."""
-        if self.pad == 0 and min(spatial) < self.win_size:
+        if self.pad == 0 and min(n for i, n in enumerate(spatial) if i not in self.skip) < self.win_size:
             raise ValueError(f"images of {'x'.join(map(str, spatial))} are smaller than the window "
                              f"({self.win_size}) with padding='valid'; use padding='same' or a smaller win_size")
-        return int(np.prod([n + 2 * self.pad - self.win_size + 1 for n in spatial]))
+        return int(np.prod(self.out_shape(*spatial)))
 
     def map(self, x, y, use_cs=False, weights=None, grad_x=False, grad_y=False):
         """The general path: (map, gradient in x, gradient in y) of planes x, y (see _ssim_map)."""
-        return _general_map(self.xp, self.backend, x, y, [self.window] * self.dims, [self.pad] * self.dims,
-                            self.padding == "reflect", self.c1, self.c2, self.eps, use_cs, weights, grad_x, grad_y)
+        windows = [np.ones(1) if i in self.skip else self.window for i in range(self.dims)]
+        pads = [0 if i in self.skip else self.pad for i in range(self.dims)]
+        return _general_map(self.xp, self.backend, x, y, windows, pads, self.padding == "reflect", self.c1, self.c2,
+                            self.eps, use_cs, weights, grad_x, grad_y)
 
     def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None):
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
@@ -121,7 +135,7 @@ class _Images:
             return sums
         weights = None
         if grad is not None or target_grad is not None:
-            out_shape = tuple(n + 2 * self.pad - self.win_size + 1 for n in x.shape[1:])
+            out_shape = self.out_shape(*x.shape[1:])
             weights = self.xp.empty((x.shape[0],) + out_shape, x.dtype)
             weights[...] = scales.astype(x.dtype).reshape((-1,) + (1,) * len(out_shape))
         value, gx, gy = self.map(x, y, use_cs, weights, grad is not None, target_grad is not None)
@@ -185,19 +199,22 @@ def _ssim(images, sign, offset, grad, out, target_grad=False):
 
 @on_device
 def ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
-         reduction="mean", window=None, eps=0.0, grad=False, target_grad=False, out=None):
+         reduction="mean", window=None, eps=0.0, small="raise", grad=False, target_grad=False, out=None):
     """Mean SSIM of pred against target (``reduction="none"``: one value per
     image, the mean over its channels). ``grad=True`` returns
-    ``LossGrad(ssim, d ssim / d pred)``; ``out`` receives the gradient."""
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction, window, eps)
+    ``LossGrad(ssim, d ssim / d pred)``; ``out`` receives the gradient.
+    ``small="skip"``: with padding="valid", an axis shorter than the window
+    is not smoothed, with a warning (pytorch-msssim's behaviour), rather
+    than a ValueError."""
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction, window, eps, small)
     return _ssim(images, 1.0, 0.0, grad, out, target_grad)
 
 
 @on_device
 def ssim_loss(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
-              reduction="mean", window=None, eps=0.0, grad=False, target_grad=False, out=None):
+              reduction="mean", window=None, eps=0.0, small="raise", grad=False, target_grad=False, out=None):
     """1 - SSIM, and its gradient (the SSIM gradient negated)."""
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction, window, eps)
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, reduction, window, eps, small)
     return _ssim(images, -1.0, 1.0, grad, out, target_grad)
 
 
@@ -208,7 +225,7 @@ def ssim_map(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k
     (kornia's ``metrics.ssim``). With ``weights`` (the map's shape): ``LossGrads(map, d/dpred,
     d/dtarget)`` of sum(weights * map), both gradients in one pass."""
     images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, None, window, eps)
-    out_spatial = tuple(n + 2 * images.pad - images.win_size + 1 for n in images.spatial)
+    out_spatial = images.out_shape(*images.spatial)
     w = None
     if weights is not None:
         w = images.call.like_pred(weights, "weights", shape=False)

@@ -82,15 +82,15 @@ def _(input, kind, coefficient, need_grad):
 @torch.library.custom_op("fastae::structural", mutates_args=())
 def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_range: float, win_size: int,
                 sigma: float, k1: float, k2: float, padding: str, alpha: float, pixel: str,
-                weights: Optional[List[float]], window: Optional[List[float]], eps: float, need_grad: bool,
-                need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                weights: Optional[List[float]], window: Optional[List[float]], eps: float, small: str,
+                need_grad: bool, need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
     kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, window=window)
     if kind == "mixed":
         call = functools.partial(_fa.mixed_loss, alpha=alpha, pixel=pixel, padding=padding, eps=eps, **kw)
     elif kind == "ms_ssim":
         call = functools.partial(_fa.ms_ssim, weights=weights, reduction=reduction, **kw)
     else:
-        call = functools.partial(getattr(_fa, kind), padding=padding, reduction=reduction, eps=eps, **kw)
+        call = functools.partial(getattr(_fa, kind), padding=padding, reduction=reduction, eps=eps, small=small, **kw)
     result = call(input.detach(), target.detach(), grad=need_grad or need_target_grad,
                   target_grad=need_target_grad)
     if not (need_grad or need_target_grad):
@@ -101,7 +101,7 @@ def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_r
 
 @_structural.register_fake
 def _(input, target, kind, reduction, data_range, win_size, sigma, k1, k2, padding, alpha, pixel, weights,
-      window, eps, need_grad, need_target_grad):
+      window, eps, small, need_grad, need_target_grad):
     dims = 3 if input.dim() == 5 else 2
     value = input.new_empty(input.shape[:-dims - 1] if reduction == "none" else ())
     return value, input.new_empty(input.shape if need_grad else (0,)), \
@@ -301,13 +301,24 @@ def l2_penalty(w, lam):
 
 
 def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_size=11, sigma=1.5, k1=0.01,
-                     k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None, window=None, eps=0.0):
+                     k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None, window=None, eps=0.0,
+                     small="raise"):
     _check(input, target)
+    input, target, dtype = _float32_on_cpu(input, target)
     value, _, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
                               float(k1), float(k2), padding, float(alpha), pixel,
                               None if weights is None else [float(w) for w in weights], _window(window),
-                              float(eps), _needs_grad(input), _needs_grad(target))
-    return value
+                              float(eps), small, _needs_grad(input), _needs_grad(target))
+    return value if dtype is None else value.to(dtype)
+
+
+def _float32_on_cpu(input, target):
+    """float16 and bfloat16 CPU tensors computed in float32 (the CPU kernels hold float32 and float64), the
+    result handed back in their dtype: (input, target, that dtype or None)."""
+    if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16) and target.dtype == input.dtype:
+        # (under autocast the result stays float32, as torch.nn.functional's losses)
+        return input.float(), target.float(), None if torch.is_autocast_enabled("cpu") else input.dtype
+    return input, target, None
 
 
 def _window(window):
@@ -320,26 +331,28 @@ def _window(window):
 
 
 def ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-         padding="valid", window=None, eps=0.0):
+         padding="valid", window=None, eps=0.0, small="raise"):
     """SSIM (pytorch-msssim's convention; ``reduction="none"``: one value per image). Images (N, C, H, W)
-    or volumes (N, C, D, H, W); padding "valid", "same" (zeros) or "reflect"."""
+    or volumes (N, C, D, H, W); padding "valid", "same" (zeros) or "reflect"; see fastae.ssim."""
     return _structural_loss("ssim", input, target, reduction, data_range, win_size, sigma, k1, k2, padding,
-                            window=window, eps=eps)
+                            window=window, eps=eps, small=small)
 
 
 def ssim_loss(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-              padding="valid", window=None, eps=0.0):
+              padding="valid", window=None, eps=0.0, small="raise"):
     """1 - SSIM."""
     return _structural_loss("ssim_loss", input, target, reduction, data_range, win_size, sigma, k1, k2, padding,
-                            window=window, eps=eps)
+                            window=window, eps=eps, small=small)
 
 
 def ssim_map(input, target, data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, k2=0.03, padding="valid",
              window=None, eps=0.0):
     """The per-pixel SSIM map (kornia's ``metrics.ssim``), differentiable in both images."""
     _check(input, target)
-    return _ssim_map(input, target, float(data_range), int(win_size), float(sigma), float(k1), float(k2), padding,
-                     _window(window), float(eps))
+    input, target, dtype = _float32_on_cpu(input, target)
+    value = _ssim_map(input, target, float(data_range), int(win_size), float(sigma), float(k1), float(k2), padding,
+                      _window(window), float(eps))
+    return value if dtype is None else value.to(dtype)
 
 
 def ms_ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
