@@ -59,6 +59,18 @@ def ssim_map(xp, backend, x, y, windows, pads, reflect, c1, c2, eps=0.0, use_cs=
     mx, my = f(xs), f(ys)
     sxx, syy, sxy = f(xs * xs), f(ys * ys), f(xs * ys)
     two, c1, c2, eps = dtype(2), dtype(c1), dtype(c2), dtype(eps)
+    # A window whose weights do not sum to 1 (a caller's, or pytorch-msssim's float32 Gaussian) moves the
+    # moments of x - s: with W its total weight and k = 1 - W, mu = m + s W, var = Sxx - m^2 + 2 s k m + s^2 W k,
+    # cov = Sxy - mx my + s k (mx + my) + s^2 W k. (k = 0 for a normalised window: the plain formulas.)
+    total = float(np.prod([np.sum(np.asarray(w, np.float64)) for w in windows]))
+    k = 1.0 - total
+    if abs(k) <= 4 * np.finfo(np.float64).eps:
+        k, total = 0.0, 1.0
+    sk = s * dtype(k)
+    if k:
+        extra = s * s * dtype(total * k)
+        sxx, syy = sxx + two * sk * mx + extra, syy + two * sk * my + extra
+        sxy = sxy + sk * (mx + my) + extra
     b = two * (sxy - mx * my) + c2
     d = (sxx - mx * mx) + (syy - my * my) + c2
     if use_cs:
@@ -66,7 +78,7 @@ def ssim_map(xp, backend, x, y, windows, pads, reflect, c1, c2, eps=0.0, use_cs=
         q = d + eps
         value = b / q
     else:
-        ux, uy = mx + s, my + s
+        ux, uy = mx + s * dtype(total), my + s * dtype(total)
         a = two * ux * uy + c1
         c = ux * ux + uy * uy + c1
         q = c * d + eps
@@ -88,8 +100,9 @@ def ssim_map(xp, backend, x, y, windows, pads, reflect, c1, c2, eps=0.0, use_cs=
         lum_x, lum_y = b_q * (uy - ux * ad_q), b_q * (ux - uy * ad_q)
     dd = -a_q * bc_q                      # W dS/dSxx = W dS/dSyy = W dS/dd
     bxy = two * a_q                       # W dS/dSxy = 2 W dS/db
-    cs_x = two * a_q * (mx * bc_q - my)   # through b and d: d/dmx
-    cs_y = two * a_q * (my * bc_q - mx)
+    ex, ey = (mx - sk, my - sk) if k else (mx, my)  # (d var_x / d mx = -2 (mx - s k), likewise cov)
+    cs_x = two * a_q * (ex * bc_q - ey)   # through b and d: d/dmx
+    cs_y = two * a_q * (ey * bc_q - ex)
     shape = xs.shape
     t_dd, t_bxy = f.adjoint(dd, shape), f.adjoint(bxy, shape)
     gx = gy = None

@@ -86,7 +86,6 @@ class _Images:
         if self.skip:
             warnings.warn(f"ssim: images of {'x'.join(map(str, self.spatial))} are smaller than the window "
                           f"({self.win_size}) along axes {self.skip}: not smoothed along them", stacklevel=4)
-        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip)
         self.positions(*self.spatial)  # sizes are checked before anything is allocated
         if self.win_size > max(2 * max(self.spatial) + 1, SMALL_WINDOW):
             raise ValueError(f"win_size={self.win_size} is more than twice the {'x'.join(map(str, self.spatial))} "
@@ -95,6 +94,9 @@ class _Images:
             raise ValueError(f"padding='reflect' with win_size={self.win_size} needs images larger than "
                              f"{self.pad} a side, got {'x'.join(map(str, self.spatial))}")
         self.window = gaussian_window(self.win_size, self.sigma) if window is None else window
+        # the fused kernel takes the moments about the plane's mean, which needs a window that sums to 1
+        unnormalised = abs(float(self.window.sum()) - 1.0) > 4 * np.finfo(np.float64).eps
+        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip) or unnormalised
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
 
@@ -337,3 +339,84 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     if g is not result:
         images.backend.from_float32(g, result)
     return LossGrad(value, images.deliver(result, out))
+
+
+@on_device
+def ms_ssim_l1_loss(pred, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_range=1.0, k1=0.01, k2=0.03, alpha=0.025,
+                    compensation=200.0, reduction="mean", upstream=None, grad=False, target_grad=False):
+    """The MS-SSIM + L1 loss of Zhao et al. as kornia's ``MS_SSIMLoss`` computes it, per pixel of images
+    (N, C, H, W): compensation (alpha (1 - mean_c P) + (1 - alpha) mean_c(G_M * |x - y|) / data_range),
+    P = SSIM at the coarsest sigma times the contrast-structure at every other, each scale a Gaussian of
+    2 int(2 sigma_M) + 1 taps at full resolution, every map zero-padded to keep (H, W); reduced over
+    (N, H, W) by ``reduction`` ("mean", "sum", "none"). With ``grad``, the gradient of the reduced loss
+    (for "none": of sum(upstream * loss), ``upstream`` of shape (N, H, W), default ones); with
+    ``target_grad`` also the target's (``LossGrads``). Both in one pass over the scales."""
+    sigmas = [check_number(s, "sigmas", positive=True) for s in sigmas]
+    if not sigmas:
+        raise ValueError("sigmas must hold at least one positive number")
+    alpha = check_number(alpha, "alpha")
+    compensation = check_number(compensation, "compensation")
+    check_choice(reduction, "reduction", ("mean", "sum", "none"))
+    if target_grad and not grad:
+        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+    pad = int(2 * sigmas[-1])
+    images = _Images(pred, target, data_range, 2 * pad + 1, sigmas[-1], k1, k2, "same")
+    if images.dims != 2 or len(images.shape) != 4:
+        raise ValueError(f"ms_ssim_l1_loss takes images (N, C, H, W), got shape {images.shape}")
+    xp, backend = images.xp, images.backend
+    n, c, h, w = images.shape
+    x, y = images.x, images.y
+    dtype = x.dtype.type
+    windows = [gaussian_window(2 * pad + 1, s) for s in sigmas]
+    maps = [_general_map(xp, backend, x, y, [g, g], [pad, pad], False, images.c1, images.c2, 0.0,
+                         s < len(sigmas) - 1)[0] for s, g in enumerate(windows)]
+    product = maps[0]
+    for m in maps[1:]:
+        product = product * m
+    g_last = windows[-1].astype(x.dtype)
+    diff = xp.abs(x - y)
+    blurred = backend.filter_axis(backend.filter_axis(contiguous(diff), g_last, 1, pad, False), g_last, 2, pad, False)
+    per_pixel = (dtype(compensation) * (dtype(alpha) * (dtype(1) - product.reshape(n, c, h, w).mean(axis=1))
+                                        + dtype(1 - alpha) * blurred.reshape(n, c, h, w).mean(axis=1)
+                                        / dtype(images.data_range)))
+    if reduction == "none":
+        value = per_pixel
+    else:
+        value = per_pixel.sum(dtype=np.float64) / (per_pixel.size if reduction == "mean" else 1)
+        value = xp.asarray(value, per_pixel.dtype) if per_pixel.size else xp.asarray(np.nan, per_pixel.dtype)
+    value = images.call.back(value)
+    if not grad:
+        return value
+    if upstream is None:
+        u = xp.full((n, h, w), 1.0 / max(per_pixel.size, 1) if reduction == "mean" else 1.0, x.dtype)
+    else:
+        u = contiguous(images.call.like_pred(upstream, "upstream", shape=False)).reshape(n, h, w)
+    d_product = xp.repeat((dtype(-compensation * alpha / c) * u)[:, None], c, axis=1).reshape(n * c, h, w)
+    # d product / d map_s = the product of the other maps (prefix and suffix products: no division)
+    prefix, suffix = [None] * len(maps), [None] * len(maps)
+    for s in range(len(maps)):
+        prefix[s] = maps[s - 1] if s == 1 else (None if s == 0 else prefix[s - 1] * maps[s - 1])
+    for s in range(len(maps) - 1, -1, -1):
+        suffix[s] = None if s == len(maps) - 1 else (maps[s + 1] if s == len(maps) - 2 else suffix[s + 1] * maps[s + 1])
+    gx = xp.zeros_like(x)
+    gy = xp.zeros_like(x) if target_grad else None
+    for s, g in enumerate(windows):
+        others = d_product
+        for part in (prefix[s], suffix[s]):
+            if part is not None:
+                others = others * part
+        _, dx, dy = _general_map(xp, backend, x, y, [g, g], [pad, pad], False, images.c1, images.c2, 0.0,
+                                 s < len(sigmas) - 1, others, True, target_grad)
+        gx += dx
+        if target_grad:
+            gy += dy
+    scale = dtype(compensation * (1 - alpha) / (c * images.data_range))
+    spread = xp.repeat((scale * u)[:, None], c, axis=1).reshape(n * c, h, w)
+    back = backend.filter_axis_adjoint(backend.filter_axis_adjoint(contiguous(spread), g_last, 2, pad, False, w),
+                                       g_last, 1, pad, False, h)
+    sign = xp.sign(x - y)
+    gx += back * sign
+    if target_grad:
+        gy -= back * sign
+        return LossGrads(value, images.call.back(gx.reshape(images.shape)), images.call.back(gy.reshape(images.shape)))
+    return LossGrad(value, images.call.back(gx.reshape(images.shape)))

@@ -123,7 +123,36 @@ def _(input, target, data_range, win_size, sigma, k1, k2, padding, window, eps):
     return input.new_empty(input.shape[:-dims] + tuple(n + 2 * pad - size + 1 for n in input.shape[-dims:]))
 
 
-def _ssim_map_setup(ctx, inputs, output):
+@torch.library.custom_op("fastae::ms_ssim_l1", mutates_args=())
+def _ms_ssim_l1(input: Tensor, target: Tensor, sigmas: List[float], data_range: float, k1: float, k2: float,
+                alpha: float, compensation: float, reduction: str) -> Tensor:
+    return _fa.ms_ssim_l1_loss(input.detach(), target.detach(), sigmas=sigmas, data_range=data_range, k1=k1, k2=k2,
+                               alpha=alpha, compensation=compensation, reduction=reduction)
+
+
+@_ms_ssim_l1.register_fake
+def _(input, target, sigmas, data_range, k1, k2, alpha, compensation, reduction):
+    return input.new_empty((input.shape[0],) + input.shape[2:] if reduction == "none" else ())
+
+
+def _ms_ssim_l1_backward(ctx, grad_value):
+    """Both gradients of sum(upstream * loss map) in one pass over the scales (nothing saved but the images)."""
+    x, y = ctx.saved_tensors
+    sigmas, data_range, k1, k2, alpha, compensation, reduction = ctx.options
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return (None,) * 9
+    n, _, h, w = x.shape
+    scale = 1.0 / (n * h * w) if reduction == "mean" else 1.0
+    upstream = (grad_value * scale).expand(n, h, w).to(x.dtype).contiguous()
+    _, gx, gy = _fa.ms_ssim_l1_loss(x.detach(), y.detach(), sigmas=sigmas, data_range=data_range, k1=k1, k2=k2,
+                                    alpha=alpha, compensation=compensation, reduction="none",
+                                    upstream=upstream.detach(), grad=True, target_grad=True)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        gx, _ = torch._C._functions.DelayedError(_TWICE, 2)(gx, x)
+    return (gx if ctx.needs_input_grad[0] else None, gy if ctx.needs_input_grad[1] else None) + (None,) * 7
+
+
+def _save_images(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1])
     ctx.options = inputs[2:]
 
@@ -206,8 +235,9 @@ def _backward(n_inputs):
 _OPS = (_pointwise, _penalty, _structural, _soft_threshold, _kl_sparsity)
 for _op in _OPS:
     _op.register_autograd(_backward(len(_op._opoverload._schema.arguments)), setup_context=_save_grad)
-_ssim_map.register_autograd(_ssim_map_backward, setup_context=_ssim_map_setup)
-for _op in (*_OPS, _ssim_map):
+_ssim_map.register_autograd(_ssim_map_backward, setup_context=_save_images)
+_ms_ssim_l1.register_autograd(_ms_ssim_l1_backward, setup_context=_save_images)
+for _op in (*_OPS, _ssim_map, _ms_ssim_l1):
     for _device in ("cpu", "cuda"):  # autocast: float32, as F.mse_loss
         torch.library.register_autocast(_op._qualname, _device, torch.float32)
 
@@ -362,6 +392,16 @@ def ms_ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sig
                             weights=weights, window=window)
 
 
+def ms_ssim_l1_loss(input, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_range=1.0, k1=0.01, k2=0.03,
+                    alpha=0.025, compensation=200.0, reduction="mean"):
+    """The MS-SSIM + L1 loss of Zhao et al., as kornia's MS_SSIMLoss (see fastae.ms_ssim_l1_loss)."""
+    _check(input, target)
+    input, target, dtype = _float32_on_cpu(input, target)
+    value = _ms_ssim_l1(input, target, [float(s) for s in sigmas], float(data_range), float(k1), float(k2),
+                        float(alpha), float(compensation), reduction)
+    return value if dtype is None else value.to(dtype)
+
+
 def mixed_loss(input, target, alpha, pixel="l1", data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
                padding="valid", window=None, eps=0.0):
     """alpha * pixel + (1 - alpha) * (1 - SSIM), pixel the mean L1 or MSE."""
@@ -437,6 +477,13 @@ class MSSSIMLoss(_Loss):
 
     def forward(self, input, target):
         return 1 - super().forward(input, target)
+
+
+class MSSSIML1Loss(_Loss):
+    """The MS-SSIM + L1 loss of Zhao et al. (ms_ssim_l1_loss) as a module."""
+
+    def __init__(self, **options):
+        super().__init__(ms_ssim_l1_loss, **options)
 
 
 class MixedLoss(_Loss):
