@@ -119,11 +119,27 @@ class _Images:
         return int(np.prod(self.out_shape(*spatial)))
 
     def map(self, x, y, use_cs=False, weights=None, grad_x=False, grad_y=False):
-        """The general path: (map, gradient in x, gradient in y) of planes x, y (see _ssim_map)."""
+        """The general path: (map, gradient in x, gradient in y) of planes x, y (see _ssim_map); float16 and
+        bfloat16 (on a device) run in float32 and come back in float32."""
+        if x.dtype not in (np.float32, np.float64):
+            x, y = self.backend.to_float32(x), self.backend.to_float32(y)
+            weights = None if weights is None else self.backend.to_float32(weights)
         windows = [np.ones(1) if i in self.skip else self.window for i in range(self.dims)]
         pads = [0 if i in self.skip else self.pad for i in range(self.dims)]
         return _general_map(self.xp, self.backend, x, y, windows, pads, self.padding == "reflect", self.c1, self.c2,
                             self.eps, use_cs, weights, grad_x, grad_y)
+
+    def store(self, values, buffer, accumulate=False):
+        """float32 (or the images' dtype) ``values`` written, or added, into ``buffer`` of the images' dtype."""
+        if values.dtype == buffer.dtype:
+            if accumulate:
+                buffer += values
+            else:
+                buffer[...] = values
+            return
+        if accumulate:
+            values = values + self.backend.to_float32(buffer)
+        self.backend.from_float32(values, buffer)
 
     def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None):
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
@@ -138,16 +154,13 @@ class _Images:
         weights = None
         if grad is not None or target_grad is not None:
             out_shape = self.out_shape(*x.shape[1:])
-            weights = self.xp.empty((x.shape[0],) + out_shape, x.dtype)
-            weights[...] = scales.astype(x.dtype).reshape((-1,) + (1,) * len(out_shape))
+            work = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
+            weights = self.xp.empty((x.shape[0],) + out_shape, work)
+            weights[...] = scales.astype(work).reshape((-1,) + (1,) * len(out_shape))
         value, gx, gy = self.map(x, y, use_cs, weights, grad is not None, target_grad is not None)
         for buffer, g in ((grad, gx), (target_grad, gy)):
-            if buffer is None:
-                continue
-            if accumulate:
-                buffer += g
-            else:
-                buffer[...] = g
+            if buffer is not None:
+                self.store(g, buffer, accumulate)
         return value.reshape(x.shape[0], -1).sum(axis=1, dtype=np.float64)
 
     def full(self, planes, value):
@@ -236,10 +249,15 @@ def ssim_map(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k
                              f"{images.shape[:-images.dims] + out_spatial}")
         w = contiguous(w).reshape((-1,) + out_spatial)
     value, gx, gy = images.map(images.x, images.y, weights=w, grad_x=w is not None, grad_y=w is not None)
-    value = images.call.back(value.reshape(images.shape[:-images.dims] + out_spatial))
+
+    def back(a, shape):  # in the images' dtype
+        out = images.xp.empty(shape, images.x.dtype)
+        images.store(a.reshape(shape), out)
+        return images.call.back(out)
+    value = back(value, images.shape[:-images.dims] + out_spatial)
     if w is None:
         return value
-    return LossGrads(value, images.call.back(gx.reshape(images.shape)), images.call.back(gy.reshape(images.shape)))
+    return LossGrads(value, back(gx, images.shape), back(gy, images.shape))
 
 
 @on_device

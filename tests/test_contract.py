@@ -141,3 +141,55 @@ def test_lasso_reaches_the_optimum(backend, rng, dtype):
         off = np.abs(residual)[z == 0].max()
         tolerance = 1e-3 if dtype == np.float32 else 1e-6
         assert on < 0.25 * tolerance and off < 0.25 * (1 + tolerance), (atoms, on, off)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_filter_axis_and_its_adjoint(backend, rng, dtype):
+    """The window along each axis, zero or reflect padding, against np.pad; the adjoint by <F a, g> = <a, F^T g>."""
+    module, xp = backend
+    a = rng.standard_normal((3, 11, 6, 5)).astype(dtype)
+    w = rng.random(5)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for axis in (1, 2, 3):
+        for pad, reflect in ((0, False), (2, False), (2, True), (1, True)):
+            out = _host(module.filter_axis(xp.asarray(a), w.astype(dtype), axis, pad, reflect))
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (pad, pad)
+            padded = np.pad(a.astype(np.float64), widths, mode="reflect" if reflect else "constant")
+            m = out.shape[axis]
+            expected = sum(w[t] * np.take(padded, np.arange(t, t + m), axis=axis) for t in range(w.size))
+            np.testing.assert_allclose(out, expected, rtol=0, atol=tol * np.abs(expected).max())
+            g = rng.standard_normal(out.shape).astype(dtype)
+            back = _host(module.filter_axis_adjoint(xp.asarray(g), w.astype(dtype), axis, pad, reflect, a.shape[axis]))
+            lhs, rhs = float((out.astype(np.float64) * g).sum()), float((a.astype(np.float64) * back).sum())
+            assert abs(lhs - rhs) <= tol * 10 * abs(lhs), (axis, pad, reflect)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_general_path_on_every_backend(backend, rng, dtype):
+    """Volumes with reflect padding and eps, both gradients, through the public API on the backend's arrays:
+    the same numbers as on the CPU in float64."""
+    module, xp = backend
+    x = rng.random((1, 2, 9, 12, 11))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    expected = fastae.ssim(x, y, win_size=5, padding="reflect", eps=1e-6, grad=True, target_grad=True)
+    got = fastae.ssim(xp.asarray(x.astype(dtype)), xp.asarray(y.astype(dtype)), win_size=5, padding="reflect",
+                      eps=1e-6, grad=True, target_grad=True)
+    for a, b, what in zip(got, expected, ("value", "grad", "target grad")):
+        assert_close(_host(a), b, dtype, what, rtol32=1e-4)
+
+
+def test_the_general_path_in_half_precision_on_a_device(backend, rng):
+    module, xp = backend
+    if xp is np:
+        pytest.skip("float16 runs on CUDA devices only")
+    x = rng.random((1, 2, 9, 12, 11))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    expected = fastae.ssim(x, y, win_size=5, padding="reflect", grad=True, target_grad=True)
+    got = fastae.ssim(xp.asarray(x.astype(np.float16)), xp.asarray(y.astype(np.float16)), win_size=5,
+                      padding="reflect", grad=True, target_grad=True)
+    assert got.grad.dtype == got.target_grad.dtype == got.loss.dtype == np.float16
+    for a, b, what in zip(got, expected, ("value", "grad", "target grad")):
+        np.testing.assert_allclose(_host(a).astype(np.float64), b, rtol=0, atol=5e-3 * np.abs(b).max(), err_msg=what)
+    m = fastae.ssim_map(xp.asarray(x.astype(np.float16)), xp.asarray(y.astype(np.float16)), win_size=5)
+    assert m.dtype == np.float16 and m.shape == (1, 2, 5, 8, 7)

@@ -13,7 +13,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import pointwise, sparse, ssim
+from . import filters, pointwise, sparse, ssim
 from ._module import kernel_dir
 
 ARCHS = ("80", "90")
@@ -21,7 +21,7 @@ ARCHS = ("80", "90")
 
 def instances_by_file():
     by_file = {}
-    for module in (pointwise, ssim, sparse):
+    for module in (pointwise, ssim, sparse, filters):
         for file, expression in module.instances():
             by_file.setdefault(file, []).append(expression)
     return by_file
