@@ -17,6 +17,7 @@ import fastae as fa
 import fastae.cuda
 from fastae.cuda import _module
 from fastae.cuda.check import instances_by_file
+from fastae.cuda import filters as cuda_filters
 from fastae.cuda import pointwise as cuda_pointwise
 from fastae.cuda import sparse as cuda_sparse
 from fastae.cuda import ssim as cuda_ssim
@@ -59,7 +60,7 @@ def fake_cupy():
     cupy.ndarray = FakeArray
     for name in ("empty", "zeros", "ones", "full", "asarray", "where", "stack", "sum", "log", "eye", "abs",
                  "matmul", "maximum", "prod", "isnan", "isfinite", "broadcast_to", "empty_like", "count_nonzero",
-                 "may_share_memory", "nonzero"):
+                 "may_share_memory", "nonzero", "ascontiguousarray", "zeros_like", "sign", "repeat"):
         setattr(cupy, name, (lambda f: lambda *a, **k: _fake(f(*a, **k)))(getattr(np, name)))
     cupy.linalg = types.SimpleNamespace(eigvalsh=lambda a: _fake(np.linalg.eigvalsh(a)))
     cupy.cuda = types.SimpleNamespace(Device=_Device, ExternalStream=None)
@@ -122,7 +123,7 @@ def cupy(monkeypatch):
     monkeypatch.setattr(fastae.cuda, "EMULATOR", False)  # (under FASTAE_CUDA_EMULATOR the stand-in wins)
     monkeypatch.setattr(_module, "EMULATOR", False)
     known = signatures()
-    for launcher in (cuda_pointwise, cuda_ssim, cuda_sparse):
+    for launcher in (cuda_pointwise, cuda_ssim, cuda_sparse, cuda_filters):
         monkeypatch.setattr(launcher, "function", lambda file, expression: Checker(
             expression, known[re.sub(r"<.*", "", expression).split("::")[-1]]))
     Checker.launches = []
@@ -149,6 +150,8 @@ def test_every_public_function_launches_kernels_as_they_are_declared(cupy, rng, 
         fa.ssim(x, y, padding=padding, grad=True)
         fa.ssim_loss(x, y, padding=padding, reduction="none")
         fa.mixed_loss(x, y, alpha=0.3, padding=padding, grad=True)
+    fa.ssim(x, y, padding="reflect", grad=True, target_grad=True)  # the general path: filters.cu
+    fa.ssim_map(*_arrays(rng, (1, 2, 9, 12, 11), dtype), win_size=5)
     big = _arrays(rng, (1, 2, 48, 50), dtype)
     fa.ms_ssim(*big, weights=[0.5, 0.5], grad=True)
     codes, mask = fa.soft_threshold(x, 0.3, grad=True)
