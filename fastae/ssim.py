@@ -144,7 +144,7 @@ class _Images:
     def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None):
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
         scales[p] times each plane's gradient in x (in y) written (or added) into it."""
-        if not self.general:
+        if not (self.general or self.skip):
             sums = self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
                                             accumulate)
             if target_grad is not None:  # SSIM is symmetric: the gradient in y is the swapped call's in x
@@ -295,7 +295,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
 
 @on_device
 def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, weights=None,
-            reduction="mean", window=None, grad=False, target_grad=False, out=None):
+            reduction="mean", window=None, small="raise", grad=False, target_grad=False, out=None):
     """Multi-scale SSIM as pytorch-msssim computes it: per level the mean
     contrast-structure (clamped at 0), the SSIM at the last, combined as
     prod_l value_l ** weight_l, the images halved by 2x2 average pooling (odd
@@ -303,21 +303,25 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     exceed (win_size - 1) * 2 ** (levels - 1). Gradient exact (a level whose
     value is clamped to 0 passes no gradient). bfloat16 images run in float32.
     Volumes (N, C, D, H, W) pool 2x2x2, as pytorch-msssim's avg_pool3d.
+    ``small="skip"``: pytorch-msssim's checks and behaviour, the size checked
+    on H and W alone and, at each level, an axis shorter than the window
+    left unsmoothed (with a warning).
     """
     if target_grad:  # MS-SSIM is symmetric: the target's gradient is the swapped call's
         if not grad:
             raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
         kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, weights=weights,
-                  reduction=reduction, window=window)
+                  reduction=reduction, window=window, small=small)
         value, g = ms_ssim(pred, target, grad=True, out=out, **kw)
         return LossGrads(value, g, ms_ssim(target, pred, grad=True, **kw).grad)
-    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction, window)
+    check_choice(small, "small", ("raise", "skip"))
+    images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction, window, 0.0, small)
     w = np.asarray(MS_SSIM_WEIGHTS if weights is None else weights, dtype=np.float64)
     if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all():
         raise ValueError(f"weights must be a non-empty 1-D sequence of finite numbers, got {weights!r}")
     levels = w.size
     need = (images.win_size - 1) * 2 ** (levels - 1)
-    if min(images.spatial) <= need:
+    if min(images.spatial[-2:] if small == "skip" else images.spatial) <= need:
         raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
                          f"than {need} pixels a side, got {'x'.join(map(str, images.spatial))}")
     xp = images.xp
@@ -330,6 +334,8 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
     pads, values, grads = [], [], []
     for level in range(levels):
+        if small == "skip":  # this level's short axes
+            images.skip = tuple(i for i, n in enumerate(x.shape[1:]) if n < images.win_size)
         n_pos = images.positions(*x.shape[1:])
         last = level == levels - 1
         here = None if not grad else (g if level == 0 else xp.empty_like(x))

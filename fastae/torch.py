@@ -88,7 +88,7 @@ def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_r
     if kind == "mixed":
         call = functools.partial(_fa.mixed_loss, alpha=alpha, pixel=pixel, padding=padding, eps=eps, **kw)
     elif kind == "ms_ssim":
-        call = functools.partial(_fa.ms_ssim, weights=weights, reduction=reduction, **kw)
+        call = functools.partial(_fa.ms_ssim, weights=weights, reduction=reduction, small=small, **kw)
     else:
         call = functools.partial(getattr(_fa, kind), padding=padding, reduction=reduction, eps=eps, small=small, **kw)
     result = call(input.detach(), target.detach(), grad=need_grad or need_target_grad,
@@ -271,9 +271,12 @@ def _needs_grad(input):
 def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, **params):
     _check(input, target, weight=weight)
     checked = loss_params(loss, params, LOSSES[loss].torch)
+    input, target, dtype = _float32_on_cpu(input, target)
+    if dtype is not None and isinstance(weight, Tensor) and weight.dtype == dtype:
+        weight = weight.float()
     value, _, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope),
                              list(checked.values()), _needs_grad(input), _needs_grad(target))
-    return value
+    return value if dtype is None else value.to(dtype)
 
 
 def _functional(row):
@@ -386,10 +389,10 @@ def ssim_map(input, target, data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, 
 
 
 def ms_ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
-            weights=None, window=None):
+            weights=None, window=None, small="raise"):
     """MS-SSIM as pytorch-msssim's ms_ssim (volumes pool 2x2x2)."""
     return _structural_loss("ms_ssim", input, target, reduction, data_range, win_size, sigma, k1, k2,
-                            weights=weights, window=window)
+                            weights=weights, window=window, small=small)
 
 
 def ms_ssim_l1_loss(input, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_range=1.0, k1=0.01, k2=0.03,

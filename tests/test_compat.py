@@ -68,14 +68,13 @@ def test_pytorch_msssim_ssim(rng, dtype, shape):
 @pytest.mark.parametrize("shape", [(1, 3, 170, 165), (1, 1, 20, 200, 181)])
 def test_pytorch_msssim_ms_ssim(rng, dtype, shape):
     x, y = pair(rng, shape, dtype, scale=255.0)
-    if len(shape) == 5:  # pytorch-msssim leaves the 20 slices unsmoothed at the finer levels: not supported
-        with pytest.raises(ValueError, match="needs images larger"):
-            fp.ms_ssim(x, y)
-        return
+    warnings.simplefilter("ignore")  # (both warn that the 20 slices, then fewer, are not smoothed)
     for kw in [{}, dict(size_average=False), dict(weights=[0.2, 0.3, 0.5], win_size=7)]:
         assert_same(both(lambda a, b: fp.ms_ssim(a, b, **kw), x, y), peer(lambda a, b: pm.ms_ssim(a, b, **kw), x, y),
                     dtype)
-    assert_same(both(fp.MS_SSIM(channel=3), x, y), peer(pm.MS_SSIM(channel=3), x, y), dtype)
+    dims = len(shape) - 2
+    assert_same(both(fp.MS_SSIM(channel=shape[1], spatial_dims=dims), x, y),
+                peer(pm.MS_SSIM(channel=shape[1], spatial_dims=dims), x, y), dtype)
 
 
 def test_pytorch_msssim_small_images_are_not_smoothed_along_short_axes(rng):
@@ -253,3 +252,20 @@ def test_fused_ssim_formula_train_flag_and_volumes(rng, dtype, padding):
                 peer(lambda a, b: fused_reference(a, b, padding), v, w), dtype)
     with pytest.raises(AssertionError):
         fused_ssim(x, y, padding="reflect")
+
+
+def test_kornia_dtypes_and_half_precision_pixel_losses(rng):
+    import fastae.torch as ft
+    x, y = pair(rng, (1, 2, 20, 18), torch.float64)
+    mixed = fk.metrics.ssim(x.float(), y, 5)  # a float32 / float64 pair: float64, as kornia
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, kornia.metrics.ssim(x.float(), y, 5))
+    ints = (x * 255).round().to(torch.uint8), (y * 255).round().to(torch.uint8)
+    torch.testing.assert_close(fk.metrics.ssim(*ints, 5, max_val=255.0), kornia.metrics.ssim(*ints, 5, max_val=255.0))
+    for dtype in (torch.float16, torch.bfloat16):  # CPU half precision: computed in float32, returned as given
+        a, b = x.to(dtype).requires_grad_(), y.to(dtype).requires_grad_()
+        value = ft.mse_loss(a, b)
+        value.backward()
+        assert value.dtype == dtype and a.grad.dtype == b.grad.dtype == dtype
+        torch.testing.assert_close(value, F.mse_loss(a.float(), b.float()).to(dtype))
+        torch.testing.assert_close(b.grad, -a.grad)

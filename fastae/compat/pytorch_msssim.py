@@ -61,7 +61,7 @@ def ms_ssim(X: Tensor, Y: Tensor, data_range: float = 255, size_average: bool = 
     assert smaller_side > (win_size - 1) * (2 ** 4), \
         "Image size should be larger than %d due to the 4 downsamplings in ms-ssim" % ((win_size - 1) * (2 ** 4))
     return ft.ms_ssim(X, Y, data_range, "mean" if size_average else "none", win_size=win_size, sigma=win_sigma,
-                      k1=K[0], k2=K[1], weights=weights, window=window)
+                      k1=K[0], k2=K[1], weights=weights, window=window, small="skip")
 
 
 def _window(win_size, win_sigma, channel, spatial_dims):

@@ -25,6 +25,10 @@ def _map(img1, img2, window_size, max_val, eps, padding, dims):
         raise ValueError(f"img1 and img2 shapes must be the same. Got: {img1.shape} and {img2.shape}")
     if not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be a positive odd integer. Got: {window_size!r}")
+    # kornia's dtypes: integer images as float32, a float32/float64 pair in float64
+    dtype = torch.promote_types(img1.dtype if img1.is_floating_point() else torch.float32,
+                                img2.dtype if img2.is_floating_point() else torch.float32)
+    img1, img2 = img1.to(dtype), img2.to(dtype)
     return ft.ssim_map(img1, img2, float(max_val), win_size=window_size, sigma=1.5, padding=_padding(padding),
                        eps=float(eps))
 
