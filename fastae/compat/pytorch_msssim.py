@@ -72,17 +72,23 @@ def _window(win_size, win_sigma, channel, spatial_dims):
     return g.reshape((1, 1) + (1,) * (spatial_dims - 1) + (win_size,)).repeat([channel, 1] + [1] * spatial_dims)
 
 
-class SSIM(torch.nn.Module):
-    def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11, win_sigma: float = 1.5,
-                 channel: int = 3, spatial_dims: int = 2, K: Union[Tuple[float, float], List[float]] = (0.01, 0.03),
-                 nonnegative_ssim: bool = False) -> None:
+class _Window(torch.nn.Module):
+    """What both modules hold: pytorch-msssim's window (``win``) and its options."""
+
+    def __init__(self, data_range, size_average, win_size, win_sigma, channel, spatial_dims, K):
         super().__init__()
         self.win_size = win_size
-        self.win_sigma = win_sigma
         self.win = _window(win_size, win_sigma, channel, spatial_dims)
         self.size_average = size_average
         self.data_range = data_range
         self.K = K
+
+
+class SSIM(_Window):
+    def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11, win_sigma: float = 1.5,
+                 channel: int = 3, spatial_dims: int = 2, K: Union[Tuple[float, float], List[float]] = (0.01, 0.03),
+                 nonnegative_ssim: bool = False) -> None:
+        super().__init__(data_range, size_average, win_size, win_sigma, channel, spatial_dims, K)
         self.nonnegative_ssim = nonnegative_ssim
 
     def forward(self, X: Tensor, Y: Tensor) -> Tensor:
@@ -90,18 +96,12 @@ class SSIM(torch.nn.Module):
                     nonnegative_ssim=self.nonnegative_ssim)
 
 
-class MS_SSIM(torch.nn.Module):
+class MS_SSIM(_Window):
     def __init__(self, data_range: float = 255, size_average: bool = True, win_size: int = 11, win_sigma: float = 1.5,
                  channel: int = 3, spatial_dims: int = 2, weights: Optional[List[float]] = None,
                  K: Union[Tuple[float, float], List[float]] = (0.01, 0.03)) -> None:
-        super().__init__()
-        self.win_size = win_size
-        self.win_sigma = win_sigma
-        self.win = _window(win_size, win_sigma, channel, spatial_dims)
-        self.size_average = size_average
-        self.data_range = data_range
+        super().__init__(data_range, size_average, win_size, win_sigma, channel, spatial_dims, K)
         self.weights = weights
-        self.K = K
 
     def forward(self, X: Tensor, Y: Tensor) -> Tensor:
         return ms_ssim(X, Y, data_range=self.data_range, size_average=self.size_average, win=self.win,
