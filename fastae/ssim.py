@@ -145,12 +145,8 @@ class _Images:
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
         scales[p] times each plane's gradient in x (in y) written (or added) into it."""
         if not (self.general or self.skip):
-            sums = self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
-                                            accumulate)
-            if target_grad is not None:  # SSIM is symmetric: the gradient in y is the swapped call's in x
-                self.backend.ssim_planes(y, x, self.window, self.pad, self.c1, self.c2, use_cs, scales, target_grad,
-                                         accumulate)
-            return sums
+            return self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
+                                            accumulate, target_grad)
         weights = None
         if grad is not None or target_grad is not None:
             out_shape = self.out_shape(*x.shape[1:])

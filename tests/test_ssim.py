@@ -372,3 +372,24 @@ def test_mixed_loss_gives_the_target_its_gradient(rng):
     assert_close(value, ref[0], np.float64, "value")
     assert_close(grad, ref[1], np.float64, "grad")
     assert_close(target_grad, ref[2], np.float64, "target grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape, padding", [((3, 2, 40, 37), "valid"), ((1, 1, 600, 45), "same"),
+                                            ((70, 1, 16, 16), "same")])
+def test_the_fused_kernel_gives_the_target_its_gradient_in_the_same_pass(rng, monkeypatch, dtype, shape, padding):
+    """Strips of small planes, bands of tall ones: the target's gradient, computed beside the prediction's,
+    equals the prediction's gradient of the swapped call (SSIM is symmetric), for 1 and 2 threads, and
+    accumulates in mixed_loss."""
+    x, y = image_pair(rng, shape, dtype)
+    swapped = fa.ssim(y, x, padding=padding, grad=True).grad
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+        results.append(fa.ssim(x, y, padding=padding, grad=True, target_grad=True))
+    np.testing.assert_array_equal(results[0].target_grad, results[1].target_grad)
+    np.testing.assert_array_equal(results[0].grad, results[1].grad)
+    assert_close(results[0].target_grad, swapped, dtype, "target grad")
+    np.testing.assert_array_equal(results[0].grad, fa.ssim(x, y, padding=padding, grad=True).grad)
+    mixed = fa.mixed_loss(x, y, alpha=0.4, padding=padding, grad=True, target_grad=True)
+    assert_close(mixed.target_grad, fa.mixed_loss(y, x, alpha=0.4, padding=padding, grad=True).grad, dtype, "mixed")

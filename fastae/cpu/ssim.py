@@ -84,17 +84,22 @@ def _ring_filter(g, ring, k, o, step, dst, n):
 
 
 # ---------------------------------------------------------------- the SSIM of one output row
-@njit(inline="always")
-def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, j0, n):
+@njit(**KERNEL_OPTIONS)
+def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, j0, n, target):
     """The SSIM (or contrast-structure) sum over columns j0 .. j0 + n of one output row from its moments,
-    and scale times the coefficient maps A, B, C of the gradient there."""
+    and scale times the coefficient maps A, B, C of the gradient there, and A' = dS/dmu'_y unless
+    ``target`` is None. (Compiled apart, not inlined: a None argument prunes its branches.)"""
     e = j0 + n  # (1-D views: LLVM vectorises a loop from 0 over them, not one from an offset)
+    if target is None:
+        return _coefficients_of(mom[0, j0:e], mom[1, j0:e], mom[2, j0:e], mom[3, j0:e], shift, c1, c2, use_cs,
+                                scale, coef[0, j0:e], coef[1, j0:e], coef[2, j0:e], None)
     return _coefficients_of(mom[0, j0:e], mom[1, j0:e], mom[2, j0:e], mom[3, j0:e], shift, c1, c2, use_cs, scale,
-                            coef[0, j0:e], coef[1, j0:e], coef[2, j0:e])
+                            coef[0, j0:e], coef[1, j0:e], coef[2, j0:e], coef[3, j0:e])
 
 
-@njit(inline="always")
-def _coefficients_of(mx_, my_, p_, q_, shift, c1, c2, use_cs, scale, a_, b_, c_):
+@njit(**KERNEL_OPTIONS)
+def _coefficients_of(mx_, my_, p_, q_, shift, c1, c2, use_cs, scale, a_, b_, c_, ay_):
+    """(``ay_`` None: the target's coefficient is not computed; the branch goes at compile time.)"""
     one, two = like(c1, 1.0), like(c1, 2.0)
     row_sum = like(c1, 0.0)
     if use_cs:  # (two loops, not a branch in one: LLVM vectorises each)
@@ -106,6 +111,8 @@ def _coefficients_of(mx_, my_, p_, q_, shift, c1, c2, use_cs, scale, a_, b_, c_)
             cs = one - diff / b2  # (2 cov + C2) / b2, exactly 1 where diff is 0 (even as a * (1 / b))
             row_sum += cs
             a_[j] = scale * two * (mx * cs - my) / b2
+            if ay_ is not None:
+                ay_[j] = scale * two * (my * cs - mx) / b2  # (S is symmetric: A with x and y swapped)
             b_[j] = scale * two * diff / (b2 * b2)
             c_[j] = -scale * cs / b2
         return row_sum
@@ -121,6 +128,8 @@ def _coefficients_of(mx_, my_, p_, q_, shift, c1, c2, use_cs, scale, a_, b_, c_)
         v = lum * cs
         row_sum += v
         a_[j] = scale * two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2)
+        if ay_ is not None:
+            ay_[j] = scale * two * (cs * (ux - lum * uy) / b1 + lum * (my * cs - mx) / b2)
         b_[j] = scale * two * lum * diff / (b2 * b2)
         c_[j] = -scale * v / b2
     return row_sum
@@ -152,13 +161,14 @@ def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
                 ys[i - i0, base + pad + c] = y[first_plane + q, r, c] - s
 
 
-@njit(inline="always")
-def _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, m, w, wp, wv, out, r_out):
+@njit(**KERNEL_OPTIONS)
+def _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, m, w, wp, wv, out, r_out, tout):
     """Input row p's gradient (every plane of the strip) into out[q, r_out]: the horizontal adjoint
-    of its vertical share ``back``, then G^T A + y' G^T B + 2 (x - y) G^T C."""
+    of its vertical share ``back``, then G^T A + y' G^T B + 2 (x - y) G^T C; with ``tout`` (not None),
+    the target's into tout[q, r_out]: G^T A' + x' G^T B + 2 (y - x) G^T C."""
     win = g_rev.size
     two = like(g_rev[0], 2.0)
-    for k in range(3):
+    for k in range(3 if tout is None else 4):
         row = vb[k]
         for j in range(wv):
             row[win - 1 + j] = back[k, j]  # vb's ends stay 0: the window's adjoint has nothing there
@@ -166,6 +176,9 @@ def _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, m, w, wp, wv, out, r_out):
     for q in range(m):
         s, e = q * wp + pad, q * wp + pad + w  # (1-D views from 0: they vectorise)
         _gradient_of(full[0, s:e], full[1, s:e], full[2, s:e], xs[p - i0, s:e], ys[p - i0, s:e], two, out[q, r_out])
+        if tout is not None:
+            _gradient_of(full[3, s:e], full[1, s:e], full[2, s:e], ys[p - i0, s:e], xs[p - i0, s:e], two,
+                         tout[q, r_out])
 
 
 @njit(inline="always")
@@ -175,10 +188,12 @@ def _gradient_of(f0, f1, f2, xr, yr, two, out):
 
 
 @njit(**KERNEL_OPTIONS)
-def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, bands, first, stop, sums, edges):
+def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, first, stop, sums,
+           edges):
     """Tasks ``first`` to ``stop``: task k is band k % bands of strip k // bands (m planes side by side).
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
-    ``grad``, and its shared rows (first and last win - 1 of a band inside a tall plane) into edges[k]."""
+    ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
+    band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1])."""
     n_planes, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     win = g.size
@@ -187,17 +202,21 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
     wv = width - win + 1          # output columns of a strip row (those between planes are dropped)
     wvp = wp - win + 1            # output columns of one plane row
     dtype = x.dtype
+    maps = 3
+    if tgrad is not None:
+        maps = 4                  # A' = dS/dmu'_y beside A, B, C
     rows = min(hv, bands_height(hv, bands)) + win - 1
     xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
     prod = np.empty((2, width), dtype)
     ring = np.empty((win, 4, wv), dtype)     # horizontally filtered moments of the last win input rows
-    coef = np.zeros((win, 3, wv), dtype)     # coefficients of the last win output rows (0 between planes)
+    coef = np.zeros((win, maps, wv), dtype)  # coefficients of the last win output rows (0 between planes)
     mom = np.empty((4, wv), dtype)
-    back = np.empty((3, wv), dtype)
-    vb = np.zeros((3, wv + 2 * (win - 1)), dtype)
-    full = np.empty((3, width), dtype)
+    back = np.empty((maps, wv), dtype)
+    vb = np.zeros((maps, wv + 2 * (win - 1)), dtype)
+    full = np.empty((maps, width), dtype)
     g_rev = g[::-1].copy()
     one_plane = np.empty((m, 1, w), dtype)
+    one_target = np.empty((m, 1, w), dtype)
     for k in range(first, stop):
         strip, band = k // bands, k % bands
         p0 = strip * m
@@ -224,7 +243,7 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
                 _ring_filter(g, ring, map_, o, 1, mom[map_], wv)
             for q in range(mk):
                 sums[k, q] += _coefficients(mom, shifts[p0 + q], c1, c2, use_cs, dtype.type(scales[p0 + q]),
-                                            coef[o % win], q * wp, wvp)
+                                            coef[o % win], q * wp, wvp, tgrad)
             if grad is None:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
@@ -234,23 +253,44 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, ba
                 r = p - pad
                 if r < 0 or r >= h:
                     continue
-                for map_ in range(3):
+                for map_ in range(maps):
                     _ring_filter(g, coef, map_, p, -1, back[map_], wv)
                 head, tail = band > 0 and p < o0 + win - 1, band < bands - 1 and p >= o1
+                if head or tail or accumulate:  # into a row of its own first
+                    if tgrad is None:
+                        _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0, None)
+                    else:
+                        _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0, one_target)
                 if head or tail:
-                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0)
                     part = 0 if head else 1
                     row = p - o0 if head else p - o1
-                    for q in range(mk):
-                        for c in range(w):
-                            edges[k, part, row, q, c] = one_plane[q, 0, c]
+                    _keep(edges[k, part, 0, row], one_plane, mk)
+                    if tgrad is not None:
+                        _keep(edges[k, part, 1, row], one_target, mk)
                 elif accumulate:
-                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0)
-                    for q in range(mk):
-                        for c in range(w):
-                            grad[p0 + q, r, c] += one_plane[q, 0, c]
+                    _add(grad, p0, r, one_plane, mk)
+                    if tgrad is not None:
+                        _add(tgrad, p0, r, one_target, mk)
+                elif tgrad is None:
+                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, grad[p0:p0 + mk], r, None)
                 else:
-                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, grad[p0:p0 + mk], r)
+                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, grad[p0:p0 + mk], r,
+                          tgrad[p0:p0 + mk])
+
+
+@njit(inline="always")
+def _keep(dst, rows, m):
+    """dst[q] = rows[q, 0] for the strip's m planes: a shared row, kept to be joined."""
+    for q in range(m):
+        for c in range(dst.shape[1]):
+            dst[q, c] = rows[q, 0, c]
+
+
+@njit(inline="always")
+def _add(grad, p0, r, rows, m):
+    for q in range(m):
+        for c in range(grad.shape[2]):
+            grad[p0 + q, r, c] += rows[q, 0, c]
 
 
 @njit(inline="always")
@@ -260,7 +300,8 @@ def bands_height(hv, bands):
 
 @njit(**KERNEL_OPTIONS)
 def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_strip, m):
-    """The rows two bands share: the upper band's part, then the lower band's, added into the gradient."""
+    """The rows two bands share: the upper band's part, then the lower band's, added into the gradient
+    (``edges`` of one of the gradients: (tasks, part, row, plane, column))."""
     n_planes = grad.shape[0]
     hv = h + 2 * pad - win + 1
     for strip in range(first_strip, stop_strip):
@@ -299,9 +340,10 @@ def layout(planes, h, w, pad, win):
     return m, bands
 
 
-def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate):
+def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None):
     """The SSIM sums of the planes of x, y (P, H, W), in threads over strips and bands (see
-    fastae/backends.md and the module docstring); ``scales`` (P,) scales each plane's gradient."""
+    fastae/backends.md and the module docstring); ``scales`` (P,) scales each plane's gradient, written
+    into ``grad`` and, unless None, the target's into ``target_grad`` in the same pass."""
     n_planes, h, w = x.shape
     dtype = x.dtype
     g = g.astype(dtype)
@@ -313,12 +355,15 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate):
     strips = -(-n_planes // m)
     tasks = strips * bands
     sums = np.empty((tasks, m))
-    edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, win - 1, m, w), dtype)
+    both = 2 if target_grad is not None else 1
+    edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
-    run_chunks(lambda first, stop: _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, accumulate, m, bands,
-                                          first, stop, sums, edges), tasks, min_per_thread=1)
+    run_chunks(lambda first, stop: _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, target_grad,
+                                          accumulate, m, bands, first, stop, sums, edges), tasks, min_per_thread=1)
     if edges.size:
-        run_chunks(lambda first, stop: _join_bands(edges, bands, win, pad, h, grad, accumulate, first, stop, m),
-                   strips, min_per_thread=1)
+        for which, buffer in enumerate((grad, target_grad)[:both]):
+            part = np.ascontiguousarray(edges[:, :, which])
+            run_chunks(lambda first, stop: _join_bands(part, bands, win, pad, h, buffer, accumulate, first, stop, m),
+                       strips, min_per_thread=1)
     per_plane = sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
     return per_plane.reshape(-1)[:n_planes].copy()

@@ -61,13 +61,17 @@ def _kernel(name, ctype, shared):
     return kernel
 
 
-def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate):
+def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None):
     """Per-plane sums (float64, on the device) of the SSIM map (or, with
     ``use_cs``, the contrast-structure map) of the planes x, y (P, H, W),
     zero-padded by ``pad``. With ``grad`` an array of x's shape, writes (or
     adds, with ``accumulate``) scales[p] * d sum_p / dx into it; ``scales``
-    is a (P,) float64 device array. No host synchronisation."""
+    is a (P,) float64 device array; ``target_grad`` likewise receives the
+    gradient in y, by a second pass with x and y swapped (SSIM is symmetric).
+    No host synchronisation."""
     cupy = cuda_runtime()
+    if target_grad is not None:
+        ssim_planes(y, x, window, pad, c1, c2, use_cs, scales, target_grad, accumulate)
     planes, h, w = x.shape
     if planes == 0:
         return cupy.zeros(0, np.float64)  # (a grid of no blocks is a launch error)
