@@ -193,3 +193,16 @@ def test_the_general_path_in_half_precision_on_a_device(backend, rng):
         np.testing.assert_allclose(_host(a).astype(np.float64), b, rtol=0, atol=5e-3 * np.abs(b).max(), err_msg=what)
     m = fastae.ssim_map(xp.asarray(x.astype(np.float16)), xp.asarray(y.astype(np.float16)), win_size=5)
     assert m.dtype == np.float16 and m.shape == (1, 2, 5, 8, 7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_gradients_of_the_fused_path_on_every_backend(backend, rng, dtype):
+    module, xp = backend
+    x = rng.random((2, 3, 21, 26))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    for padding in ("valid", "same"):
+        expected = fastae.mixed_loss(x, y, alpha=0.2, padding=padding, grad=True, target_grad=True)
+        got = fastae.mixed_loss(xp.asarray(x.astype(dtype)), xp.asarray(y.astype(dtype)), alpha=0.2, padding=padding,
+                                grad=True, target_grad=True)
+        for a, b, what in zip(got, expected, ("value", "grad", "target grad")):
+            assert_close(_host(a), b, dtype, f"{padding} {what}", rtol32=1e-4)
