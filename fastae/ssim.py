@@ -15,9 +15,10 @@ Gaussian of win_size and sigma by a caller's own 1-D window (odd length); ``eps`
 kornia's: SSIM = a b / (c d + eps). ``target_grad=True`` (with ``grad=True``) also returns the
 gradient in the target: ``LossGrads(loss, grad, target_grad)``. The gradient is exact.
 
-The 2-D images with zero padding and eps = 0 run the fused streaming kernel (the target's gradient
-then by a second pass, the two images swapped: SSIM is symmetric); everything else runs the general
-path (``fastae/_ssim_map.py``: separable filters, both gradients in one pass).
+The 2-D images with zero padding, eps = 0 and a window summing to 1 run the fused streaming kernel
+(both gradients in one pass on the CPU; on CUDA the target's by a second pass, the images swapped:
+SSIM is symmetric); everything else runs the general path (``fastae/_ssim_map.py``: separable
+filters, both gradients in one pass).
 """
 import warnings
 from collections import namedtuple
