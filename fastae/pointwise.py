@@ -14,7 +14,9 @@ and its own parameters (``delta=``, ``sigma=``, ...) by keyword:
   still divides by the element count, as PyTorch does);
 - ``grad=True`` returns ``LossGrad(loss, grad)`` with the gradient already
   scaled by the reduction (for ``none``, the element-wise derivative);
-  ``out`` is a C-contiguous buffer of pred's shape and dtype that receives it.
+  ``out`` is a C-contiguous buffer of pred's shape and dtype that receives it;
+  ``target_grad=True`` (with ``grad=True``) also returns d loss / d target,
+  in the same pass: ``LossGrads(loss, grad, target_grad)``.
 
 ``activate(z, activation)`` applies an activation alone (and its derivative).
 """
@@ -28,6 +30,8 @@ from ._table import ACTIVATIONS, LOSSES
 
 LossGrad = namedtuple("LossGrad", "loss grad")
 LossGrad.__doc__ = "A loss and its gradient with respect to the prediction."
+LossGrads = namedtuple("LossGrads", "loss grad target_grad")
+LossGrads.__doc__ = "A loss and its gradients with respect to the prediction and to the target."
 Activated = namedtuple("Activated", "value slope")
 Activated.__doc__ = "An activation's value and its derivative."
 
@@ -46,7 +50,8 @@ def loss_params(loss, params, caller=None):
 
 
 @on_device
-def _pointwise(loss, params, pred, target, reduction, weight, activation, negative_slope, grad, out):
+def _pointwise(loss, params, pred, target, reduction, weight, activation, negative_slope, grad, out,
+               target_grad=False):
     call = Call(pred)
     p = contiguous(call.pred)
     t = contiguous(call.like_pred(target, "target"))
@@ -57,15 +62,18 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
         raise ValueError("reduction='batchmean' needs pred with a batch axis; pred is 0-d")
     if out is not None and not grad:
         raise ValueError("out receives the gradient: pass grad=True with it")
+    if target_grad and not grad:
+        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
     w = call.weight(weight)
     g = call.out(out, reads=(p, t, w)) if grad else None
+    tg = call.empty() if target_grad else None
     values = call.empty() if reduction == "none" else None
 
     n = p.size
     count = {"mean": n, "sum": 1, "none": 1, "batchmean": p.shape[0] if p.ndim else 1}[reduction]
     value, _, outside = call.backend.pointwise(loss, LOSSES[loss].kernel_fields(params), activation, negative_slope,
                                                p, t, w, g, values, 1.0 / count if count else 0.0,
-                                               1.0 / count if count else np.nan)
+                                               1.0 / count if count else np.nan, target_grad=tg)
     # A device does not raise on data (that would wait for it): out-of-domain values make its loss NaN.
     if not call.gpu and outside:
         where = "pred" if activation == "identity" else f"{activation}(pred)"
@@ -74,15 +82,17 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
     value = call.back(values if values is not None else value)
     if not grad:
         return value
+    if tg is not None:
+        return LossGrads(value, call.deliver(g, out), call.back(tg))
     return LossGrad(value, call.deliver(g, out))
 
 
 def _public(row):
     """The public function of a table row."""
     def loss(pred, target, *, reduction="mean", weight=None, activation="identity", negative_slope=0.01,
-             grad=False, out=None, **params):
+             grad=False, target_grad=False, out=None, **params):
         return _pointwise(row.name, loss_params(row.name, params), pred, target, reduction, weight, activation,
-                          negative_slope, grad, out)
+                          negative_slope, grad, out, target_grad)
     keyword = inspect.Parameter.KEYWORD_ONLY
     signature = inspect.signature(loss)
     own = [inspect.Parameter(p.name, keyword, default=p.default) for p in row.params]
@@ -111,4 +121,4 @@ def activate(z, activation, *, negative_slope=0.01, grad=False):
     return Activated(call.back(y), call.back(dy)) if grad else call.back(y)
 
 
-__all__ = ["LossGrad", "Activated", "activate", *LOSSES]
+__all__ = ["LossGrad", "LossGrads", "Activated", "activate", *LOSSES]

@@ -21,17 +21,13 @@ SSIM is symmetric); everything else runs the general path (``fastae/_ssim_map.py
 filters, both gradients in one pass).
 """
 import warnings
-from collections import namedtuple
 
 import numpy as np
 
 from ._arrays import Call, check_choice, check_number, contiguous, is_number, on_device
 from ._neutral import avg_pool, avg_pool_adjoint, gaussian_window, pool_pads
 from ._ssim_map import ssim_map as _general_map
-from .pointwise import LossGrad
-
-LossGrads = namedtuple("LossGrads", "loss grad target_grad")
-LossGrads.__doc__ = "A loss and its gradients with respect to the prediction and to the target."
+from .pointwise import LossGrad, LossGrads
 
 PADDINGS = ("valid", "same", "reflect")
 SMALL_WINDOW = 63  # any image takes a window this small with padding="same"
@@ -279,9 +275,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     n = images.x.size
     scale = alpha / n if n else 0.0
     _, pixel_sum, _ = images.backend.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                               scale, 1.0)
-    if tg is not None:  # |x - y| and (x - y)^2 are symmetric: the target's gradient is the swapped call's
-        images.backend.pointwise(pixel, {}, "identity", 0.0, images.y, images.x, None, tg, None, scale, 1.0)
+                                               scale, 1.0, target_grad=tg)
     scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos)
     per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True, target_grad=tg) / n_pos
     pixel_mean = pixel_sum / n if n else np.nan

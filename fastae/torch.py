@@ -7,9 +7,9 @@ saves it; the backward only scales it by the incoming gradient. When no input
 requires grad (or grad mode is off), no gradient is computed at all.
 
 Gradients flow to ``input`` and, as torch.nn.functional's and pytorch-msssim's
-do, to a ``target`` that requires grad (computed only then: for the structural
-losses, by a second pass with the two images swapped, as every one of them is
-symmetric). Weights and thresholds are data (one that requires grad gets a
+do, to a ``target`` that requires grad (computed only then, in the same pass on
+the CPU; on CUDA the fused SSIM kernel takes a second pass with the images
+swapped, SSIM being symmetric). Weights and thresholds are data (one that requires grad gets a
 warning, once). First derivatives only: differentiating a gradient again
 (``create_graph=True`` and then backward, gradient penalties, ``gradgradcheck``)
 raises, as do forward-mode AD and the ``torch.func`` transforms. Under
@@ -36,29 +36,14 @@ def _pointwise(input: Tensor, target: Tensor, weight: Optional[Tensor], loss: st
                activation: str, negative_slope: float, params: List[float], need_grad: bool,
                need_target_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
     kw = dict(zip((p.name for p in LOSSES[loss].params), params))  # the table's parameters, in its order
-    x, t = input.detach(), target.detach()
-    w = None if weight is None else weight.detach()
-    result = getattr(_fa, loss)(x, t, reduction=reduction, weight=w, activation=activation,
-                                negative_slope=negative_slope, grad=need_grad, **kw)
-    value, grad = (result.loss, result.grad) if need_grad else (result, input.new_empty(0))
-    target_grad = _target_grad(loss, x, t, w, reduction, activation, negative_slope, kw) if need_target_grad \
-        else input.new_empty(0)
-    return value, grad, target_grad
-
-
-def _target_grad(loss, x, t, w, reduction, activation, negative_slope, kw):
-    """d loss / d target. Every loss of the table but BCE is a function of y - t (y = activation(x)):
-    minus its derivative in y, by the same kernel on y. BCE: -(log y - log(1 - y)) (each log clamped at
-    -100, as torch's), -x for logits (torch's binary_cross_entropy_with_logits); times the weight and the
-    reduction's scale."""
-    y = x if activation == "identity" else _fa.activate(x, activation, negative_slope=negative_slope)
-    if loss != "bce":
-        return -getattr(_fa, loss)(y, t, reduction=reduction, weight=w, grad=True, **kw).grad
-    logit = x if activation == "sigmoid" else torch.clamp(torch.log(y), min=-100) - torch.clamp(torch.log1p(-y),
-                                                                                                   min=-100)
-    count = {"mean": x.numel(), "sum": 1, "none": 1, "batchmean": x.shape[0] if x.dim() else 1}[reduction]
-    grad = -logit / count if count else -logit * float("nan")
-    return grad * w if w is not None else grad
+    result = getattr(_fa, loss)(input.detach(), target.detach(), reduction=reduction,
+                                weight=None if weight is None else weight.detach(), activation=activation,
+                                negative_slope=negative_slope, grad=need_grad or need_target_grad,
+                                target_grad=need_target_grad, **kw)
+    if not (need_grad or need_target_grad):
+        return result, input.new_empty(0), input.new_empty(0)
+    empty = input.new_empty(0)
+    return result[0], result[1] if need_grad else empty, result[2] if need_target_grad else empty
 
 
 @_pointwise.register_fake

@@ -1,6 +1,7 @@
-// Fused pointwise losses: value, gradient and a deterministic reduction in
-// one pass over memory. Each loss of the table (fastae/_table.py) is one small
-// struct with a device function (y, t) -> (loss, dloss/dy, outside), its fields
+// Fused pointwise losses: value, gradient (and, when asked, the target's) and a
+// deterministic reduction in one pass over memory. Each loss of the table
+// (fastae/_table.py) is one small struct with a device function
+// (y, t) -> (loss, dloss/dy, outside), its fields
 // arriving as p0, p1 in the table's order; each output activation one struct
 // with z -> (y, dy/dz); Compose chains them (BCE after a sigmoid gets its
 // own stable form), and the one loop in pointwise_partials weighs, writes the
@@ -10,14 +11,17 @@
 
 namespace fastae {
 
-template <typename A> struct Point { A value, slope, outside; };
+// A loss at one element: its value, d/dy, 1 outside the loss's domain (else 0), and d/dt from the
+// loss's own intermediates (minus d/dy for a loss of y - t), so that asking for it changes no other
+// output's rounding.
+template <typename A> struct Point { A value, slope, outside, target; };
 
 // ---------------------------------------------------------------- losses
 // p0, p1: the loss's parameters (see the launcher), in the accumulation type.
 struct MSE {
     template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A, A) {
-        A d = y - t;
-        return {d * d, d + d, A(0)};
+        A d = y - t, slope = d + d;
+        return {d * d, slope, A(0), -slope};
     }
 };
 
@@ -25,7 +29,8 @@ struct L1 {
     template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A, A) {
         A d = y - t;
         A sign = A(d > A(0)) - A(d < A(0));
-        return {abs_(d), d != d ? d : sign, A(0)};  // sign(0) = 0, sign(nan) = nan
+        sign = d != d ? d : sign;  // sign(0) = 0, sign(nan) = nan
+        return {abs_(d), sign, A(0), -sign};
     }
 };
 
@@ -35,7 +40,7 @@ struct Huber {  // p0 = delta
         A a = abs_(d);
         A value = a < delta ? A(0.5) * d * d : delta * (a - A(0.5) * delta);
         A slope = d < -delta ? -delta : (d > delta ? delta : d);  // clamp, nan stays nan
-        return {value, slope, A(0)};
+        return {value, slope, A(0), -slope};
     }
 };
 
@@ -47,28 +52,29 @@ struct BCE {  // on probabilities, as torch: logs clamped at -100, gradient deno
         A den = (A(1) - y) * y;
         const A eps = A(1e-12f);  // torch's constant is a float32, in double too
         den = den < eps ? eps : den;
-        return {-(t * log_y + (A(1) - t) * log_1my), (y - t) / den, A((y < A(0)) | (y > A(1)))};
+        return {-(t * log_y + (A(1) - t) * log_1my), (y - t) / den, A((y < A(0)) | (y > A(1))), log_1my - log_y};
     }
 };
 
 struct GaussianNLL {  // p0 = 1 / sigma^2, p1 = log sigma + log(2 pi) / 2
     template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A inv_var, A c) {
-        A d = y - t;
-        return {A(0.5) * d * d * inv_var + c, d * inv_var, A(0)};
+        A d = y - t, slope = d * inv_var;
+        return {A(0.5) * d * d * inv_var + c, slope, A(0), -slope};
     }
 };
 
 struct LaplaceNLL {  // p0 = 1 / scale, p1 = log(2 scale)
     template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A inv_scale, A c) {
         Point<A> p = L1::at(y, t, A(0), A(0));
-        return {p.value * inv_scale + c, p.slope * inv_scale, A(0)};
+        A slope = p.slope * inv_scale;
+        return {p.value * inv_scale + c, slope, A(0), -slope};
     }
 };
 
 struct Charbonnier {  // p0 = eps
     template <typename A> static __device__ __forceinline__ Point<A> at(A y, A t, A eps, A) {
-        A d = y - t, r = sqrt_(d * d + eps * eps);
-        return {abs_(d) < eps ? d * d / (r + eps) : r - eps, d / r, A(0)};  // r - eps cancels where |d| << eps
+        A d = y - t, r = sqrt_(d * d + eps * eps), slope = d / r;
+        return {abs_(d) < eps ? d * d / (r + eps) : r - eps, slope, A(0), -slope};  // r - eps cancels where |d| << eps
     }
 };
 
@@ -130,17 +136,20 @@ template <> struct Compose<BCE, Sigmoid> {
         A e = exp_(-abs_(z));
         A r = A(1) / (A(1) + e);
         A y = z >= A(0) ? r : e * r;
-        return {(z > A(0) ? z : A(0)) - z * t + log1p_(e), y - t, A(0)};
+        return {(z > A(0) ? z : A(0)) - z * t + log1p_(e), y - t, A(0), -z};
     }
 };
 
 // ---------------------------------------------------------------- the loop
 // One element: its weighted loss into `total`, out-of-domain flag into `bad`;
 // returns the scaled, weighted gradient; `value` receives the weighted loss
-// (NaN where the value lies outside the loss's domain).
+// (NaN where the value lies outside the loss's domain), `target` the scaled,
+// weighted gradient in t.
 template <class F, typename A>
-__device__ __forceinline__ A element(A z, A t, A w, A scale, A p0, A p1, A slope, A& total, A& bad, A& value) {
+__device__ __forceinline__ A element(A z, A t, A w, A scale, A p0, A p1, A slope, A& total, A& bad, A& value,
+                                     A& target) {
     Point<A> p = F::template at<A>(z, t, p0, p1, slope);
+    target = p.target * w * scale;
     value = p.value * w;
     total += value;
     bad += p.outside;
@@ -150,12 +159,13 @@ __device__ __forceinline__ A element(A z, A t, A w, A scale, A p0, A p1, A slope
 
 // Partial sums of w * loss(act(z), t) per block (256 threads, a grid-stride
 // loop); the gradient scale * w * dloss/dz into `grad` (added to it with
-// `accumulate`), the per-element loss into `values`. Null `t` is a zero
-// target (penalties), null `w` the scalar weight `w_scalar`, null `grad` or
-// `values` nothing written. `vectorized`: every pointer is 16-byte aligned.
+// `accumulate`), the per-element loss into `values`, scale * w * dloss/dt into
+// `tgrad`. Null `t` is a zero target (penalties), null `w` the scalar weight
+// `w_scalar`, null `grad`, `values` or `tgrad` nothing written. `vectorized`:
+// every pointer is 16-byte aligned.
 template <typename T, class Loss, class Activation>
 __global__ void __launch_bounds__(256) pointwise_partials(
-        const T* z, const T* t, const T* w, double w_scalar, T* grad, int accumulate, T* values,
+        const T* z, const T* t, const T* w, double w_scalar, T* grad, int accumulate, T* values, T* tgrad,
         double scale, double p0, double p1, double slope, index_t n, int vectorized,
         double* block_sums, double* block_bad) {
     typedef typename Acc<T>::type A;
@@ -164,32 +174,35 @@ __global__ void __launch_bounds__(256) pointwise_partials(
     const A a_scale = A(scale), a_p0 = A(p0), a_p1 = A(p1), a_slope = A(slope), a_w = A(w_scalar);
     const index_t stride = (index_t)gridDim.x * blockDim.x;
     index_t first = (index_t)blockIdx.x * blockDim.x + threadIdx.x;
-    A total = A(0), bad = A(0), value;
+    A total = A(0), bad = A(0), value, target;
     if (vectorized) {
         const int V = Width<T>::value;
         const index_t packs = n / V;
         for (index_t i = first; i < packs; i += stride) {
-            Pack<T, V> zp = load_pack<T, V>(z, i), tp, wp, gp, vp;
+            Pack<T, V> zp = load_pack<T, V>(z, i), tp, wp, gp, vp, sp;
             if (t) tp = load_pack<T, V>(t, i);
             if (w) wp = load_pack<T, V>(w, i);
             if (grad && accumulate) gp = load_pack<T, V>(grad, i);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
                 A g = element<F, A>(to_acc(zp.v[k]), t ? to_acc(tp.v[k]) : A(0), w ? to_acc(wp.v[k]) : a_w,
-                                    a_scale, a_p0, a_p1, a_slope, total, bad, value);
+                                    a_scale, a_p0, a_p1, a_slope, total, bad, value, target);
                 gp.v[k] = store<T>(grad && accumulate ? to_acc(gp.v[k]) + g : g);
                 vp.v[k] = store<T>(value);
+                sp.v[k] = store<T>(target);
             }
             if (grad) store_pack<T, V>(grad, i, gp);
             if (values) store_pack<T, V>(values, i, vp);
+            if (tgrad) store_pack<T, V>(tgrad, i, sp);
         }
         first += packs * V;  // the tail, element by element
     }
     for (index_t i = first; i < n; i += stride) {
         A g = element<F, A>(to_acc(z[i]), t ? to_acc(t[i]) : A(0), w ? to_acc(w[i]) : a_w,
-                            a_scale, a_p0, a_p1, a_slope, total, bad, value);
+                            a_scale, a_p0, a_p1, a_slope, total, bad, value, target);
         if (grad) grad[i] = store<T>(accumulate ? to_acc(grad[i]) + g : g);
         if (values) values[i] = store<T>(value);
+        if (tgrad) tgrad[i] = store<T>(target);
     }
     double block_total = block_sum((double)total, scratch);
     double block_bad_count = block_sum((double)bad, scratch);

@@ -206,3 +206,27 @@ def test_both_gradients_of_the_fused_path_on_every_backend(backend, rng, dtype):
                                 grad=True, target_grad=True)
         for a, b, what in zip(got, expected, ("value", "grad", "target grad")):
             assert_close(_host(a), b, dtype, f"{padding} {what}", rtol32=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_target_gradient_in_the_same_pass(backend, rng, dtype):
+    """target_grad = scale * w * d loss / d target, every loss and activation, against torch autograd through
+    the loss's eager PyTorch form (float64); the gradient in pred unchanged by asking for it, to rounding (the
+    compiler schedules the loop anew: huber after softplus in float32 moves by a few ulps on the CPU)."""
+    import torch
+    from fastae._table import torch_peer
+    module, xp = backend
+    for loss, row in fastae.LOSSES.items():
+        params = loss_params(loss)
+        for activation in fastae.ACTIVATIONS:
+            pred, target = loss_inputs(rng, loss, activation, (3, 41), dtype)
+            t = torch.tensor(target, dtype=torch.float64, requires_grad=True)
+            (0.5 * torch_peer(loss, activation, **params)(torch.tensor(pred, dtype=torch.float64), t)).backward()
+            grad, tgrad, plain = (xp.empty(pred.shape, dtype) for _ in range(3))
+            value, total, _ = module.pointwise(loss, row.kernel_fields(params), activation, 0.01, xp.asarray(pred),
+                                               xp.asarray(target), 0.5, grad, None, 1.0 / pred.size, 1.0,
+                                               target_grad=tgrad)
+            module.pointwise(loss, row.kernel_fields(params), activation, 0.01, xp.asarray(pred), xp.asarray(target),
+                             0.5, plain, None, 1.0 / pred.size, 1.0)
+            assert_close(_host(tgrad), t.grad.numpy(), dtype, f"{loss}/{activation} target grad")
+            np.testing.assert_allclose(_host(grad), _host(plain), rtol=1e-5 if dtype == np.float32 else 1e-14, atol=0)

@@ -1,7 +1,7 @@
 """Fused pointwise losses on the CPU: value, gradient and reduction in one pass.
 
 Each loss of the table (fastae/_table.py) is one small function
-``<name>_point(spec, y, t) -> (loss, dloss/dy, outside)`` and each output
+``<name>_point(spec, y, t) -> (loss, dloss/dy, outside, dloss/dt)`` and each output
 activation one function ``<name>_act(spec, z) -> (y, dy/dz)``. The
 single loop in ``_chunks`` composes them, weights, reduces and writes the
 gradient. The spec arguments are named tuples: their class picks the function
@@ -33,7 +33,8 @@ _BCE_EPS = float(np.float32(1e-12))  # torch's constant is a float32, in float64
 @njit(inline="always")
 def mse_point(spec, y, t):
     d = y - t
-    return d * d, d + d, like(d, 0.0)
+    slope = d + d
+    return d * d, slope, like(d, 0.0), -slope
 
 
 @njit(inline="always")
@@ -41,7 +42,7 @@ def l1_point(spec, y, t):
     d = y - t
     sign = like(d, d > 0) - like(d, d < 0)  # branch-free: sign(0) = 0 ...
     sign = d if d != d else sign  # ... and sign(nan) = nan
-    return abs(d), sign, like(d, 0.0)
+    return abs(d), sign, like(d, 0.0), -sign
 
 
 @njit(inline="always")
@@ -52,7 +53,7 @@ def huber_point(spec, y, t):
     quad = a < h
     value = like(d, 0.5) * d * d if quad else h * (a - like(d, 0.5) * h)
     slope = -h if d < -h else (h if d > h else d)  # clamp(d, -h, h), nan stays nan
-    return value, slope, like(d, 0.0)
+    return value, slope, like(d, 0.0), -slope
 
 
 @njit(inline="always")
@@ -69,19 +70,21 @@ def bce_point(spec, y, t):
     eps = like(y, _BCE_EPS)
     den = eps if den < eps else den
     outside = like(y, (y < like(y, 0.0)) | (y > like(y, 1.0)))  # 1 outside [0, 1]; nan is inside
-    return value, (y - t) / den, outside
+    return value, (y - t) / den, outside, log_1my - log_y
 
 
 @njit(inline="always")
 def gaussian_nll_point(spec, y, t):
     d = y - t
-    return like(d, 0.5) * d * d * spec.inv_var + spec.const, d * spec.inv_var, like(d, 0.0)
+    slope = d * spec.inv_var
+    return like(d, 0.5) * d * d * spec.inv_var + spec.const, slope, like(d, 0.0), -slope
 
 
 @njit(inline="always")
 def laplace_nll_point(spec, y, t):
-    v, sign, outside = l1_point(spec, y, t)
-    return v * spec.inv_scale + spec.const, sign * spec.inv_scale, outside
+    v, sign, outside, _ = l1_point(spec, y, t)
+    slope = sign * spec.inv_scale
+    return v * spec.inv_scale + spec.const, slope, outside, -slope
 
 
 @njit(inline="always")
@@ -90,7 +93,8 @@ def charbonnier_point(spec, y, t):
     eps = spec.eps
     r = np.sqrt(d * d + eps * eps)
     value = d * d / (r + eps) if abs(d) < eps else r - eps  # r - eps cancels where |d| << eps
-    return value, d / r, like(d, 0.0)
+    slope = d / r
+    return value, slope, like(d, 0.0), -slope
 
 
 # ---------------------------------------------------------------- activations
@@ -142,7 +146,7 @@ def bce_with_logits_point(z, t):
     value = (z if z > zero else zero) - z * t + log1p_unit(e)
     r = like(z, 1.0) / (like(z, 1.0) + e)
     y = r if z >= zero else e * r
-    return value, y - t, zero
+    return value, y - t, zero, -z
 
 
 # ---------------------------------------------------------------- specs, from the table
@@ -168,9 +172,11 @@ ACTIVATIONS = {ACTIVATION_SPECS[name]: _function("act", name) for name in ACTIVA
 
 
 def point(loss, act, z, t):
-    """(loss, dloss/dz, outside) of one element, outside being 1 where the
-    activated value lies outside the loss's domain, else 0; compiled by the
-    overload below."""
+    """(loss, dloss/dz, outside, dloss/dt) of one element, outside being 1 where
+    the activated value lies outside the loss's domain, else 0; compiled by the
+    overload below. Each loss gives dloss/dt from its own intermediates (minus
+    dloss/dy for a loss of y - t; BCE's log(1 - y) - log y, clamped as torch's),
+    so that asking for it changes no other output's rounding."""
 
 
 @overload(point, inline="always")
@@ -182,8 +188,8 @@ def _point(loss, act, z, t):
 
     def composed(loss, act, z, t):
         y, dy = act_fn(act, z)
-        value, dvalue, outside = loss_fn(loss, y, t)
-        return value, dvalue * dy, outside
+        value, dvalue, outside, dtarget = loss_fn(loss, y, t)
+        return value, dvalue * dy, outside, dtarget
 
     return composed
 
@@ -194,30 +200,43 @@ def _element(loss, act, z, t):
     return point(loss, act, z, t)
 
 
+@njit(**ELEMENT_OPTIONS)
+def _times(a, b):
+    """a * b without reassoc: the loop's reassoc would regroup (slope w) scale and (target w) scale around
+    a shared w scale, so that asking for the target's gradient would move the gradient's last bit."""
+    return a * b
+
+
+
+
 @njit(**KERNEL_OPTIONS)
-def _block(loss, act, z, t, w, grad, grad_add, values, scale):
+def _block(loss, act, z, t, w, grad, grad_add, values, tgrad, scale):
     """Sum and out-of-domain count over one block, both in the data's dtype
     (an integer count would stop the vectorisation; a block's count is exact)."""
     total = like(scale, 0.0)
     bad = like(scale, 0.0)
     for i in range(z.size):
-        value, slope, outside = _element(loss, act, z[i], like(scale, 0.0) if t is None else t[i])
+        ti = like(scale, 0.0) if t is None else t[i]
+        value, slope, outside, target_slope = _element(loss, act, z[i], ti)
         if w is not None:
-            value = value * item(w, i)
-            slope = slope * item(w, i)
+            value = _times(value, item(w, i))
+            slope = _times(slope, item(w, i))
+            target_slope = _times(target_slope, item(w, i))
         if grad is not None:
-            grad[i] = slope * scale
+            grad[i] = _times(slope, scale)
         if grad_add is not None:
-            grad_add[i] += slope * scale
+            grad_add[i] += _times(slope, scale)
         if values is not None:
             values[i] = value
+        if tgrad is not None:
+            tgrad[i] = _times(target_slope, scale)
         total += value
         bad += outside
     return total, bad
 
 
 @njit(**KERNEL_OPTIONS)
-def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums, bad):
+def _chunks(loss, act, z, t, w, grad, grad_add, values, tgrad, scale, first, stop, sums, bad):
     """Chunks ``first`` to ``stop`` of w * loss(act(z), t) over the flat arrays:
     each chunk's sum into ``sums`` and its count of elements outside the
     loss's domain into ``bad``.
@@ -225,7 +244,8 @@ def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums
     ``t`` (None: a zero target, for penalties), ``w`` (weights: an array or
     one scalar for all), ``grad``
     (receives scale * w * dloss/dz), ``grad_add`` (has it added) and
-    ``values`` (receives w * loss per element) may each be None: the branches
+    ``values`` (receives w * loss per element) and ``tgrad`` (receives scale * w *
+    dloss/dt) may each be None: the branches
     on them are removed at compile time. Each block is handed over as slices: LLVM
     vectorises a loop over fresh views, not one over offset indices.
     """
@@ -236,7 +256,7 @@ def _chunks(loss, act, z, t, w, grad, grad_add, values, scale, first, stop, sums
         for b in range(c * CHUNK, min((c + 1) * CHUNK, n), BLOCK):
             e = min(b + BLOCK, n)
             block_sum, block_bad = _block(loss, act, z[b:e], window(t, b, e), window(w, b, e), window(grad, b, e),
-                                          window(grad_add, b, e), window(values, b, e), scale)
+                                          window(grad_add, b, e), window(values, b, e), window(tgrad, b, e), scale)
             chunk_sum += block_sum
             chunk_bad += int(block_bad)
         sums[c] = chunk_sum
@@ -274,16 +294,18 @@ def _activation_spec(name, negative_slope, dtype):
 
 
 def pointwise(loss, fields, activation, negative_slope, pred, target, weight, grad, values, scale, value_scale,
-              grad_add=None):
+              grad_add=None, target_grad=None):
     """The fused loop over C-contiguous arrays of one dtype (see fastae/backends.md).
 
     Returns ``(value, total, outside)``: the 0-d ``total * value_scale`` in pred's dtype (NaN when an
     element lay outside the loss's domain), the float64 sum of the weighted losses, and the count of
     elements outside the domain. Writes ``grad`` and ``values`` and adds into ``grad_add`` when they are
-    arrays. ``target`` None is a zero target; ``weight`` is None, a scalar, or an array of pred's size.
+    arrays (and ``scale * w * dloss/dtarget`` into ``target_grad``, in the same pass). ``target`` None
+    is a zero target; ``weight`` is None, a scalar, or an array of pred's size.
     """
     dtype = pred.dtype
-    flat = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in (pred, target, weight, grad, grad_add, values)]
+    flat = [a.reshape(-1) if isinstance(a, np.ndarray) else a
+            for a in (pred, target, weight, grad, grad_add, values, target_grad)]
     if flat[2] is not None and not isinstance(flat[2], np.ndarray):
         flat[2] = dtype.type(flat[2])
     specs = _loss_spec(loss, fields, dtype), _activation_spec(activation, negative_slope, dtype)

@@ -32,13 +32,14 @@ def instances():
 
 
 def pointwise(loss, fields, activation, negative_slope, pred, target, weight, grad, values, scale, value_scale,
-              grad_add=None):
+              grad_add=None, target_grad=None):
     """The fused loop over C-contiguous CuPy arrays of one dtype (see fastae/backends.md).
 
     Returns ``(value, total, outside)`` as 0-d device arrays: ``total * value_scale`` in pred's dtype (NaN
     when an element lay outside the loss's domain), the float64 sum of the weighted losses, and the
     count of elements outside the domain (float64). Writes ``grad`` (scale * w * dloss/dpred) and
-    ``values`` (w * loss, NaN outside the domain) and adds into ``grad_add`` when they are arrays.
+    ``values`` (w * loss, NaN outside the domain) and ``target_grad`` (scale * w * dloss/dtarget) and
+    adds into ``grad_add`` when they are arrays.
     ``target`` None is a zero target; ``weight`` None, a number, or an array of pred's size. No host
     synchronisation.
     """
@@ -56,8 +57,9 @@ def pointwise(loss, fields, activation, negative_slope, pred, target, weight, gr
     function("pointwise.cu", partials_kernel(ctype, loss, activation))(
         (blocks,), (THREADS,),
         (pred, ptr(target), ptr(weights), np.float64(w_scalar), ptr(into), np.int32(grad_add is not None),
-         ptr(values), np.float64(scale), np.float64(p0), np.float64(p1), np.float64(negative_slope),
-         np.int64(n), np.int32(aligned(pred, target, weights, into, values)), sums, bad))
+         ptr(values), ptr(target_grad), np.float64(scale), np.float64(p0), np.float64(p1),
+         np.float64(negative_slope), np.int64(n), np.int32(aligned(pred, target, weights, into, values, target_grad)),
+         sums, bad))
     value = cupy.empty((), pred.dtype)
     total = cupy.empty((), np.float64)
     outside = cupy.empty((), np.float64)

@@ -405,7 +405,8 @@ def test_bfloat16_kernels_through_the_launchers(rng):
 def test_every_kernel_instance_runs(rng):
     """Every instance the launchers can name, launched once through its launcher (values checked elsewhere)."""
     from fastae.cuda import kernels_launched
-    from fastae.cuda import pointwise as cuda_pointwise, sparse as cuda_sparse, ssim as cuda_ssim
+    from fastae.cuda import filters as cuda_filters, pointwise as cuda_pointwise, sparse as cuda_sparse
+    from fastae.cuda import ssim as cuda_ssim
     from fastae.cuda.check import instances_by_file
     for dtype in ("float32", "float64", "float16", "int16"):
         a, b = (cp.asarray(rng.random((3, 20, 21)).astype(dtype)) for _ in range(2))
@@ -415,6 +416,8 @@ def test_every_kernel_instance_runs(rng):
         for activation in ACTIVATIONS:
             cuda_pointwise.activate(activation, 0.01, a, cp.empty_like(a), cp.empty_like(a))
         cuda_ssim.ssim_planes(a, b, np.ones(5) / 5, 2, 1e-4, 9e-4, False, cp.full(3, 1.0), cp.empty_like(a), False)
+        filtered = cuda_filters.filter_axis(a, np.ones(3) / 3, 1, 1, True)
+        cuda_filters.filter_axis_adjoint(filtered, np.ones(3) / 3, 1, 1, True, 20)
         cuda_sparse.soft_threshold(a, 0.1, cp.empty_like(a), None)
         cuda_sparse.kl_sparsity(a.reshape(3, -1), 0.1, 1.0, cp.empty_like(a).reshape(3, -1))
         if dtype in ("float32", "float64"):
