@@ -9,7 +9,8 @@
 // (see fastae/cpu/ssim.py for the formulas, which make identical images give
 // exactly 1 and a zero gradient). The forward writes per tile the sum of the map
 // (SSIM, or contrast-structure with use_cs) and, with coef, the three maps
-// A = dS/dmu'_x, B = dS/dP, C = dS/dQ; then dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C.
+// A = dS/dmu'_x, B = dS/dP, C = dS/dQ (and, with maps = 4, A' = dS/dmu'_y); then
+// dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C and dS/dy = G^T A' + x' G^T B + 2 (y - x) G^T C.
 // Tiles are TW = 32 positions wide and blockDim.y positions tall; the window
 // weights and the tile plus its halo live in dynamic shared memory.
 #include "common.cuh"
@@ -19,15 +20,17 @@ namespace fastae {
 #define FASTAE_TW 32
 
 // The SSIM (or contrast-structure) value of one position from its shifted
-// moments (mx, my, p, q) and the shift s, and the three partial derivatives.
+// moments (mx, my, p, q) and the shift s, and the partial derivatives (ay: dS/dmu'_y, A with x and y
+// swapped, as S is symmetric).
 template <typename A>
-__device__ __forceinline__ A ssim_at(A mx, A my, A p, A q, A s, A c1, A c2, int use_cs, A& a, A& b, A& c) {
+__device__ __forceinline__ A ssim_at(A mx, A my, A p, A q, A s, A c1, A c2, int use_cs, A& a, A& b, A& c, A& ay) {
     const A one = A(1), two = A(2);
     A d = mx - my, diff = q - d * d;
     A b2 = two * (p - mx * my) + c2 + diff;
     A cs = one - diff / b2;  // (2 cov + C2) / b2, exactly 1 where diff is 0
     if (use_cs) {
         a = two * (mx * cs - my) / b2;
+        ay = two * (my * cs - mx) / b2;
         b = two * diff / (b2 * b2);
         c = -cs / b2;
         return cs;
@@ -37,6 +40,7 @@ __device__ __forceinline__ A ssim_at(A mx, A my, A p, A q, A s, A c1, A c2, int 
     A lum = one - d * d / b1;
     A v = lum * cs;
     a = two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2);
+    ay = two * (cs * (ux - lum * uy) / b1 + lum * (my * cs - mx) / b2);
     b = two * lum * diff / (b2 * b2);
     c = -v / b2;
     return v;
@@ -57,11 +61,11 @@ __global__ void __launch_bounds__(256) plane_shifts(const T* x, const T* y, inde
 
 // grid (tiles across, tiles down, planes); block (32, th); dynamic shared
 // memory: see forward_shared in fastae/cuda/ssim.py.
-// x, y: planes (P, H, W); shifts: (P,); coef: (P, 3, Ho, Wo) or null; tile_sums: (P, tiles).
+// x, y: planes (P, H, W); shifts: (P,); coef: (P, maps, Ho, Wo) or null; tile_sums: (P, tiles).
 template <typename T>
 __global__ void __launch_bounds__(512) ssim_forward(
         const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
-        int win, double c1, double c2, int use_cs, typename Acc<T>::type* coef, double* tile_sums) {
+        int win, double c1, double c2, int use_cs, typename Acc<T>::type* coef, int maps, double* tile_sums) {
     typedef typename Acc<T>::type A;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
@@ -111,13 +115,14 @@ __global__ void __launch_bounds__(512) ssim_forward(
     }
     double value = 0.0;
     if (i < ho && j < wo) {
-        A a, b, c;
-        value = ssim_at<A>(m[0], m[1], m[2], m[3], s, A(c1), A(c2), use_cs, a, b, c);
+        A a, b, c, ay;
+        value = ssim_at<A>(m[0], m[1], m[2], m[3], s, A(c1), A(c2), use_cs, a, b, c, ay);
         if (coef) {
-            const index_t map = ho * (index_t)wo, at = 3 * plane * map + i * (index_t)wo + j;
+            const index_t map = ho * (index_t)wo, at = maps * plane * map + i * (index_t)wo + j;
             coef[at] = a;
             coef[at + map] = b;
             coef[at + 2 * map] = c;
+            if (maps == 4) coef[at + 3 * map] = ay;
         }
     }
     double total = block_sum(value, scratch);
@@ -125,64 +130,71 @@ __global__ void __launch_bounds__(512) ssim_forward(
 }
 
 // grid (tiles across, tiles down, planes) over the input; block (32, th).
-// grad = scales[plane] * (G^T A + y' G^T B + 2 (x - y) G^T C), added to grad with accumulate.
+// grad = scales[plane] * (G^T A + y' G^T B + 2 (x - y) G^T C), added to grad with accumulate; with
+// maps = 4, tgrad likewise = scales[plane] * (G^T A' + x' G^T B + 2 (y - x) G^T C).
 template <typename T>
 __global__ void __launch_bounds__(512) ssim_backward(
         const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
-        int win, const typename Acc<T>::type* coef, const double* scales, int accumulate, T* grad) {
+        int win, const typename Acc<T>::type* coef, int maps, const double* scales, int accumulate, T* grad,
+        T* tgrad) {
     typedef typename Acc<T>::type A;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
     const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
-    A* cs = g + win;                   // (3, rows, cols): the coefficient tile and its halo
-    A* hs = cs + 3 * rows * cols;      // (3, rows, TW): the horizontal pass
+    A* cs = g + win;                   // (maps, rows, cols): the coefficient tile and its halo
+    A* hs = cs + maps * rows * cols;   // (maps, rows, TW): the horizontal pass
     const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * th;
     const index_t plane = blockIdx.z;
     const int row0 = blockIdx.y * th, col0 = blockIdx.x * FASTAE_TW;  // first input pixel of the tile
     // input row r receives from output rows r + pad - t, t = 0 .. win - 1
     const int orow0 = row0 + pad - (win - 1), ocol0 = col0 + pad - (win - 1);
     const index_t map = ho * (index_t)wo;
-    const A* cp = coef + 3 * plane * map;
+    const A* cp = coef + maps * plane * map;
     for (int k = tid; k < win; k += n_threads) g[k] = A(window[k]);
     for (int k = tid; k < rows * cols; k += n_threads) {
         int i = orow0 + k / cols, j = ocol0 + k % cols;
         bool inside = i >= 0 && i < ho && j >= 0 && j < wo;
         index_t at = i * (index_t)wo + j;
-        cs[k] = inside ? cp[at] : A(0);
-        cs[k + rows * cols] = inside ? cp[at + map] : A(0);
-        cs[k + 2 * rows * cols] = inside ? cp[at + 2 * map] : A(0);
+        for (int u = 0; u < maps; ++u) cs[k + u * rows * cols] = inside ? cp[at + u * map] : A(0);
     }
     __syncthreads();
     const int plane_size = rows * FASTAE_TW;
     for (int k = tid; k < plane_size; k += n_threads) {
         int r = k / FASTAE_TW, j = k % FASTAE_TW;
-        A s0 = 0, s1 = 0, s2 = 0;
+        A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         for (int t = 0; t < win; ++t) {
             A gt = g[t];
             int at = r * cols + j + (win - 1) - t;
             s0 += gt * cs[at];
             s1 += gt * cs[at + rows * cols];
             s2 += gt * cs[at + 2 * rows * cols];
+            if (maps == 4) s3 += gt * cs[at + 3 * rows * cols];
         }
         hs[k] = s0;
         hs[k + plane_size] = s1;
         hs[k + 2 * plane_size] = s2;
+        if (maps == 4) hs[k + 3 * plane_size] = s3;
     }
     __syncthreads();
     const int r = row0 + threadIdx.y, q = col0 + threadIdx.x;
     if (r >= h || q >= w) return;
-    A f0 = 0, f1 = 0, f2 = 0;
+    A f0 = 0, f1 = 0, f2 = 0, f3 = 0;
     for (int t = 0; t < win; ++t) {
         A gt = g[t];
         int k = (threadIdx.y + (win - 1) - t) * FASTAE_TW + threadIdx.x;
         f0 += gt * hs[k];
         f1 += gt * hs[k + plane_size];
         f2 += gt * hs[k + 2 * plane_size];
+        if (maps == 4) f3 += gt * hs[k + 3 * plane_size];
     }
     const index_t at = (plane * h + r) * (index_t)w + q;
-    const A xv = to_acc(x[at]), yv = to_acc(y[at]);
-    A v = A(scales[plane]) * (f0 + (yv - A(shifts[plane])) * f1 + A(2) * (xv - yv) * f2);
+    const A xv = to_acc(x[at]), yv = to_acc(y[at]), shift = A(shifts[plane]), scale = A(scales[plane]);
+    A v = scale * (f0 + (yv - shift) * f1 + A(2) * (xv - yv) * f2);
     grad[at] = store<T>(accumulate ? to_acc(grad[at]) + v : v);
+    if (maps == 4) {
+        A u = scale * (f3 + (xv - shift) * f1 + A(2) * (yv - xv) * f2);
+        tgrad[at] = store<T>(accumulate ? to_acc(tgrad[at]) + u : u);
+    }
 }
 
 // One block of 256 threads per plane: the sum of its tiles, in a fixed order.

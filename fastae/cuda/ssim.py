@@ -29,10 +29,11 @@ def forward_shared(ctype, win):
     return (win + 2 * rows * cols + 4 * rows * TILE_W) * acc_dtype(ctype).itemsize
 
 
-def backward_shared(ctype, win):
-    """Bytes of dynamic shared memory of ssim_backward: the window, three coefficient tiles, three filtered."""
+def backward_shared(ctype, win, maps=3):
+    """Bytes of dynamic shared memory of ssim_backward: the window, the coefficient tiles (three, or four with
+    the target's gradient), as many filtered."""
     rows, cols = tile_height(ctype) + win - 1, TILE_W + win - 1
-    return (win + 3 * rows * cols + 3 * rows * TILE_W) * acc_dtype(ctype).itemsize
+    return (win + maps * rows * cols + maps * rows * TILE_W) * acc_dtype(ctype).itemsize
 
 
 def instances():
@@ -67,11 +68,9 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
     zero-padded by ``pad``. With ``grad`` an array of x's shape, writes (or
     adds, with ``accumulate``) scales[p] * d sum_p / dx into it; ``scales``
     is a (P,) float64 device array; ``target_grad`` likewise receives the
-    gradient in y, by a second pass with x and y swapped (SSIM is symmetric).
+    gradient in y, in the same pass (a fourth coefficient map, dS/dmu'_y).
     No host synchronisation."""
     cupy = cuda_runtime()
-    if target_grad is not None:
-        ssim_planes(y, x, window, pad, c1, c2, use_cs, scales, target_grad, accumulate)
     planes, h, w = x.shape
     if planes == 0:
         return cupy.zeros(0, np.float64)  # (a grid of no blocks is a launch error)
@@ -82,10 +81,11 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
     g = _device_window(np.ascontiguousarray(window, np.float64).tobytes(), cupy.cuda.Device().id)
     tiles = (-(-wo // TILE_W), -(-ho // th))
     tile_sums = cupy.empty((planes, tiles[0] * tiles[1]), np.float64)
-    coef = cupy.empty((planes, 3, ho, wo), acc_dtype(ctype)) if grad is not None else None
+    maps = 3 if target_grad is None else 4
+    coef = cupy.empty((planes, maps, ho, wo), acc_dtype(ctype)) if grad is not None else None
     shifts = cupy.empty(planes, np.float64)
     function("ssim.cu", f"fastae::plane_shifts<{ctype}>")((planes,), (256,), (x, y, np.int64(h * w), shifts))
-    fshared, bshared = forward_shared(ctype, win), backward_shared(ctype, win)
+    fshared, bshared = forward_shared(ctype, win), backward_shared(ctype, win, maps)
     forward = _kernel("ssim_forward", ctype, fshared)
     backward = _kernel("ssim_backward", ctype, bshared) if grad is not None else None
     for first in range(0, planes, MAX_PLANES):
@@ -94,12 +94,12 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
         forward(tiles + (count,), (TILE_W, th),
                 (x[part], y[part], shifts[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo),
                  np.int32(pad), g, np.int32(win), np.float64(c1), np.float64(c2), np.int32(use_cs),
-                 np.uint64(0) if coef is None else coef[part], tile_sums[part]), shared_mem=fshared)
+                 np.uint64(0) if coef is None else coef[part], np.int32(maps), tile_sums[part]), shared_mem=fshared)
         if grad is not None:
             backward((-(-w // TILE_W), -(-h // th), count), (TILE_W, th),
                      (x[part], y[part], shifts[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo),
-                      np.int32(pad), g, np.int32(win), coef[part], scales[part], np.int32(accumulate), grad[part]),
-                     shared_mem=bshared)
+                      np.int32(pad), g, np.int32(win), coef[part], np.int32(maps), scales[part], np.int32(accumulate),
+                      grad[part], np.uint64(0) if target_grad is None else target_grad[part]), shared_mem=bshared)
     sums = cupy.empty(planes, np.float64)
     function("ssim.cu", "fastae::plane_sums")((planes,), (256,), (tile_sums, np.int64(tile_sums.shape[1]), sums))
     return sums
