@@ -16,9 +16,8 @@ kornia's: SSIM = a b / (c d + eps). ``target_grad=True`` (with ``grad=True``) al
 gradient in the target: ``LossGrads(loss, grad, target_grad)``. The gradient is exact.
 
 The 2-D images with zero padding, eps = 0 and a window summing to 1 run the fused streaming kernel
-(both gradients in one pass on the CPU; on CUDA the target's by a second pass, the images swapped:
-SSIM is symmetric); everything else runs the general path (``fastae/_ssim_map.py``: separable
-filters, both gradients in one pass).
+(both gradients in one pass, on the CPU and on CUDA); everything else runs the general path
+(``fastae/_ssim_map.py``: separable filters, both gradients in one pass).
 """
 import warnings
 

@@ -7,9 +7,7 @@ saves it; the backward only scales it by the incoming gradient. When no input
 requires grad (or grad mode is off), no gradient is computed at all.
 
 Gradients flow to ``input`` and, as torch.nn.functional's and pytorch-msssim's
-do, to a ``target`` that requires grad (computed only then, in the same pass on
-the CPU; on CUDA the fused SSIM kernel takes a second pass with the images
-swapped, SSIM being symmetric). Weights and thresholds are data (one that requires grad gets a
+do, to a ``target`` that requires grad (computed only then, in the same pass). Weights and thresholds are data (one that requires grad gets a
 warning, once). First derivatives only: differentiating a gradient again
 (``create_graph=True`` and then backward, gradient penalties, ``gradgradcheck``)
 raises, as do forward-mode AD and the ``torch.func`` transforms. Under
