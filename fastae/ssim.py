@@ -297,13 +297,6 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     on H and W alone and, at each level, an axis shorter than the window
     left unsmoothed (with a warning).
     """
-    if target_grad:  # MS-SSIM is symmetric: the target's gradient is the swapped call's
-        if not grad:
-            raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
-        kw = dict(data_range=data_range, win_size=win_size, sigma=sigma, k1=k1, k2=k2, weights=weights,
-                  reduction=reduction, window=window, small=small)
-        value, g = ms_ssim(pred, target, grad=True, out=out, **kw)
-        return LossGrads(value, g, ms_ssim(target, pred, grad=True, **kw).grad)
     check_choice(small, "small", ("raise", "skip"))
     images = _Images(pred, target, data_range, win_size, sigma, k1, k2, "valid", reduction, window, 0.0, small)
     w = np.asarray(MS_SSIM_WEIGHTS if weights is None else weights, dtype=np.float64)
@@ -315,13 +308,16 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         raise ValueError(f"ms_ssim with {levels} levels and win_size={images.win_size} needs images larger "
                          f"than {need} pixels a side, got {'x'.join(map(str, images.spatial))}")
     xp = images.xp
+    tresult = _target_buffer(images, grad, target_grad)
     result = images.out(out) if grad else None
-    x, y, g = images.x, images.y, result
+    x, y, g, tg = images.x, images.y, result, tresult
     if images.call.dtype_name == "bfloat16":  # pooling needs arithmetic on the values: run in float32
         x, y = images.backend.to_float32(x), images.backend.to_float32(y)
         g = None if result is None else xp.empty(x.shape, np.float32)
+        tg = None if tresult is None else xp.empty(x.shape, np.float32)
     # One pass per level: the level's mean (contrast-structure, or SSIM at the last) and, with grad, its
-    # gradient per plane at unit weight; the weights depend on every level, so they are applied after.
+    # gradients per plane at unit weight (the target's in the same pass); the weights depend on every
+    # level, so they are applied after.
     pads, values, grads = [], [], []
     for level in range(levels):
         if small == "skip":  # this level's short axes
@@ -329,9 +325,10 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         n_pos = images.positions(*x.shape[1:])
         last = level == levels - 1
         here = None if not grad else (g if level == 0 else xp.empty_like(x))
-        values.append(xp.maximum(images.planes(x, y, not last, images.full(x.shape[0], 1.0 / n_pos), here)
-                                 / n_pos, 0.0))
-        grads.append(here)
+        there = None if tg is None else (tg if level == 0 else xp.empty_like(x))
+        values.append(xp.maximum(images.planes(x, y, not last, images.full(x.shape[0], 1.0 / n_pos), here,
+                                               target_grad=there) / n_pos, 0.0))
+        grads.append((here, there))
         if not last:
             pads.append(pool_pads(*x.shape[1:]))
             x, y = avg_pool(x, pads[-1]), avg_pool(y, pads[-1])
@@ -341,18 +338,22 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     value = images.reduce(per_plane)
     if not grad:
         return value
-    total = None
+    totals = [None, None]
     for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
         with np.errstate(divide="ignore", invalid="ignore"):
             d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
-        here = grads[level]
-        here *= (images.plane_weight() * d_value).astype(here.dtype).reshape((-1,) + (1,) * images.dims)
-        if total is not None:
-            here += avg_pool_adjoint(total, pads[level], *here.shape[1:])
-        total = here
+        for which, here in enumerate(grads[level]):
+            if here is None:
+                continue
+            here *= (images.plane_weight() * d_value).astype(here.dtype).reshape((-1,) + (1,) * images.dims)
+            if totals[which] is not None:
+                here += avg_pool_adjoint(totals[which], pads[level], *here.shape[1:])
+            totals[which] = here
     if g is not result:
         images.backend.from_float32(g, result)
-    return LossGrad(value, images.deliver(result, out))
+        if tg is not None:
+            images.backend.from_float32(tg, tresult)
+    return _result(images, value, result, out, tresult)
 
 
 @on_device
