@@ -15,7 +15,7 @@ Gaussian of win_size and sigma by a caller's own 1-D window (odd length); ``eps`
 kornia's: SSIM = a b / (c d + eps). ``target_grad=True`` (with ``grad=True``) also returns the
 gradient in the target: ``LossGrads(loss, grad, target_grad)``. The gradient is exact.
 
-The 2-D images with zero padding, eps = 0 and a window summing to 1 run the fused streaming kernel
+The 2-D images with zero padding and eps = 0 run the fused streaming kernel
 (both gradients in one pass, on the CPU and on CUDA); everything else runs the general path
 (``fastae/_ssim_map.py``: separable filters, both gradients in one pass).
 """
@@ -90,9 +90,7 @@ class _Images:
             raise ValueError(f"padding='reflect' with win_size={self.win_size} needs images larger than "
                              f"{self.pad} a side, got {'x'.join(map(str, self.spatial))}")
         self.window = gaussian_window(self.win_size, self.sigma) if window is None else window
-        # the fused kernel takes the moments about the plane's mean, which needs a window that sums to 1
-        unnormalised = abs(float(self.window.sum()) - 1.0) > 4 * np.finfo(np.float64).eps
-        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip) or unnormalised
+        self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip)
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
 

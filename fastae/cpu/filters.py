@@ -28,44 +28,75 @@ def source(p, n, reflect):
 
 @njit(**KERNEL_OPTIONS)
 def _filter(a, w, pad, reflect, out, first, stop):
-    """out[o, i, :] = sum_t w[t] a[o, source(i + t - pad), :] for o in first .. stop."""
-    n, m = a.shape[1], out.shape[1]
+    """out[o, i, :] = sum_t w[t] a[o, source(i + t - pad), :] for o in first .. stop (3-D indexing: no view
+    per row, and the loop over the inner axis vectorises)."""
+    n, m, inner = a.shape[1], out.shape[1], a.shape[2]
     win = w.size
+    zero = like(w[0], 0.0)
+    if inner == 1:  # along the contiguous axis: the padded row once, then taps over the row (vectorises)
+        row = np.empty(n + 2 * pad, a.dtype)
+        for o in range(first, stop):
+            for p in range(n + 2 * pad):
+                s = source(p - pad, n, reflect)
+                row[p] = zero if s < 0 else a[o, s, 0]
+            dst = out[o, :, 0]
+            dst[:] = zero
+            for t in range(win):
+                wt = w[t]
+                for i in range(m):
+                    dst[i] += wt * row[i + t]
+        return
     for o in range(first, stop):
         for i in range(m):
-            row = out[o, i]
-            row[:] = like(w[0], 0.0)
+            for k in range(inner):
+                out[o, i, k] = zero
             for t in range(win):
                 s = source(i + t - pad, n, reflect)
                 if s < 0:
                     continue
-                wt, src = w[t], a[o, s]
-                for k in range(row.size):
-                    row[k] += wt * src[k]
+                wt = w[t]
+                for k in range(inner):
+                    out[o, i, k] += wt * a[o, s, k]
 
 
 @njit(**KERNEL_OPTIONS)
 def _adjoint(g, w, pad, reflect, out, first, stop):
     """out[o, j, :] = sum of w[t] g[o, i, :] over the (i, t) with source(i + t - pad) = j."""
-    n, m = out.shape[1], g.shape[1]
+    n, m, inner = out.shape[1], g.shape[1], g.shape[2]
     win = w.size
+    zero = like(w[0], 0.0)
+    if inner == 1:  # along the contiguous axis: spread onto the padded row (vectorises), then fold it back
+        row = np.empty(m + win - 1, g.dtype)
+        for o in range(first, stop):
+            row[:] = zero
+            src = g[o, :, 0]
+            for t in range(win):
+                wt = w[t]
+                for i in range(m):
+                    row[i + t] += wt * src[i]
+            dst = out[o, :, 0]
+            for j in range(n):
+                dst[j] = row[j + pad]
+            if reflect:
+                for p in range(m + win - 1):
+                    q = p - pad
+                    if q < 0 or q >= n:
+                        s = source(q, n, reflect)
+                        if s >= 0:
+                            dst[s] += row[p]
+        return
     for o in range(first, stop):
         for j in range(n):
-            row = out[o, j]
-            row[:] = like(w[0], 0.0)
-            for i in range(max(0, j + pad - win + 1), min(m, j + pad + 1)):
-                wt, src = w[j + pad - i], g[o, i]
-                for k in range(row.size):
-                    row[k] += wt * src[k]
-            if not reflect:
-                continue
-            for p in (-j, 2 * (n - 1) - j):  # the mirror images of j among the padded positions
-                if p == j or (0 <= p < n):
+            for k in range(inner):
+                out[o, j, k] = zero
+            for mirror in range(3 if reflect else 1):  # j itself, then its mirror images among the padded positions
+                p = j if mirror == 0 else (-j if mirror == 1 else 2 * (n - 1) - j)
+                if mirror > 0 and (p == j or 0 <= p < n):
                     continue
                 for i in range(max(0, p + pad - win + 1), min(m, p + pad + 1)):
-                    wt, src = w[p + pad - i], g[o, i]
-                    for k in range(row.size):
-                        row[k] += wt * src[k]
+                    wt = w[p + pad - i]
+                    for k in range(inner):
+                        out[o, j, k] += wt * g[o, i, k]
 
 
 def _view(a, axis):

@@ -332,6 +332,11 @@ def _shifts(x, y, first, stop, out):
         out[p] = x.dtype.type(total / max(1, 2 * x.shape[1] * x.shape[2]))
 
 
+def normalised(window):
+    """Whether the window's weights sum to 1 (within a few float64 roundings)."""
+    return abs(float(np.sum(np.asarray(window, np.float64))) - 1.0) <= 4 * np.finfo(np.float64).eps
+
+
 def layout(planes, h, w, pad, win):
     """(planes per strip, bands per plane): fixed by the sizes alone, never by the thread count."""
     wp, hv = w + 2 * pad, h + 2 * pad - win + 1
@@ -346,11 +351,13 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     into ``grad`` and, unless None, the target's into ``target_grad`` in the same pass."""
     n_planes, h, w = x.shape
     dtype = x.dtype
+    shift = normalised(g)  # (of the float64 window, before it is cast)
     g = g.astype(dtype)
     win = g.size
     scales = np.ascontiguousarray(scales, np.float64)
-    shifts = np.empty(n_planes, dtype)
-    run_chunks(lambda first, stop: _shifts(x, y, first, stop, shifts), n_planes, min_per_thread=64)
+    shifts = np.zeros(n_planes, dtype)
+    if shift:  # (the moments of x - s keep the SSIM only for a window that sums to 1: else raw moments)
+        run_chunks(lambda first, stop: _shifts(x, y, first, stop, shifts), n_planes, min_per_thread=64)
     m, bands = layout(n_planes, h, w, pad, win)
     strips = -(-n_planes // m)
     tasks = strips * bands
