@@ -218,7 +218,7 @@ def test_pointwise_target_gradient_in_the_same_pass(backend, rng, dtype):
     module, xp = backend
     for loss, row in fastae.LOSSES.items():
         params = loss_params(loss)
-        for activation in fastae.ACTIVATIONS:
+        for activation in ("identity", "sigmoid", "softplus"):  # (the target's slope is the loss's: a few suffice)
             pred, target = loss_inputs(rng, loss, activation, (3, 41), dtype)
             t = torch.tensor(target, dtype=torch.float64, requires_grad=True)
             (0.5 * torch_peer(loss, activation, **params)(torch.tensor(pred, dtype=torch.float64), t)).backward()

@@ -236,7 +236,7 @@ def test_every_loss_of_the_table_under_autograd(loss):
 
 
 @pytest.mark.parametrize("loss", list(fastae.LOSSES))
-@pytest.mark.parametrize("activation", ["identity", "sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ["identity", "sigmoid"])  # (each pair compiles its own loop: kept few)
 def test_target_gets_the_gradient_torch_gives_it(rng, loss, activation):
     """d loss / d target as torch.nn.functional's autograd gives it (float64), with a weight and each
     reduction; and gradcheck in both arguments."""
