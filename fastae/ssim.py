@@ -406,11 +406,12 @@ def ms_ssim_l1_loss(pred, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_rang
         u = contiguous(images.call.like_pred(upstream, "upstream", shape=False)).reshape(n, h, w)
     d_product = xp.repeat((dtype(-compensation * alpha / c) * u)[:, None], c, axis=1).reshape(n * c, h, w)
     # d product / d map_s = the product of the other maps (prefix and suffix products: no division)
-    prefix, suffix = [None] * len(maps), [None] * len(maps)
-    for s in range(len(maps)):
-        prefix[s] = maps[s - 1] if s == 1 else (None if s == 0 else prefix[s - 1] * maps[s - 1])
-    for s in range(len(maps) - 1, -1, -1):
-        suffix[s] = None if s == len(maps) - 1 else (maps[s + 1] if s == len(maps) - 2 else suffix[s + 1] * maps[s + 1])
+    prefix, suffix = [None], [None]  # prefix[s]: maps 0 .. s - 1 multiplied; suffix[s]: maps s + 1 ..
+    for m in maps[:-1]:
+        prefix.append(m if prefix[-1] is None else prefix[-1] * m)
+    for m in maps[:0:-1]:
+        suffix.append(m if suffix[-1] is None else suffix[-1] * m)
+    suffix.reverse()
     gx = xp.zeros_like(x)
     gy = xp.zeros_like(x) if target_grad else None
     for s, g in enumerate(windows):
