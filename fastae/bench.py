@@ -8,6 +8,7 @@ forward+backward with autograd. NumPy's add runs on one thread, the kernels on
 ``np.add`` split over the kernels' threads. Timings are interleaved and the
 median kept.
 """
+import math
 import os
 import statistics
 import time
@@ -66,20 +67,27 @@ POINTWISE = [Case(name, name, params={p.name: p.default for p in row.params},
 ]
 
 
-def median_times(functions, repeats, pause=0.02):
-    """Median seconds of each function, calls interleaved so drift hits all alike.
+def median_times(functions, repeats, pause=0.02, sample=0.01):
+    """Median seconds per call of each function, calls interleaved so drift hits all alike.
 
-    Each call is followed by a short untimed pause: PyTorch's OpenMP threads
-    spin for a while after a parallel region and would slow whatever ran next.
+    A sample times as many back-to-back calls as last about ``sample`` seconds (short calls are then
+    timed warm, as a training loop makes them, not each after a pause), and is followed by a short
+    untimed pause: PyTorch's OpenMP threads spin for a while after a parallel region and would slow
+    whatever ran next.
     """
+    calls = []
     for f in functions:
         f()  # warm up: compile, fault pages in
+        start = time.perf_counter()
+        f()
+        calls.append(max(1, math.ceil(sample / max(time.perf_counter() - start, 1e-9))))
     samples = [[] for _ in functions]
     for _ in range(repeats):
-        for f, s in zip(functions, samples):
+        for f, n, s in zip(functions, calls, samples):
             start = time.perf_counter()
-            f()
-            s.append(time.perf_counter() - start)
+            for _ in range(n):
+                f()
+            s.append((time.perf_counter() - start) / n)
             time.sleep(pause)
     return [statistics.median(s) for s in samples]
 

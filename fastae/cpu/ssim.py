@@ -39,100 +39,65 @@ STRIP_WIDTH = 256   # padded columns a strip of small planes aims at
 
 # ---------------------------------------------------------------- filters: one output row at a time
 @njit(inline="always")
-def _hfilter(g, src, dst, n):
-    """dst[j] = sum_t g[t] src[j + t] for j < n: the window along a row (taps four at a time)."""
-    win = g.size
-    g0 = g[0]
+def _hfilter(taps, src, dst, n):
+    """dst[j] = sum_t taps[t] src[j + t] for j < n: the window along a row."""
     for j in range(n):
-        dst[j] = g0 * src[j]
-    t = 1
-    while t + 4 <= win:
-        g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
-        for j in range(n):
-            dst[j] += g0 * src[j + t] + g1 * src[j + t + 1] + g2 * src[j + t + 2] + g3 * src[j + t + 3]
-        t += 4
-    while t < win:
-        gt = g[t]
-        for j in range(n):
-            dst[j] += gt * src[j + t]
-        t += 1
+        acc = taps[0] * src[j]
+        for t in range(1, len(taps)):
+            acc += taps[t] * src[j + t]
+        dst[j] = acc
 
 
 @njit(inline="always")
-def _ring_filter(g, ring, k, o, step, dst, n):
-    """dst[j] = sum_t g[t] ring[(o + step t) % win, k][j]: the window down a ring of rows, map k (taps four
-    at a time). step = 1: output row o's moments from the input rows it sees; step = -1: input row o's
+def _ring_filter(taps, ring, k, o, step, dst, n):
+    """dst[j] = sum_t taps[t] ring[(o + step t) % win, k][j]: the window down a ring of rows, map k.
+    step = 1: output row o's moments from the input rows it sees; step = -1: input row o's
     share of the output rows o - t that saw it (the window's adjoint)."""
-    win = g.size
-    a = ring[o % win, k]
-    g0 = g[0]
+    win = len(taps)
     for j in range(n):
-        dst[j] = g0 * a[j]
-    t = 1
-    while t + 4 <= win:
-        g0, g1, g2, g3 = g[t], g[t + 1], g[t + 2], g[t + 3]
-        a, b = ring[(o + step * t) % win, k], ring[(o + step * (t + 1)) % win, k]
-        c, d = ring[(o + step * (t + 2)) % win, k], ring[(o + step * (t + 3)) % win, k]
-        for j in range(n):
-            dst[j] += g0 * a[j] + g1 * b[j] + g2 * c[j] + g3 * d[j]
-        t += 4
-    while t < win:
-        gt, a = g[t], ring[(o + step * t) % win, k]
-        for j in range(n):
-            dst[j] += gt * a[j]
-        t += 1
+        acc = taps[0] * ring[o % win, k, j]
+        for t in range(1, win):
+            acc += taps[t] * ring[(o + step * t) % win, k, j]
+        dst[j] = acc
 
 
 # ---------------------------------------------------------------- the SSIM of one output row
-@njit(**KERNEL_OPTIONS)
-def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, j0, n, target):
-    """The SSIM (or contrast-structure) sum over columns j0 .. j0 + n of one output row from its moments,
-    and scale times the coefficient maps A, B, C of the gradient there, and A' = dS/dmu'_y unless
-    ``target`` is None. (Compiled apart, not inlined: a None argument prunes its branches.)"""
-    e = j0 + n  # (1-D views: LLVM vectorises a loop from 0 over them, not one from an offset)
-    if target is None:
-        return _coefficients_of(mom[0, j0:e], mom[1, j0:e], mom[2, j0:e], mom[3, j0:e], shift, c1, c2, use_cs,
-                                scale, coef[0, j0:e], coef[1, j0:e], coef[2, j0:e], None)
-    return _coefficients_of(mom[0, j0:e], mom[1, j0:e], mom[2, j0:e], mom[3, j0:e], shift, c1, c2, use_cs, scale,
-                            coef[0, j0:e], coef[1, j0:e], coef[2, j0:e], coef[3, j0:e])
-
-
-@njit(**KERNEL_OPTIONS)
-def _coefficients_of(mx_, my_, p_, q_, shift, c1, c2, use_cs, scale, a_, b_, c_, ay_):
-    """(``ay_`` None: the target's coefficient is not computed; the branch goes at compile time.)"""
+@njit(inline="always")
+def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, ssim):
+    """The SSIM (or contrast-structure) map of one output row from its moments mom[0..3] into ``ssim``,
+    and scale times the coefficient maps A, B, C of the gradient and A' = dS/dmu'_y (the target's) into
+    coef[0..3]; ``shift`` and ``scale`` are rows too (each column takes its plane's)."""
+    mx_, my_, p_, q_ = mom[0], mom[1], mom[2], mom[3]
+    a_, b_, c_, ay_ = coef[0], coef[1], coef[2], coef[3]
     one, two = like(c1, 1.0), like(c1, 2.0)
-    row_sum = like(c1, 0.0)
     if use_cs:  # (two loops, not a branch in one: LLVM vectorises each)
         for j in range(mx_.size):
             mx, my = mx_[j], my_[j]
             d = mx - my
             diff = q_[j] - d * d
-            b2 = two * (p_[j] - mx * my) + c2 + diff
-            cs = one - diff / b2  # (2 cov + C2) / b2, exactly 1 where diff is 0 (even as a * (1 / b))
-            row_sum += cs
-            a_[j] = scale * two * (mx * cs - my) / b2
-            if ay_ is not None:
-                ay_[j] = scale * two * (my * cs - mx) / b2  # (S is symmetric: A with x and y swapped)
-            b_[j] = scale * two * diff / (b2 * b2)
-            c_[j] = -scale * cs / b2
-        return row_sum
+            r2 = one / (two * (p_[j] - mx * my) + c2 + diff)  # (reciprocals written out: the same roundings
+            cs = one - diff * r2                              # whether or not A' is asked for)
+            ssim[j] = cs  # (2 cov + C2) / b2, exactly 1 where diff is 0
+            a_[j] = scale[j] * two * (mx * cs - my) * r2
+            ay_[j] = scale[j] * two * (my * cs - mx) * r2  # (S is symmetric: A with x and y swapped)
+            b_[j] = scale[j] * two * diff * (r2 * r2)
+            c_[j] = -scale[j] * cs * r2
+        return
     for j in range(mx_.size):
         mx, my = mx_[j], my_[j]
         d = mx - my
         diff = q_[j] - d * d
-        b2 = two * (p_[j] - mx * my) + c2 + diff
-        cs = one - diff / b2
-        ux, uy = mx + shift, my + shift
-        b1 = two * ux * uy + c1 + d * d
-        lum = one - d * d / b1
+        r2 = one / (two * (p_[j] - mx * my) + c2 + diff)
+        cs = one - diff * r2
+        ux, uy = mx + shift[j], my + shift[j]
+        r1 = one / (two * ux * uy + c1 + d * d)
+        lum = one - d * d * r1
         v = lum * cs
-        row_sum += v
-        a_[j] = scale * two * (cs * (uy - lum * ux) / b1 + lum * (mx * cs - my) / b2)
-        if ay_ is not None:
-            ay_[j] = scale * two * (cs * (ux - lum * uy) / b1 + lum * (my * cs - mx) / b2)
-        b_[j] = scale * two * lum * diff / (b2 * b2)
-        c_[j] = -scale * v / b2
-    return row_sum
+        ssim[j] = v
+        a_[j] = scale[j] * two * (cs * (uy - lum * ux) * r1 + lum * (mx * cs - my) * r2)
+        ay_[j] = scale[j] * two * (cs * (ux - lum * uy) * r1 + lum * (my * cs - mx) * r2)
+        b_[j] = scale[j] * two * lum * diff * (r2 * r2)
+        c_[j] = -scale[j] * v * r2
 
 
 # ---------------------------------------------------------------- one task
@@ -162,17 +127,13 @@ def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
 
 
 @njit(**KERNEL_OPTIONS)
-def _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, m, w, wp, wv, out, r_out, tout):
+def _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, out, r_out, tout):
     """Input row p's gradient (every plane of the strip) into out[q, r_out]: the horizontal adjoint
-    of its vertical share ``back``, then G^T A + y' G^T B + 2 (x - y) G^T C; with ``tout`` (not None),
+    of its vertical share (in ``vb`` between win - 1 zeros at each end), then G^T A + y' G^T B + 2 (x - y) G^T C; with ``tout`` (not None),
     the target's into tout[q, r_out]: G^T A' + x' G^T B + 2 (y - x) G^T C."""
-    win = g_rev.size
     two = like(g_rev[0], 2.0)
     for k in range(3 if tout is None else 4):
-        row = vb[k]
-        for j in range(wv):
-            row[win - 1 + j] = back[k, j]  # vb's ends stay 0: the window's adjoint has nothing there
-        _hfilter(g_rev, row, full[k], wp * m)
+        _hfilter(g_rev, vb[k], full[k], wp * m)
     for q in range(m):
         s, e = q * wp + pad, q * wp + pad + w  # (1-D views from 0: they vectorise)
         _gradient_of(full[0, s:e], full[1, s:e], full[2, s:e], xs[p - i0, s:e], ys[p - i0, s:e], two, out[q, r_out])
@@ -188,7 +149,7 @@ def _gradient_of(f0, f1, f2, xr, yr, two, out):
 
 
 @njit(**KERNEL_OPTIONS)
-def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, first, stop, sums,
+def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, first, stop, sums,
            edges):
     """Tasks ``first`` to ``stop``: task k is band k % bands of strip k // bands (m planes side by side).
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
@@ -196,7 +157,7 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate
     band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1])."""
     n_planes, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
-    win = g.size
+    win = len(g)
     hv = hp - win + 1
     width = m * wp
     wv = width - win + 1          # output columns of a strip row (those between planes are dropped)
@@ -204,17 +165,17 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate
     dtype = x.dtype
     maps = 3
     if tgrad is not None:
-        maps = 4                  # A' = dS/dmu'_y beside A, B, C
+        maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
     rows = min(hv, bands_height(hv, bands)) + win - 1
     xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
     prod = np.empty((2, width), dtype)
     ring = np.empty((win, 4, wv), dtype)     # horizontally filtered moments of the last win input rows
-    coef = np.zeros((win, maps, wv), dtype)  # coefficients of the last win output rows (0 between planes)
+    coef = np.zeros((win, 4, wv), dtype)  # coefficients of the last win output rows (0 between planes)
     mom = np.empty((4, wv), dtype)
-    back = np.empty((maps, wv), dtype)
-    vb = np.zeros((maps, wv + 2 * (win - 1)), dtype)
+    ssim = np.empty(wv, dtype)               # the SSIM map of an output row
+    shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
+    vb = np.zeros((maps, wv + 2 * (win - 1)), dtype)  # vertical shares of an input row, zeros at the ends
     full = np.empty((maps, width), dtype)
-    g_rev = g[::-1].copy()
     one_plane = np.empty((m, 1, w), dtype)
     one_target = np.empty((m, 1, w), dtype)
     for k in range(first, stop):
@@ -226,6 +187,9 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate
         _load_rows(x, y, shifts, p0, mk, pad, i0, i1, xs, ys)
         coef[:, :, :] = like(c1, 0.0)
         sums[k, :] = 0.0
+        for q in range(mk):
+            shift[q * wp:q * wp + wvp] = shifts[p0 + q]
+            scale[q * wp:q * wp + wvp] = scales[p0 + q]
         for i in range(i0, i1):
             slot, xr, yr = i % win, xs[i - i0], ys[i - i0]
             for c in range(width):  # the row's products, then the four maps' horizontal pass
@@ -241,9 +205,10 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate
                 continue
             for map_ in range(4):
                 _ring_filter(g, ring, map_, o, 1, mom[map_], wv)
+            _coefficients(mom, shift, c1, c2, use_cs, scale, coef[o % win], ssim)
             for q in range(mk):
-                sums[k, q] += _coefficients(mom, shifts[p0 + q], c1, c2, use_cs, dtype.type(scales[p0 + q]),
-                                            coef[o % win], q * wp, wvp, tgrad)
+                sums[k, q] += _row_sum(ssim, q * wp, wvp)
+                _clear(coef[o % win], q * wp + wvp, min((q + 1) * wp, wv) if q < mk - 1 else wv)
             if grad is None:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
@@ -254,13 +219,13 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate
                 if r < 0 or r >= h:
                     continue
                 for map_ in range(maps):
-                    _ring_filter(g, coef, map_, p, -1, back[map_], wv)
+                    _ring_filter(g, coef, map_, p, -1, vb[map_, win - 1:win - 1 + wv], wv)
                 head, tail = band > 0 and p < o0 + win - 1, band < bands - 1 and p >= o1
                 if head or tail or accumulate:  # into a row of its own first
                     if tgrad is None:
-                        _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0, None)
+                        _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, one_plane, 0, None)
                     else:
-                        _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, one_plane, 0, one_target)
+                        _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, one_plane, 0, one_target)
                 if head or tail:
                     part = 0 if head else 1
                     row = p - o0 if head else p - o1
@@ -272,10 +237,27 @@ def _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate
                     if tgrad is not None:
                         _add(tgrad, p0, r, one_target, mk)
                 elif tgrad is None:
-                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, grad[p0:p0 + mk], r, None)
+                    _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, grad[p0:p0 + mk], r, None)
                 else:
-                    _emit(g_rev, back, vb, full, xs, ys, p, i0, pad, mk, w, wp, wv, grad[p0:p0 + mk], r,
+                    _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, grad[p0:p0 + mk], r,
                           tgrad[p0:p0 + mk])
+
+
+@njit(inline="always")
+def _row_sum(row, j0, n):
+    total = like(row[0], 0.0)
+    for j in range(j0, j0 + n):
+        total += row[j]
+    return total
+
+
+@njit(inline="always")
+def _clear(coef, j0, j1):
+    """Zero the coefficients of output columns j0 .. j1 (between planes, or past the strip's last plane):
+    no gradient comes from there, whatever the moments were."""
+    for k in range(coef.shape[0]):
+        for j in range(j0, j1):
+            coef[k, j] = like(coef[0, 0], 0.0)
 
 
 @njit(inline="always")
@@ -365,7 +347,8 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     both = 2 if target_grad is not None else 1
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
-    run_chunks(lambda first, stop: _tasks(x, y, shifts, g, pad, c1, c2, use_cs, scales, grad, target_grad,
+    taps = tuple(g)
+    run_chunks(lambda first, stop: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
                                           accumulate, m, bands, first, stop, sums, edges), tasks, min_per_thread=1)
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
