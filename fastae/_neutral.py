@@ -1,6 +1,8 @@
 """Helpers that belong to no backend, written against whichever array module holds the data (NumPy
 or CuPy): the Gaussian window of the structural losses (computed once on the host, in float64), the
 2x2 average pooling of MS-SSIM with its adjoint, and the products of the sparse codes."""
+import itertools
+
 import numpy as np
 
 
@@ -29,25 +31,38 @@ def pool_pads(*shape):
     return tuple(n % 2 for n in shape)
 
 
+def _corners(a, out):
+    """The 2^dims strided views of a (P, *spatial) holding each pooling block's corners, in a fixed order."""
+    for corner in itertools.product((0, 1), repeat=len(out)):
+        yield a[(slice(None),) + tuple(slice(c, c + 2 * m, 2) for c, m in zip(corner, out))]
+
+
 def avg_pool(a, pads):
     """2x average pooling over the spatial axes of planes a (P, *spatial), zero padding ``pads`` on both
-    sides of each, the padding counted (torch's avg_pool2d / avg_pool3d)."""
+    sides of each, the padding counted (torch's avg_pool2d / avg_pool3d): the blocks' corners added as
+    strided views, one elementwise pass each (NumPy's sum over reshaped axes takes several times longer)."""
     p, spatial = a.shape[0], a.shape[1:]
-    padded = np.zeros_like(a, shape=(p,) + tuple(n + 2 * q for n, q in zip(spatial, pads)))
-    padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))] = a
-    out = tuple((n + 2 * q) // 2 for n, q in zip(spatial, pads))
-    a = padded[(slice(None),) + tuple(slice(0, 2 * m) for m in out)]
-    pairs = a.reshape((p,) + tuple(x for m in out for x in (m, 2)))  # (P, m0, 2, m1, 2, ...)
-    total = pairs.sum(axis=tuple(range(2, 2 + 2 * len(out), 2)))
-    return total * a.dtype.type(0.5 ** len(out))
+    if any(pads):
+        padded = np.zeros_like(a, shape=(p,) + tuple(n + 2 * q for n, q in zip(spatial, pads)))
+        padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))] = a
+        a = padded
+    out = tuple(n // 2 for n in a.shape[1:])
+    corners = _corners(a, out)
+    total = next(corners).copy()
+    for view in corners:
+        total += view
+    total *= a.dtype.type(0.5 ** len(out))
+    return total
 
 
-def avg_pool_adjoint(g, pads, *spatial):
-    """The gradient through avg_pool: each output spreads 1 / 2^dims to its inputs."""
-    p, out = g.shape[0], g.shape[1:]
-    share = g * g.dtype.type(0.5 ** len(out))
-    for axis in range(1, 1 + len(out)):
-        share = share.repeat(2, axis=axis)
-    padded = np.zeros_like(g, shape=(p,) + tuple(n + 2 * q for n, q in zip(spatial, pads)))
-    padded[(slice(None),) + tuple(slice(0, 2 * m) for m in out)] = share
-    return padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))]
+def avg_pool_adjoint(g, pads, out, scale):
+    """out = scale * out + the gradient g (P, *pooled) through avg_pool (each output spreads 1 / 2^dims
+    to its inputs), scale (P,) one per plane."""
+    p, pooled, spatial = g.shape[0], g.shape[1:], out.shape[1:]
+    share = g * g.dtype.type(0.5 ** len(pooled))
+    full = tuple(n + 2 * q for n, q in zip(spatial, pads))
+    padded = np.empty_like(g, shape=(p,) + full)  # (only the far padding of an odd side lies in no block)
+    for view in _corners(padded, pooled):
+        view[...] = share
+    out *= scale.astype(out.dtype).reshape((p,) + (1,) * len(spatial))
+    out += padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))]

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from ._arrays import Call, check_choice, check_number, contiguous, is_number, on_device
-from ._neutral import avg_pool, avg_pool_adjoint, gaussian_window, pool_pads
+from ._neutral import gaussian_window, pool_pads
 from ._ssim_map import ssim_map as _general_map
 from .pointwise import LossGrad, LossGrads
 
@@ -329,7 +329,7 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
         grads.append((here, there))
         if not last:
             pads.append(pool_pads(*x.shape[1:]))
-            x, y = avg_pool(x, pads[-1]), avg_pool(y, pads[-1])
+            x, y = images.backend.avg_pool(x, pads[-1]), images.backend.avg_pool(y, pads[-1])
     values = xp.stack(values)  # (levels, planes)
     w = xp.asarray(w)
     per_plane = xp.prod(values ** w[:, None], axis=0)
@@ -340,12 +340,14 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
         with np.errstate(divide="ignore", invalid="ignore"):
             d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
+        scale = images.plane_weight() * d_value
         for which, here in enumerate(grads[level]):
             if here is None:
                 continue
-            here *= (images.plane_weight() * d_value).astype(here.dtype).reshape((-1,) + (1,) * images.dims)
-            if totals[which] is not None:
-                here += avg_pool_adjoint(totals[which], pads[level], *here.shape[1:])
+            if totals[which] is None:
+                here *= scale.astype(here.dtype).reshape((-1,) + (1,) * images.dims)
+            else:
+                images.backend.avg_pool_adjoint(totals[which], pads[level], here, scale)
             totals[which] = here
     if g is not result:
         images.backend.from_float32(g, result)

@@ -166,6 +166,34 @@ def test_filter_axis_and_its_adjoint(backend, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spatial", [(16, 18), (17, 9), (1, 2), (5, 6, 7)], ids=str)
+def test_avg_pool_and_its_adjoint(backend, rng, dtype, spatial):
+    """MS-SSIM's pooling against torch's avg_pool2d/3d (odd sides padded, the padding counted) and its
+    adjoint against torch's autograd, on contiguous planes and on a non-contiguous view; every
+    backend adds the same corners in the same order, so the CPU's kernel equals the strided passes."""
+    import torch
+    from fastae import _neutral
+    module, xp = backend
+    pool = torch.nn.functional.avg_pool2d if len(spatial) == 2 else torch.nn.functional.avg_pool3d
+    pads = _neutral.pool_pads(*spatial)
+    wide = rng.standard_normal((4,) + spatial[:-1] + (2 * spatial[-1],)).astype(dtype)
+    for a in (np.ascontiguousarray(wide[..., ::2]), wide[..., ::2]):
+        A = torch.from_numpy(a.astype(np.float64))[:, None].requires_grad_()
+        ref = pool(A, 2, padding=pads)
+        got = _host(module.avg_pool(xp.asarray(a), pads))
+        assert_close(got, ref.detach().numpy()[:, 0], dtype, "pooled")
+        np.testing.assert_array_equal(got, _neutral.avg_pool(a, pads))
+        g = rng.standard_normal(got.shape).astype(dtype)
+        ref.backward(torch.from_numpy(g.astype(np.float64))[:, None])
+        out = rng.standard_normal(a.shape).astype(dtype)
+        scale = rng.random(a.shape[0])
+        expected = out * scale.reshape((-1,) + (1,) * len(spatial)) + A.grad.numpy()[:, 0]
+        device_out = xp.asarray(out)
+        assert module.avg_pool_adjoint(xp.asarray(g), pads, device_out, xp.asarray(scale)) is None
+        assert_close(_host(device_out), expected, dtype, "adjoint")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_general_path_on_every_backend(backend, rng, dtype):
     """Volumes with reflect padding and eps, both gradients, through the public API on the backend's arrays:
     the same numbers as on the CPU in float64."""

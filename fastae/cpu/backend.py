@@ -6,6 +6,7 @@ from ._threads import num_threads, one_blas_thread, run_chunks  # noqa: F401  (f
 from .pointwise import activate, pointwise  # noqa: F401
 from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
 from .filters import filter_axis, filter_axis_adjoint  # noqa: F401
+from .pool import avg_pool, avg_pool_adjoint  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
 
 
