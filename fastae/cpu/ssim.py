@@ -35,6 +35,7 @@ from ._threads import run_chunks
 
 BAND = 256          # output rows per task of a tall plane
 STRIP_WIDTH = 256   # padded columns a strip of small planes aims at
+SHIFT_WORK = 1 << 20  # pixels a thread takes at least when it finds the planes' means
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
@@ -50,15 +51,31 @@ def _hfilter(taps, src, dst, n):
 
 @njit(inline="always")
 def _ring_filter(taps, ring, k, o, step, dst, n):
-    """dst[j] = sum_t taps[t] ring[(o + step t) % win, k][j]: the window down a ring of rows, map k.
-    step = 1: output row o's moments from the input rows it sees; step = -1: input row o's
-    share of the output rows o - t that saw it (the window's adjoint)."""
-    win = len(taps)
+    """dst[j] = sum_t taps[t] ring[(o + step t) % R, k, j], R = win + 1 the ring's rows: the window down a
+    ring of rows, map k. step = 1: output row o's moments from the input rows it sees; step = -1: input
+    row o's share of the output rows o - t that saw it (the window's adjoint). (R from the taps, known
+    when compiled: the row indices leave the loop.)"""
+    size = len(taps) + 1
     for j in range(n):
-        acc = taps[0] * ring[o % win, k, j]
-        for t in range(1, win):
-            acc += taps[t] * ring[(o + step * t) % win, k, j]
+        acc = taps[0] * ring[o % size, k, j]
+        for t in range(1, len(taps)):
+            acc += taps[t] * ring[(o + step * t) % size, k, j]
         dst[j] = acc
+
+
+@njit(inline="always")
+def _ring_filter2(taps, ring, k, o, step, dst0, dst1, n):
+    """_ring_filter for rows o and o + 1 at once: their windows share all ring rows but one, each loaded
+    once for both (the passes are bound by loads)."""
+    size = len(taps) + 1
+    for j in range(n):
+        acc0 = taps[0] * ring[o % size, k, j]
+        acc1 = taps[0] * ring[(o + 1) % size, k, j]
+        for t in range(1, len(taps)):
+            acc0 += taps[t] * ring[(o + step * t) % size, k, j]
+            acc1 += taps[t] * ring[(o + 1 + step * t) % size, k, j]
+        dst0[j] = acc0
+        dst1[j] = acc1
 
 
 # ---------------------------------------------------------------- the SSIM of one output row
@@ -101,6 +118,19 @@ def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, ssim):
 
 
 # ---------------------------------------------------------------- one task
+@njit(inline="always")
+def _row_moments(g, xr, yr, prod, dst, wv):
+    """The four maps of one input row filtered along it into dst (4, wv): x', y', x'y', (x - y)^2."""
+    for c in range(xr.size):
+        d = xr[c] - yr[c]
+        prod[0, c] = xr[c] * yr[c]
+        prod[1, c] = d * d
+    _hfilter(g, xr, dst[0], wv)
+    _hfilter(g, yr, dst[1], wv)
+    _hfilter(g, prod[0], dst[2], wv)
+    _hfilter(g, prod[1], dst[3], wv)
+
+
 @njit(inline="always")
 def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
     """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted, into xs, ys."""
@@ -169,12 +199,14 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     rows = min(hv, bands_height(hv, bands)) + win - 1
     xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
     prod = np.empty((2, width), dtype)
-    ring = np.empty((win, 4, wv), dtype)     # horizontally filtered moments of the last win input rows
-    coef = np.zeros((win, 4, wv), dtype)  # coefficients of the last win output rows (0 between planes)
-    mom = np.empty((4, wv), dtype)
-    ssim = np.empty(wv, dtype)               # the SSIM map of an output row
+    size = win + 1                             # ring rows: a pair of output rows sees win + 1 input rows
+    ring = np.empty((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
+    coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows (0 between planes)
+    mom = np.empty((2, 4, wv), dtype)
+    pad_rows, pad_moments = np.empty((2, width), dtype), np.empty((4, wv), dtype)  # a row of padding
+    ssim = np.empty(wv, dtype)                # the SSIM map of an output row
     shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
-    vb = np.zeros((maps, wv + 2 * (win - 1)), dtype)  # vertical shares of an input row, zeros at the ends
+    vb = np.zeros((2, maps, wv + 2 * (win - 1)), dtype)  # vertical shares of two input rows, 0 at the ends
     full = np.empty((maps, width), dtype)
     one_plane = np.empty((m, 1, w), dtype)
     one_target = np.empty((m, 1, w), dtype)
@@ -190,57 +222,77 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         for q in range(mk):
             shift[q * wp:q * wp + wvp] = shifts[p0 + q]
             scale[q * wp:q * wp + wvp] = scales[p0 + q]
-        for i in range(i0, i1):
-            slot, xr, yr = i % win, xs[i - i0], ys[i - i0]
-            for c in range(width):  # the row's products, then the four maps' horizontal pass
-                d = xr[c] - yr[c]
-                prod[0, c] = xr[c] * yr[c]
-                prod[1, c] = d * d
-            _hfilter(g, xr, ring[slot, 0], wv)
-            _hfilter(g, yr, ring[slot, 1], wv)
-            _hfilter(g, prod[0], ring[slot, 2], wv)
-            _hfilter(g, prod[1], ring[slot, 3], wv)
-            o = i - win + 1  # the output row now complete
-            if o < o0:
-                continue
-            for map_ in range(4):
-                _ring_filter(g, ring, map_, o, 1, mom[map_], wv)
-            _coefficients(mom, shift, c1, c2, use_cs, scale, coef[o % win], ssim)
+        if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
             for q in range(mk):
-                sums[k, q] += _row_sum(ssim, q * wp, wvp)
-                _clear(coef[o % win], q * wp + wvp, min((q + 1) * wp, wv) if q < mk - 1 else wv)
+                pad_rows[:, q * wp:(q + 1) * wp] = -shifts[p0 + q]
+            _row_moments(g, pad_rows[0], pad_rows[1], prod, pad_moments, wv)
+        for i in range(i0, i1):
+            if pad <= i < pad + h:
+                _row_moments(g, xs[i - i0], ys[i - i0], prod, ring[i % size], wv)
+            else:
+                ring[i % size] = pad_moments
+            o = i - win + 1  # the output row now complete
+            if o < o0 or ((o - o0) % 2 == 0 and o < o1 - 1):
+                continue  # (output rows go in pairs, the band's last alone if it has an odd count)
+            a = o - (o - o0) % 2
+            for map_ in range(4):
+                if a < o:
+                    _ring_filter2(g, ring, map_, a, 1, mom[0, map_], mom[1, map_], wv)
+                else:
+                    _ring_filter(g, ring, map_, a, 1, mom[0, map_], wv)
+            for b in range(a, o + 1):
+                _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], ssim)
+                for q in range(mk):
+                    sums[k, q] += _row_sum(ssim, q * wp, wvp)
+                    _clear(coef[b % size], q * wp + wvp, min((q + 1) * wp, wv) if q < mk - 1 else wv)
             if grad is None:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
-            for p in range(o, last + 1):
-                if p > o:  # past the band's last output row: no coefficients there
-                    coef[p % win] = like(c1, 0.0)
-                r = p - pad
-                if r < 0 or r >= h:
-                    continue
+            for p in range(a, last + 1, 2):  # (in pairs too)
+                e = min(p + 1, last)
+                for b in range(p, e + 1):
+                    if b > o:  # past the band's last output row: no coefficients there
+                        coef[b % size] = like(c1, 0.0)
+                if e < pad or p >= pad + h:
+                    continue  # rows of padding: no gradient
                 for map_ in range(maps):
-                    _ring_filter(g, coef, map_, p, -1, vb[map_, win - 1:win - 1 + wv], wv)
-                head, tail = band > 0 and p < o0 + win - 1, band < bands - 1 and p >= o1
-                if head or tail or accumulate:  # into a row of its own first
-                    if tgrad is None:
-                        _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, one_plane, 0, None)
+                    if e > p:
+                        _ring_filter2(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv],
+                                      vb[1, map_, win - 1:win - 1 + wv], wv)
                     else:
-                        _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, one_plane, 0, one_target)
-                if head or tail:
-                    part = 0 if head else 1
-                    row = p - o0 if head else p - o1
-                    _keep(edges[k, part, 0, row], one_plane, mk)
-                    if tgrad is not None:
-                        _keep(edges[k, part, 1, row], one_target, mk)
-                elif accumulate:
-                    _add(grad, p0, r, one_plane, mk)
-                    if tgrad is not None:
-                        _add(tgrad, p0, r, one_target, mk)
-                elif tgrad is None:
-                    _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, grad[p0:p0 + mk], r, None)
-                else:
-                    _emit(g_rev, vb, full, xs, ys, p, i0, pad, mk, w, wp, grad[p0:p0 + mk], r,
-                          tgrad[p0:p0 + mk])
+                        _ring_filter(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv], wv)
+                for b in range(p, e + 1):
+                    if pad <= b < pad + h:
+                        _deliver(g_rev, vb[b - p], full, xs, ys, b, i0, pad, mk, w, wp, k, band, bands, o0, o1,
+                                 p0, accumulate, grad, tgrad, edges, one_plane, one_target)
+
+
+@njit(inline="always")
+def _deliver(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, k, band, bands, o0, o1, p0, accumulate, grad, tgrad,
+             edges, one_plane, one_target):
+    """Input row p's gradients from its vertical shares ``vb``: straight into ``grad`` (and ``tgrad``), or
+    kept in ``edges`` where another band also touches the row, or added where ``accumulate``."""
+    r = p - pad
+    head, tail = band > 0 and p < o0 + len(g_rev) - 1, band < bands - 1 and p >= o1
+    if head or tail or accumulate:  # into a row of its own first
+        if tgrad is None:
+            _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, None)
+        else:
+            _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, one_target)
+    if head or tail:
+        part = 0 if head else 1
+        row = p - o0 if head else p - o1
+        _keep(edges[k, part, 0, row], one_plane, m)
+        if tgrad is not None:
+            _keep(edges[k, part, 1, row], one_target, m)
+    elif accumulate:
+        _add(grad, p0, r, one_plane, m)
+        if tgrad is not None:
+            _add(tgrad, p0, r, one_target, m)
+    elif tgrad is None:
+        _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, None)
+    else:
+        _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, tgrad[p0:p0 + m])
 
 
 @njit(inline="always")
@@ -339,7 +391,8 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     scales = np.ascontiguousarray(scales, np.float64)
     shifts = np.zeros(n_planes, dtype)
     if shift:  # (the moments of x - s keep the SSIM only for a window that sums to 1: else raw moments)
-        run_chunks(lambda first, stop: _shifts(x, y, first, stop, shifts), n_planes, min_per_thread=64)
+        run_chunks(lambda first, stop: _shifts(x, y, first, stop, shifts), n_planes,
+                   min_per_thread=max(1, SHIFT_WORK // max(h * w, 1)))  # (a thread's wake-up: ~0.1 ms)
     m, bands = layout(n_planes, h, w, pad, win)
     strips = -(-n_planes // m)
     tasks = strips * bands
