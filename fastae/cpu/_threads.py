@@ -1,8 +1,8 @@
 """Run a nogil Numba kernel over fixed chunks in a few Python threads.
 
-The chunking is fixed by the data size alone; each thread takes a contiguous
-range of chunks and writes one partial result per chunk, which the caller
-combines in chunk order. Results are therefore bit-identical for any thread
+The chunking is fixed by the data size alone; threads take pieces of
+consecutive chunks as they come free, and write one partial result per chunk,
+which the caller combines in chunk order. Results are therefore bit-identical for any thread
 count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
 """
@@ -17,6 +17,7 @@ import numpy as np
 
 _pool = None
 MIN_CHUNKS_PER_THREAD = 4  # below this, a thread costs more than it saves
+PIECES_PER_THREAD = 4      # pieces of work per thread, taken as threads come free
 
 
 def _forget_pool():
@@ -48,20 +49,17 @@ _warned = set()
 
 
 def run_chunks(kernel, n_chunks, min_per_thread=MIN_CHUNKS_PER_THREAD):
-    """Call ``kernel(first, stop)`` over ``range(n_chunks)`` split among threads,
-    each taking at least ``min_per_thread`` chunks."""
-    global _pool
+    """Call ``kernel(first, stop)`` over ``range(n_chunks)`` in pieces of at least ``min_per_thread``
+    chunks, which the threads take as they come free: a thread on a slower or busier core takes fewer
+    (here the second core often runs a third slower than the first), and since each chunk's result
+    depends on the chunk alone, not on the piece or thread that ran it, results stay bit-identical."""
     threads = min(num_threads(), n_chunks // min_per_thread)
     if threads <= 1:
         kernel(0, n_chunks)
         return
-    bounds = [n_chunks * i // threads for i in range(threads + 1)]
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
-    futures = [_pool.submit(kernel, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    kernel(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    pieces = min(n_chunks // min_per_thread, PIECES_PER_THREAD * threads)
+    bounds = [n_chunks * i // pieces for i in range(pieces + 1)]
+    run_tasks(lambda i: kernel(bounds[i], bounds[i + 1]), pieces)
 
 
 def run_tasks(kernel, n_tasks, parallel=True):

@@ -35,7 +35,8 @@ from ._threads import run_chunks
 
 BAND = 256          # output rows per task of a tall plane
 STRIP_WIDTH = 256   # padded columns a strip of small planes aims at
-SHIFT_WORK = 1 << 20  # pixels a thread takes at least when it finds the planes' means
+SHIFT_WORK = 1 << 18  # pixels a thread takes at least when it finds the planes' means
+TASK_WORK = 1 << 17   # padded positions a thread takes at least (~1 ms: a thread's wake-up here is ~0.1 ms)
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
@@ -400,9 +401,11 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     both = 2 if target_grad is not None else 1
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
-    taps = tuple(g)
-    run_chunks(lambda first, stop: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
-                                          accumulate, m, bands, first, stop, sums, edges), tasks, min_per_thread=1)
+    taps = tuple(g)  # (a tuple: its length is known when compiled, so each window sum stays in registers)
+    positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad)  # a task's
+    run_chunks(lambda first, stop: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad,
+                                          target_grad, accumulate, m, bands, first, stop, sums, edges),
+               tasks, min_per_thread=-(-TASK_WORK // positions))
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
             part = np.ascontiguousarray(edges[:, :, which])
