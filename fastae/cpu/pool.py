@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 from .. import _neutral
-from ._kernels import KERNEL_OPTIONS
+from ._kernels import ELEMENT_OPTIONS
 from ._math import like
 from ._threads import run_chunks
 
@@ -17,44 +17,62 @@ def _at(row, c):
     return row[c] if 0 <= c < row.size else like(row[0], 0.0)
 
 
-@njit(**KERNEL_OPTIONS)
+@njit(inline="always")
+def _block(top, bottom, c, quarter):
+    """The mean of top[c], top[c + 1], bottom[c], bottom[c + 1], zero outside the rows, added in the
+    order (0, 0), (0, 1), (1, 0), (1, 1)."""
+    return (((_at(top, c) + _at(top, c + 1)) + _at(bottom, c)) + _at(bottom, c + 1)) * quarter
+
+
+@njit(**ELEMENT_OPTIONS)  # (no reassoc: the corners add in the order fastae/_neutral.py adds them)
 def _pool(a, ph, pw, out, first, stop):
-    """out[p] = the 2x2 block means of a[p] for planes first .. stop; corners added in the order
-    (0, 0), (0, 1), (1, 0), (1, 1), as fastae/_neutral.py adds its strided views."""
+    """out[p] = the 2x2 block means of a[p] for planes first .. stop (blocks at rows 2i - ph, columns
+    2j - pw); the columns inside the row without a test, as pairs from 0 (LLVM vectorises that)."""
     h, w = a.shape[1], a.shape[2]
     ho, wo = out.shape[1], out.shape[2]
     zeros = np.zeros(w, a.dtype)
     quarter = like(zeros[0], 0.25)
-    lo, hi = pw, min(wo, (w + pw) // 2)  # columns whose both inputs lie inside the row
+    inner = (w - pw) // 2 - pw  # blocks j = pw .. pw + inner lie inside the row
     for p in range(first, stop):
         for i in range(ho):
             r = 2 * i - ph
             top = a[p, r] if 0 <= r < h else zeros
             bottom = a[p, r + 1] if r + 1 < h else zeros
             dst = out[p, i]
-            for j in range(lo, hi):
-                c = 2 * j - pw
-                dst[j] = (((top[c] + top[c + 1]) + bottom[c]) + bottom[c + 1]) * quarter
-            for j in range(0, lo):
-                c = 2 * j - pw
-                dst[j] = (((_at(top, c) + _at(top, c + 1)) + _at(bottom, c)) + _at(bottom, c + 1)) * quarter
-            for j in range(hi, wo):
-                c = 2 * j - pw
-                dst[j] = (((_at(top, c) + _at(top, c + 1)) + _at(bottom, c)) + _at(bottom, c + 1)) * quarter
+            t, b, d = top[pw:], bottom[pw:], dst[pw:]  # (block pw + j reads columns 2j + pw, 2j + pw + 1)
+            for j in range(inner):
+                d[j] = (((t[2 * j] + t[2 * j + 1]) + b[2 * j]) + b[2 * j + 1]) * quarter
+            for j in range(0, pw):
+                dst[j] = _block(top, bottom, 2 * j - pw, quarter)
+            for j in range(pw + inner, wo):
+                dst[j] = _block(top, bottom, 2 * j - pw, quarter)
 
 
-@njit(**KERNEL_OPTIONS)
+@njit(**ELEMENT_OPTIONS)
 def _spread(g, ph, pw, scale, out, first, stop):
     """out[p, r, c] = scale[p] out[p, r, c] + g[p, (r + ph) // 2, (c + pw) // 2] / 4: every input lies in
-    a block (only the far padding row or column of an odd side lies in none)."""
+    a block (only the far padding row or column of an odd side lies in none); pairs of columns from 0."""
     h, w = out.shape[1], out.shape[2]
     quarter = like(g[0, 0, 0], 0.25)
+    pairs = (w - pw) // 2
     for p in range(first, stop):
         s = scale[p]
         for r in range(h):
             src, dst = g[p, (r + ph) // 2], out[p, r]
-            for c in range(w):
-                dst[c] = s * dst[c] + src[(c + pw) // 2] * quarter
+            if pw:
+                dst[0] = s * dst[0] + src[0] * quarter
+            d, e = dst[pw:], src[pw:]  # (columns pw + 2j, pw + 2j + 1 take block pw + j)
+            for j in range(pairs):
+                v = e[j] * quarter
+                d[2 * j] = s * d[2 * j] + v
+                d[2 * j + 1] = s * d[2 * j + 1] + v
+            if pw + 2 * pairs < w:  # the last column alone
+                dst[w - 1] = s * dst[w - 1] + src[(w - 1 + pw) // 2] * quarter
+
+
+def _planes(size, work=1 << 18):
+    """Planes of ``size`` pixels a thread takes at least (a thread's wake-up costs ~0.1 ms here)."""
+    return max(1, work // max(size, 1))
 
 
 def avg_pool(a, pads):
@@ -63,7 +81,7 @@ def avg_pool(a, pads):
         return _neutral.avg_pool(a, pads)
     p, h, w = a.shape
     out = np.empty((p, (h + 2 * pads[0]) // 2, (w + 2 * pads[1]) // 2), a.dtype)
-    run_chunks(lambda first, stop: _pool(a, pads[0], pads[1], out, first, stop), p, min_per_thread=1)
+    run_chunks(lambda first, stop: _pool(a, pads[0], pads[1], out, first, stop), p, min_per_thread=_planes(h * w))
     return out
 
 
@@ -73,4 +91,4 @@ def avg_pool_adjoint(g, pads, out, scale):
         return _neutral.avg_pool_adjoint(g, pads, out, scale)
     scale = np.ascontiguousarray(scale, out.dtype)
     run_chunks(lambda first, stop: _spread(g, pads[0], pads[1], scale, out, first, stop), g.shape[0],
-               min_per_thread=1)
+               min_per_thread=_planes(out.shape[1] * out.shape[2]))
