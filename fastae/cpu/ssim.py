@@ -158,25 +158,34 @@ def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
 
 
 @njit(**KERNEL_OPTIONS)
-def _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, out, r_out, tout):
-    """Input row p's gradient (every plane of the strip) into out[q, r_out]: the horizontal adjoint
-    of its vertical share (in ``vb`` between win - 1 zeros at each end), then G^T A + y' G^T B + 2 (x - y) G^T C; with ``tout`` (not None),
-    the target's into tout[q, r_out]: G^T A' + x' G^T B + 2 (y - x) G^T C."""
+def _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, out, r_out, tout):
+    """Input row p's gradient (every plane of the strip) into out[q, r_out]: G^T A + y' G^T B + 2 (x - y) G^T C,
+    the horizontal adjoint G^T of the vertical shares ``vb`` (win - 1 zeros at each end) summed in the same
+    loop; with ``tout`` (not None) the target's into tout[q, r_out]: G^T A' + x' G^T B + 2 (y - x) G^T C."""
     two = like(g_rev[0], 2.0)
-    for k in range(3 if tout is None else 4):
-        _hfilter(g_rev, vb[k], full[k], wp * m)
     for q in range(m):
-        s, e = q * wp + pad, q * wp + pad + w  # (1-D views from 0: they vectorise)
-        _gradient_of(full[0, s:e], full[1, s:e], full[2, s:e], xs[p - i0, s:e], ys[p - i0, s:e], two, out[q, r_out])
-        if tout is not None:
-            _gradient_of(full[3, s:e], full[1, s:e], full[2, s:e], ys[p - i0, s:e], xs[p - i0, s:e], two,
-                         tout[q, r_out])
-
-
-@njit(inline="always")
-def _gradient_of(f0, f1, f2, xr, yr, two, out):
-    for c in range(out.size):
-        out[c] = f0[c] + yr[c] * f1[c] + two * (xr[c] - yr[c]) * f2[c]
+        s = q * wp + pad
+        xr, yr, a, b, c = xs[p - i0, s:s + w], ys[p - i0, s:s + w], vb[0, s:], vb[1, s:], vb[2, s:]
+        grad = out[q, r_out]
+        if tout is None:
+            for j in range(w):
+                ga, gb, gc = g_rev[0] * a[j], g_rev[0] * b[j], g_rev[0] * c[j]
+                for t in range(1, len(g_rev)):
+                    ga += g_rev[t] * a[j + t]
+                    gb += g_rev[t] * b[j + t]
+                    gc += g_rev[t] * c[j + t]
+                grad[j] = ga + yr[j] * gb + two * (xr[j] - yr[j]) * gc
+        else:
+            ay, tgrad = vb[3, s:], tout[q, r_out]
+            for j in range(w):
+                ga, gb, gc, gy = g_rev[0] * a[j], g_rev[0] * b[j], g_rev[0] * c[j], g_rev[0] * ay[j]
+                for t in range(1, len(g_rev)):
+                    ga += g_rev[t] * a[j + t]
+                    gb += g_rev[t] * b[j + t]
+                    gc += g_rev[t] * c[j + t]
+                    gy += g_rev[t] * ay[j + t]
+                grad[j] = ga + yr[j] * gb + two * (xr[j] - yr[j]) * gc
+                tgrad[j] = gy + xr[j] * gb + two * (yr[j] - xr[j]) * gc
 
 
 @njit(**KERNEL_OPTIONS)
@@ -208,7 +217,6 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     ssim = np.empty(wv, dtype)                # the SSIM map of an output row
     shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
     vb = np.zeros((2, maps, wv + 2 * (win - 1)), dtype)  # vertical shares of two input rows, 0 at the ends
-    full = np.empty((maps, width), dtype)
     one_plane = np.empty((m, 1, w), dtype)
     one_target = np.empty((m, 1, w), dtype)
     for k in range(first, stop):
@@ -264,12 +272,12 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                         _ring_filter(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv], wv)
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
-                        _deliver(g_rev, vb[b - p], full, xs, ys, b, i0, pad, mk, w, wp, k, band, bands, o0, o1,
+                        _deliver(g_rev, vb[b - p], xs, ys, b, i0, pad, mk, w, wp, k, band, bands, o0, o1,
                                  p0, accumulate, grad, tgrad, edges, one_plane, one_target)
 
 
 @njit(inline="always")
-def _deliver(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, k, band, bands, o0, o1, p0, accumulate, grad, tgrad,
+def _deliver(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, k, band, bands, o0, o1, p0, accumulate, grad, tgrad,
              edges, one_plane, one_target):
     """Input row p's gradients from its vertical shares ``vb``: straight into ``grad`` (and ``tgrad``), or
     kept in ``edges`` where another band also touches the row, or added where ``accumulate``."""
@@ -277,9 +285,9 @@ def _deliver(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, k, band, bands, o0, 
     head, tail = band > 0 and p < o0 + len(g_rev) - 1, band < bands - 1 and p >= o1
     if head or tail or accumulate:  # into a row of its own first
         if tgrad is None:
-            _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, None)
+            _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, None)
         else:
-            _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, one_target)
+            _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, one_target)
     if head or tail:
         part = 0 if head else 1
         row = p - o0 if head else p - o1
@@ -291,9 +299,9 @@ def _deliver(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, k, band, bands, o0, 
         if tgrad is not None:
             _add(tgrad, p0, r, one_target, m)
     elif tgrad is None:
-        _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, None)
+        _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, None)
     else:
-        _emit(g_rev, vb, full, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, tgrad[p0:p0 + m])
+        _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, tgrad[p0:p0 + m])
 
 
 @njit(inline="always")
