@@ -32,7 +32,7 @@ def _pool(a, ph, pw, out, first, stop):
     ho, wo = out.shape[1], out.shape[2]
     zeros = np.zeros(w, a.dtype)
     quarter = like(zeros[0], 0.25)
-    inner = (w - pw) // 2 - pw  # blocks j = pw .. pw + inner lie inside the row
+    inner = (w + pw) // 2 - pw  # blocks pw .. pw + inner - 1 lie inside the row
     for p in range(first, stop):
         for i in range(ho):
             r = 2 * i - ph
