@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastae as fa
+from fastae._neutral import gaussian_window
 from fastae._table import LOSSES, torch_peer
 from fastae.cpu.backend import num_threads, run_chunks
 
@@ -270,6 +271,25 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
     return rows
 
 
+def shift_cost_rows(repeats, shape=(8, 3, 256, 256), threads=(1, 2)):
+    """What the float32 accuracy fix costs: ssim_loss f+b with the Gaussian window (moments about a shift
+    near each plane's mean) against the same window times 1 + 1e-12 (it no longer sums to 1, so the
+    kernel takes raw moments and no shift), side by side at each thread count."""
+    rng = np.random.default_rng(0)
+    x = rng.random(shape, dtype=np.float32)
+    y = np.clip(x + 0.1 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
+    out = np.empty_like(x)
+    raw = gaussian_window(11, 1.5) * (1 + 1e-12)
+    rows = []
+    for n in threads:
+        shifted, unshifted = median_times(
+            [lambda: _with_threads(n, lambda: fa.ssim_loss(x, y, grad=True, out=out)),
+             lambda: _with_threads(n, lambda: fa.ssim_loss(x, y, grad=True, out=out, window=raw))], repeats)
+        rows.append({"images": "x".join(map(str, shape)), "threads": n, "shifted ms": shifted * 1e3,
+                     "raw ms": unshifted * 1e3, "cost of the shift": shifted / unshifted - 1})
+    return rows
+
+
 def _with_threads(n, function):
     previous = os.environ.get("NUMBA_NUM_THREADS")
     os.environ["NUMBA_NUM_THREADS"] = str(n)
@@ -376,6 +396,7 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
          lambda: [row for dtype in dtypes for n in sizes for row in sparse_rows(n, np.dtype(dtype), repeats)]),
         ("SSIM family f+b, float32, 11x11 Gaussian window, fastae on 1 and 2 threads; peer = pytorch-msssim "
          "(autograd, torch's threads; it has no 'same' padding)", lambda: ssim_rows(few)),
+        ("SSIM's float32 accuracy fix (moments of shifted data) against raw moments, f+b", lambda: shift_cost_rows(few)),
         ("training step, conv autoencoder 3->8->3, mixed L1 + SSIM loss (alpha 0.16), float32, CPU",
          lambda: [training_step_row(few)]),
         ("dense autoencoder, one epoch (BCE on logits, Adam, batch 128), float32; peer = PyTorch eager",
