@@ -18,10 +18,12 @@ The work is cut into tasks of a fixed shape, whatever the thread count: small
 planes side by side in strips (each with its own padding, so that every loop
 runs along a wide row), tall planes into bands of BAND output rows (each band
 reads its halo of win - 1 rows again). A task streams its input rows once:
-each is filtered horizontally into a ring of ``win`` rows, each output row
-sums the ring vertically, its coefficients go into a second ring, and an input
-row's gradient is gathered from that ring as soon as no later output row of
-the task touches it. Rows that two bands touch get a part from each, added in
+each is filtered horizontally into a ring of win + 1 rows, output rows sum the
+ring vertically two at a time (the pair shares all rows but one, loaded once),
+their coefficients go into a second ring, and an input row's gradient is
+gathered from that ring, again two rows at a time, as soon as no later output
+row of the task touches it. The window's taps come as a tuple, so that each
+output's sum is unrolled and stays in registers. Rows that two bands touch get a part from each, added in
 band order afterwards; plane sums add band sums in band order. So the result
 is bit-identical for any number of threads, and nothing of plane size is
 allocated but the gradient.
@@ -93,8 +95,8 @@ def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, ssim):
             mx, my = mx_[j], my_[j]
             d = mx - my
             diff = q_[j] - d * d
-            r2 = one / (two * (p_[j] - mx * my) + c2 + diff)  # (reciprocals written out: the same roundings
-            cs = one - diff * r2                              # whether or not A' is asked for)
+            r2 = one / (two * (p_[j] - mx * my) + c2 + diff)  # (one division, its reciprocal used four times)
+            cs = one - diff * r2
             ssim[j] = cs  # (2 cov + C2) / b2, exactly 1 where diff is 0
             a_[j] = scale[j] * two * (mx * cs - my) * r2
             ay_[j] = scale[j] * two * (my * cs - mx) * r2  # (S is symmetric: A with x and y swapped)
