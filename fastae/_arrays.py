@@ -133,6 +133,11 @@ def check_choice(value, name, choices):
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def check_target_grad(grad, target_grad):
+    if target_grad and not grad:
+        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+
+
 def is_number(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 

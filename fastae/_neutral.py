@@ -26,6 +26,12 @@ def gaussian_window(win_size, sigma):
     return g / g.sum()
 
 
+def sums_to_one(window):
+    """Whether the window's weights sum to 1 (within a few float64 roundings): the fused SSIM kernels
+    then take the moments about a shift, which keeps the SSIM only for such a window."""
+    return abs(float(np.sum(np.asarray(window, np.float64))) - 1.0) <= 4 * np.finfo(np.float64).eps
+
+
 def pool_pads(*shape):
     """The zero padding of each side of each spatial axis before 2x pooling: one where the size is odd."""
     return tuple(n % 2 for n in shape)

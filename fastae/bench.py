@@ -210,6 +210,12 @@ def ista_row(repeats=3):
     return ista_rows(repeats, lasso_problems()[:1])[0]
 
 
+def image_pair(rng, shape):
+    """Uniform float32 images and a noisy copy clipped to [0, 1]: the SSIM rows' data."""
+    x = rng.random(shape, dtype=np.float32)
+    return x, np.clip(x + 0.1 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
+
+
 SSIM_CASES = [("ssim_loss", (8, 3, 256, 256), "valid"), ("ssim_loss", (1, 3, 1024, 1024), "valid"),
               ("ssim_loss", (1, 1, 2048, 2048), "valid"), ("ssim_loss", (128, 1, 16, 16), "same"),
               ("ssim_loss", (512, 3, 32, 32), "same"), ("ms_ssim", (8, 3, 256, 256), "valid"),
@@ -230,8 +236,7 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
         torch = None
     rows = []
     for kind, shape, padding in cases:
-        x = rng.random(shape, dtype=np.float32)
-        y = np.clip(x + 0.1 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
+        x, y = image_pair(rng, shape)
         out = np.empty_like(x)
         options = {} if kind == "ms_ssim" else {"padding": padding}
         if kind == "mixed_loss":
@@ -276,8 +281,7 @@ def shift_cost_rows(repeats, shape=(8, 3, 256, 256), threads=(1, 2)):
     near each plane's mean) against the same window times 1 + 1e-12 (it no longer sums to 1, so the
     kernel takes raw moments and no shift), side by side at each thread count."""
     rng = np.random.default_rng(0)
-    x = rng.random(shape, dtype=np.float32)
-    y = np.clip(x + 0.1 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
+    x, y = image_pair(rng, shape)
     out = np.empty_like(x)
     raw = gaussian_window(11, 1.5) * (1 + 1e-12)
     rows = []

@@ -25,7 +25,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number, contiguous, on_device
+from ._arrays import Call, check_choice, check_number, check_target_grad, contiguous, on_device
 from ._table import ACTIVATIONS, LOSSES
 
 LossGrad = namedtuple("LossGrad", "loss grad")
@@ -62,8 +62,7 @@ def _pointwise(loss, params, pred, target, reduction, weight, activation, negati
         raise ValueError("reduction='batchmean' needs pred with a batch axis; pred is 0-d")
     if out is not None and not grad:
         raise ValueError("out receives the gradient: pass grad=True with it")
-    if target_grad and not grad:
-        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+    check_target_grad(grad, target_grad)
     w = call.weight(weight)
     g = call.out(out, reads=(p, t, w)) if grad else None
     tg = call.empty() if target_grad else None

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number, contiguous, is_number, on_device
+from ._arrays import Call, check_choice, check_number, check_target_grad, contiguous, is_number, on_device
 from ._neutral import gaussian_window, pool_pads
 from ._ssim_map import ssim_map as _general_map
 from .pointwise import LossGrad, LossGrads
@@ -188,8 +188,7 @@ def _result(images, value, g, out, tg):
 
 
 def _target_buffer(images, grad, target_grad):
-    if target_grad and not grad:
-        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+    check_target_grad(grad, target_grad)
     return images.out(None) if target_grad else None
 
 
@@ -372,8 +371,7 @@ def ms_ssim_l1_loss(pred, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_rang
     alpha = check_number(alpha, "alpha")
     compensation = check_number(compensation, "compensation")
     check_choice(reduction, "reduction", ("mean", "sum", "none"))
-    if target_grad and not grad:
-        raise ValueError("target_grad=True adds the target's gradient to the result: pass grad=True with it")
+    check_target_grad(grad, target_grad)
     pad = int(2 * sigmas[-1])
     images = _Images(pred, target, data_range, 2 * pad + 1, sigmas[-1], k1, k2, "same")
     if images.dims != 2 or len(images.shape) != 4:

@@ -7,8 +7,8 @@ saves it; the backward only scales it by the incoming gradient. When no input
 requires grad (or grad mode is off), no gradient is computed at all.
 
 Gradients flow to ``input`` and, as torch.nn.functional's and pytorch-msssim's
-do, to a ``target`` that requires grad (computed only then, in the same pass). Weights and thresholds are data (one that requires grad gets a
-warning, once). First derivatives only: differentiating a gradient again
+do, to a ``target`` that requires grad (computed only then, in the same pass).
+Weights and thresholds are data (one that requires grad gets a warning, once). First derivatives only: differentiating a gradient again
 (``create_graph=True`` and then backward, gradient penalties, ``gradgradcheck``)
 raises, as do forward-mode AD and the ``torch.func`` transforms. Under
 ``torch.autocast`` the losses run in float32, as ``torch.nn.functional``'s do.
@@ -38,7 +38,7 @@ def _pointwise(input: Tensor, target: Tensor, weight: Optional[Tensor], loss: st
                                 weight=None if weight is None else weight.detach(), activation=activation,
                                 negative_slope=negative_slope, grad=need_grad or need_target_grad,
                                 target_grad=need_target_grad, **kw)
-    if not (need_grad or need_target_grad):
+    if not (need_grad or need_target_grad):  # (two empties: a custom op's outputs may not alias each other)
         return result, input.new_empty(0), input.new_empty(0)
     empty = input.new_empty(0)
     return result[0], result[1] if need_grad else empty, result[2] if need_target_grad else empty
@@ -76,7 +76,7 @@ def _structural(input: Tensor, target: Tensor, kind: str, reduction: str, data_r
         call = functools.partial(getattr(_fa, kind), padding=padding, reduction=reduction, eps=eps, small=small, **kw)
     result = call(input.detach(), target.detach(), grad=need_grad or need_target_grad,
                   target_grad=need_target_grad)
-    if not (need_grad or need_target_grad):
+    if not (need_grad or need_target_grad):  # (two empties: a custom op's outputs may not alias each other)
         return result, input.new_empty(0), input.new_empty(0)
     empty = input.new_empty(0)
     return result[0], result[1] if need_grad else empty, result[2] if need_target_grad else empty

@@ -1,7 +1,7 @@
 // Fused pointwise losses: value, gradient (and, when asked, the target's) and a
 // deterministic reduction in one pass over memory. Each loss of the table
 // (fastae/_table.py) is one small struct with a device function
-// (y, t) -> (loss, dloss/dy, outside), its fields
+// (y, t) -> (loss, dloss/dy, outside, dloss/dt), its fields
 // arriving as p0, p1 in the table's order; each output activation one struct
 // with z -> (y, dy/dz); Compose chains them (BCE after a sigmoid gets its
 // own stable form), and the one loop in pointwise_partials weighs, writes the

@@ -2,8 +2,8 @@
 
 The chunking is fixed by the data size alone; threads take pieces of
 consecutive chunks as they come free, and write one partial result per chunk,
-which the caller combines in chunk order. Results are therefore bit-identical for any thread
-count. Threads (rather than Numba's ``prange``) keep compile times short:
+which the caller combines in chunk order. Results are therefore bit-identical
+for any thread count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
 """
 import contextlib

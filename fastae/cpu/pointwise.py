@@ -207,8 +207,6 @@ def _times(a, b):
     return a * b
 
 
-
-
 @njit(**KERNEL_OPTIONS)
 def _block(loss, act, z, t, w, grad, grad_add, values, tgrad, scale):
     """Sum and out-of-domain count over one block, both in the data's dtype

@@ -31,6 +31,7 @@ allocated but the gradient.
 import numpy as np
 from numba import njit
 
+from .._neutral import sums_to_one
 from ._kernels import KERNEL_OPTIONS
 from ._math import like
 from ._threads import run_chunks
@@ -53,23 +54,13 @@ def _hfilter(taps, src, dst, n):
 
 
 @njit(inline="always")
-def _ring_filter(taps, ring, k, o, step, dst, n):
-    """dst[j] = sum_t taps[t] ring[(o + step t) % R, k, j], R = win + 1 the ring's rows: the window down a
-    ring of rows, map k. step = 1: output row o's moments from the input rows it sees; step = -1: input
-    row o's share of the output rows o - t that saw it (the window's adjoint). (R from the taps, known
-    when compiled: the row indices leave the loop.)"""
-    size = len(taps) + 1
-    for j in range(n):
-        acc = taps[0] * ring[o % size, k, j]
-        for t in range(1, len(taps)):
-            acc += taps[t] * ring[(o + step * t) % size, k, j]
-        dst[j] = acc
-
-
-@njit(inline="always")
-def _ring_filter2(taps, ring, k, o, step, dst0, dst1, n):
-    """_ring_filter for rows o and o + 1 at once: their windows share all ring rows but one, each loaded
-    once for both (the passes are bound by loads)."""
+def _ring_filter(taps, ring, k, o, step, dst0, dst1, n):
+    """dst0[j] = sum_t taps[t] ring[(o + step t) % R, k, j] and dst1 the same for row o + 1, R = win + 1
+    the ring's rows: the window down a ring of rows, map k, for two rows at once (their windows share all
+    ring rows but one, each loaded once for both: the passes are bound by loads). step = 1: output rows
+    o, o + 1's moments from the input rows they see; step = -1: input rows o, o + 1's shares of the output
+    rows that saw them (the window's adjoint). (R from the taps, known when compiled: the row indices
+    leave the loop.)"""
     size = len(taps) + 1
     for j in range(n):
         acc0 = taps[0] * ring[o % size, k, j]
@@ -136,19 +127,15 @@ def _row_moments(g, xr, yr, prod, dst, wv):
 
 @njit(inline="always")
 def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
-    """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted, into xs, ys."""
+    """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted, into xs, ys; rows of
+    padding are left out (the task filters one once, and they get no gradient)."""
     h, w = x.shape[1], x.shape[2]
     wp = w + 2 * pad
-    for i in range(i0, i1):
+    for i in range(max(i0, pad), min(i1, pad + h)):
         r = i - pad
         for q in range(m):
             s = shifts[first_plane + q]
             base = q * wp
-            if r < 0 or r >= h:
-                for c in range(wp):
-                    xs[i - i0, base + c] = -s
-                    ys[i - i0, base + c] = -s
-                continue
             for c in range(pad):
                 xs[i - i0, base + c] = -s
                 ys[i - i0, base + c] = -s
@@ -169,25 +156,19 @@ def _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, out, r_out, tout):
         s = q * wp + pad
         xr, yr, a, b, c = xs[p - i0, s:s + w], ys[p - i0, s:s + w], vb[0, s:], vb[1, s:], vb[2, s:]
         grad = out[q, r_out]
-        if tout is None:
-            for j in range(w):
-                ga, gb, gc = g_rev[0] * a[j], g_rev[0] * b[j], g_rev[0] * c[j]
-                for t in range(1, len(g_rev)):
-                    ga += g_rev[t] * a[j + t]
-                    gb += g_rev[t] * b[j + t]
-                    gc += g_rev[t] * c[j + t]
-                grad[j] = ga + yr[j] * gb + two * (xr[j] - yr[j]) * gc
-        else:
-            ay, tgrad = vb[3, s:], tout[q, r_out]
-            for j in range(w):
-                ga, gb, gc, gy = g_rev[0] * a[j], g_rev[0] * b[j], g_rev[0] * c[j], g_rev[0] * ay[j]
-                for t in range(1, len(g_rev)):
-                    ga += g_rev[t] * a[j + t]
-                    gb += g_rev[t] * b[j + t]
-                    gc += g_rev[t] * c[j + t]
-                    gy += g_rev[t] * ay[j + t]
-                grad[j] = ga + yr[j] * gb + two * (xr[j] - yr[j]) * gc
-                tgrad[j] = gy + xr[j] * gb + two * (yr[j] - xr[j]) * gc
+        for j in range(w):
+            ga, gb, gc, gy = g_rev[0] * a[j], g_rev[0] * b[j], g_rev[0] * c[j], two
+            if tout is not None:  # (compiled away when None)
+                gy = g_rev[0] * vb[3, s + j]
+            for t in range(1, len(g_rev)):
+                ga += g_rev[t] * a[j + t]
+                gb += g_rev[t] * b[j + t]
+                gc += g_rev[t] * c[j + t]
+                if tout is not None:
+                    gy += g_rev[t] * vb[3, s + j + t]
+            grad[j] = ga + yr[j] * gb + two * (xr[j] - yr[j]) * gc
+            if tout is not None:
+                tout[q, r_out, j] = gy + xr[j] * gb + two * (yr[j] - xr[j]) * gc
 
 
 @njit(**KERNEL_OPTIONS)
@@ -212,7 +193,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
     prod = np.empty((2, width), dtype)
     size = win + 1                             # ring rows: a pair of output rows sees win + 1 input rows
-    ring = np.empty((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
+    ring = np.zeros((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
     coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows (0 between planes)
     mom = np.empty((2, 4, wv), dtype)
     pad_rows, pad_moments = np.empty((2, width), dtype), np.empty((4, wv), dtype)  # a row of padding
@@ -246,11 +227,8 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
             if o < o0 or ((o - o0) % 2 == 0 and o < o1 - 1):
                 continue  # (output rows go in pairs, the band's last alone if it has an odd count)
             a = o - (o - o0) % 2
-            for map_ in range(4):
-                if a < o:
-                    _ring_filter2(g, ring, map_, a, 1, mom[0, map_], mom[1, map_], wv)
-                else:
-                    _ring_filter(g, ring, map_, a, 1, mom[0, map_], wv)
+            for map_ in range(4):  # (a band's odd last row: its pair's second row is computed and dropped)
+                _ring_filter(g, ring, map_, a, 1, mom[0, map_], mom[1, map_], wv)
             for b in range(a, o + 1):
                 _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], ssim)
                 for q in range(mk):
@@ -267,11 +245,8 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                 if e < pad or p >= pad + h:
                     continue  # rows of padding: no gradient
                 for map_ in range(maps):
-                    if e > p:
-                        _ring_filter2(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv],
-                                      vb[1, map_, win - 1:win - 1 + wv], wv)
-                    else:
-                        _ring_filter(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv], wv)
+                    _ring_filter(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv],
+                                 vb[1, map_, win - 1:win - 1 + wv], wv)
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
                         _deliver(g_rev, vb[b - p], xs, ys, b, i0, pad, mk, w, wp, k, band, bands, o0, o1,
@@ -382,11 +357,6 @@ def _shifts(x, y, first, stop, out):
         out[p] = x.dtype.type(total / max(1, 2 * n * x.shape[2]))
 
 
-def normalised(window):
-    """Whether the window's weights sum to 1 (within a few float64 roundings)."""
-    return abs(float(np.sum(np.asarray(window, np.float64))) - 1.0) <= 4 * np.finfo(np.float64).eps
-
-
 def layout(planes, h, w, pad, win):
     """(planes per strip, bands per plane): fixed by the sizes alone, never by the thread count."""
     wp, hv = w + 2 * pad, h + 2 * pad - win + 1
@@ -401,7 +371,7 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     into ``grad`` and, unless None, the target's into ``target_grad`` in the same pass."""
     n_planes, h, w = x.shape
     dtype = x.dtype
-    shift = normalised(g)  # (of the float64 window, before it is cast)
+    shift = sums_to_one(g)  # (of the float64 window, before it is cast)
     g = g.astype(dtype)
     win = g.size
     scales = np.ascontiguousarray(scales, np.float64)

@@ -5,6 +5,7 @@ import functools
 
 import numpy as np
 
+from .._neutral import sums_to_one
 from . import cupy as cuda_runtime
 
 from ._module import ELEMENT_TYPES, element_type, function
@@ -84,8 +85,7 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
     maps = 3 if target_grad is None else 4
     coef = cupy.empty((planes, maps, ho, wo), acc_dtype(ctype)) if grad is not None else None
     shifts = cupy.zeros(planes, np.float64)
-    if abs(float(np.sum(np.asarray(window, np.float64))) - 1.0) <= 4 * np.finfo(np.float64).eps:
-        # (the moments of x - s keep the SSIM only for a window that sums to 1: else raw moments)
+    if sums_to_one(window):  # (else raw moments)
         function("ssim.cu", f"fastae::plane_shifts<{ctype}>")((planes,), (256,), (x, y, np.int64(h * w), shifts))
     fshared, bshared = forward_shared(ctype, win), backward_shared(ctype, win, maps)
     forward = _kernel("ssim_forward", ctype, fshared)
