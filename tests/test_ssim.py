@@ -240,12 +240,16 @@ def test_errors_name_the_argument(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_tall_planes_in_bands_and_any_thread_count(rng, monkeypatch, dtype, padding):
+@pytest.mark.parametrize("shape", [(1, 2, 3 * 256 + 17, 41), (17, 1, 700, 20)])
+def test_tall_planes_in_bands_and_any_thread_count(rng, monkeypatch, dtype, padding, shape):
     """Planes taller than a band (fastae.cpu.ssim.BAND output rows) are cut into bands that share their
-    halo rows; the result matches the reference and is bit-identical for 1 and 2 threads."""
+    halo rows, narrow ones interleaved in strips (the last strip holding fewer); the result matches the
+    reference and is bit-identical for 1 and 2 threads."""
     from fastae.cpu import ssim as cpu_ssim
-    pred, target = image_pair(rng, (1, 2, 3 * cpu_ssim.BAND + 17, 41), dtype)
-    assert cpu_ssim.layout(2, *pred.shape[-2:], 5 if padding == "same" else 0, 11)[1] >= 3
+    pred, target = image_pair(rng, shape, dtype)
+    planes = shape[0] * shape[1]
+    m, bands = cpu_ssim.layout(planes, *pred.shape[-2:], 5 if padding == "same" else 0, 11)
+    assert bands >= 3 and m >= 2 and (shape[0] == 1 or planes % m)
     ref_fn = ssim_same_padding if padding == "same" else lambda p, t, **kw: torch_reference(ssim_reference, p, t,
                                                                                             data_range=1.0, **kw)
     results = []
@@ -261,12 +265,14 @@ def test_tall_planes_in_bands_and_any_thread_count(rng, monkeypatch, dtype, padd
     assert_close(grad, ref_grad, dtype, "grad", rtol32=1e-4)
 
 
-def test_small_planes_side_by_side_match_one_at_a_time(rng):
-    """Small planes share strips (each with its own padding): every plane's value and gradient are the
-    same numbers as alone."""
-    pred, target = image_pair(rng, (23, 1, 16, 16), np.float32)
+def test_small_planes_interleaved_match_one_at_a_time(rng):
+    """Small planes share strips (interleaved column by column, each with its own padding; here 39 and 11
+    planes): every plane's value and gradient are the same numbers as alone."""
+    from fastae.cpu import ssim as cpu_ssim
+    pred, target = image_pair(rng, (50, 1, 16, 16), np.float32)
+    assert cpu_ssim.layout(50, 16, 16, 5, 11)[0] == 39
     together = fa.ssim(pred, target, padding="same", reduction="none", grad=True)
-    for i in (0, 9, 22):
+    for i in (0, 9, 38, 39, 49):
         alone = fa.ssim(pred[i:i + 1], target[i:i + 1], padding="same", reduction="none", grad=True)
         assert alone.loss.tobytes() == together.loss[i:i + 1].tobytes()
         np.testing.assert_array_equal(alone.grad[0], together.grad[i])

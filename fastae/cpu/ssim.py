@@ -15,16 +15,18 @@ of three coefficient maps A = dS/dmu'_x, B = dS/dP, C = dS/dQ:
 dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C.
 
 The work is cut into tasks of a fixed shape, whatever the thread count: small
-planes side by side in strips (each with its own padding, so that every loop
-runs along a wide row), tall planes into bands of BAND output rows (each band
-reads its halo of win - 1 rows again). A task streams its input rows once:
+planes interleaved in strips (column c of plane q at c m + q, each plane with
+its own padding: every loop runs along a wide row with no column wasted, and
+the window along a row steps m columns at a time), tall planes into bands of
+BAND output rows (each band reads its halo of win - 1 rows again). A task streams its input rows once:
 each is filtered horizontally into a ring of win + 1 rows, output rows sum the
 ring vertically two at a time (the pair shares all rows but one, loaded once),
 their coefficients go into a second ring, and an input row's gradient is
 gathered from that ring, again two rows at a time, as soon as no later output
 row of the task touches it. The window's taps come as a tuple, so that each
 output's sum is unrolled and stays in registers. Rows that two bands touch get a part from each, added in
-band order afterwards; plane sums add band sums in band order. So the result
+band order afterwards; a plane's sum adds its column sums in column order and its
+band sums in band order. So the result
 is bit-identical for any number of threads, and nothing of plane size is
 allocated but the gradient.
 """
@@ -32,24 +34,35 @@ import numpy as np
 from numba import njit
 
 from .._neutral import sums_to_one
-from ._kernels import KERNEL_OPTIONS
+from ._kernels import ELEMENT_OPTIONS, KERNEL_OPTIONS
 from ._math import like
 from ._threads import run_chunks
 
 BAND = 256          # output rows per task of a tall plane
-STRIP_WIDTH = 256   # padded columns a strip of small planes aims at
+STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
+STRIPS = 16         # strips a batch worth threading is cut into at least (so a slower core can take fewer)
 SHIFT_ROWS = 16       # rows of a plane whose mean is its shift
 TASK_WORK = 1 << 16   # padded positions a thread takes at least (~0.6 ms; a thread wakes in ~0.1 ms here)
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
 @njit(inline="always")
-def _hfilter(taps, src, dst, n):
-    """dst[j] = sum_t taps[t] src[j + t] for j < n: the window along a row."""
-    for j in range(n):
+def _hfilter(taps, src, dst, n, step):
+    """dst[j] = sum_t taps[t] src[j + step t] for j < n: the window along a row whose neighbouring columns
+    lie ``step`` apart (the strip's planes interleaved)."""
+    if step == 1:  # (a constant step: the taps' offsets become constants in the compiled loop)
+        _hloop(taps, src, dst, n, 1)
+    else:
+        _hloop(taps, src, dst, n, step)
+
+
+@njit(inline="always")
+def _hloop(taps, src, dst, n, step):
+    s = np.uint64(step)  # (unsigned indices need no test for negative ones: the loop vectorises)
+    for j in range(np.uint64(n)):
         acc = taps[0] * src[j]
         for t in range(1, len(taps)):
-            acc += taps[t] * src[j + t]
+            acc += taps[t] * src[j + np.uint64(t) * s]
         dst[j] = acc
 
 
@@ -74,27 +87,27 @@ def _ring_filter(taps, ring, k, o, step, dst0, dst1, n):
 
 # ---------------------------------------------------------------- the SSIM of one output row
 @njit(inline="always")
-def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, ssim):
-    """The SSIM (or contrast-structure) map of one output row from its moments mom[0..3] into ``ssim``,
-    and scale times the coefficient maps A, B, C of the gradient and A' = dS/dmu'_y (the target's) into
-    coef[0..3]; ``shift`` and ``scale`` are rows too (each column takes its plane's)."""
+def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, total, n):
+    """The SSIM (or contrast-structure) map of one output row's n columns from its moments mom[0..3], added
+    into each column's ``total``, and scale times the coefficient maps A, B, C of the gradient and A' = dS/dmu'_y (the
+    target's) into coef[0..3]; ``shift`` and ``scale`` are rows too (each column takes its plane's)."""
     mx_, my_, p_, q_ = mom[0], mom[1], mom[2], mom[3]
     a_, b_, c_, ay_ = coef[0], coef[1], coef[2], coef[3]
     one, two = like(c1, 1.0), like(c1, 2.0)
     if use_cs:  # (two loops, not a branch in one: LLVM vectorises each)
-        for j in range(mx_.size):
+        for j in range(n):
             mx, my = mx_[j], my_[j]
             d = mx - my
             diff = q_[j] - d * d
             r2 = one / (two * (p_[j] - mx * my) + c2 + diff)  # (one division, its reciprocal used four times)
             cs = one - diff * r2
-            ssim[j] = cs  # (2 cov + C2) / b2, exactly 1 where diff is 0
+            total[j] += cs  # (2 cov + C2) / b2, exactly 1 where diff is 0
             a_[j] = scale[j] * two * (mx * cs - my) * r2
             ay_[j] = scale[j] * two * (my * cs - mx) * r2  # (S is symmetric: A with x and y swapped)
             b_[j] = scale[j] * two * diff * (r2 * r2)
             c_[j] = -scale[j] * cs * r2
         return
-    for j in range(mx_.size):
+    for j in range(n):
         mx, my = mx_[j], my_[j]
         d = mx - my
         diff = q_[j] - d * d
@@ -104,7 +117,7 @@ def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, ssim):
         r1 = one / (two * ux * uy + c1 + d * d)
         lum = one - d * d * r1
         v = lum * cs
-        ssim[j] = v
+        total[j] += v
         a_[j] = scale[j] * two * (cs * (uy - lum * ux) * r1 + lum * (mx * cs - my) * r2)
         ay_[j] = scale[j] * two * (cs * (ux - lum * uy) * r1 + lum * (my * cs - mx) * r2)
         b_[j] = scale[j] * two * lum * diff * (r2 * r2)
@@ -113,68 +126,77 @@ def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, ssim):
 
 # ---------------------------------------------------------------- one task
 @njit(inline="always")
-def _row_moments(g, xr, yr, prod, dst, wv):
-    """The four maps of one input row filtered along it into dst (4, wv): x', y', x'y', (x - y)^2."""
+def _row_moments(g, xr, yr, prod, dst, n, step):
+    """The four maps of one strip row filtered along it into dst (4, n): x', y', x'y', (x - y)^2."""
     for c in range(xr.size):
         d = xr[c] - yr[c]
         prod[0, c] = xr[c] * yr[c]
         prod[1, c] = d * d
-    _hfilter(g, xr, dst[0], wv)
-    _hfilter(g, yr, dst[1], wv)
-    _hfilter(g, prod[0], dst[2], wv)
-    _hfilter(g, prod[1], dst[3], wv)
+    _hfilter(g, xr, dst[0], n, step)
+    _hfilter(g, yr, dst[1], n, step)
+    _hfilter(g, prod[0], dst[2], n, step)
+    _hfilter(g, prod[1], dst[3], n, step)
 
 
 @njit(inline="always")
 def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
-    """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted, into xs, ys; rows of
-    padding are left out (the task filters one once, and they get no gradient)."""
+    """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted and interleaved (padded
+    column c of plane q at c m + q), into xs, ys; rows of padding are left out (the task filters one once,
+    and they get no gradient)."""
     h, w = x.shape[1], x.shape[2]
-    wp = w + 2 * pad
     for i in range(max(i0, pad), min(i1, pad + h)):
         r = i - pad
+        xr, yr = xs[i - i0], ys[i - i0]
         for q in range(m):
             s = shifts[first_plane + q]
-            base = q * wp
             for c in range(pad):
-                xs[i - i0, base + c] = -s
-                ys[i - i0, base + c] = -s
-                xs[i - i0, base + pad + w + c] = -s
-                ys[i - i0, base + pad + w + c] = -s
+                xr[c * m + q] = -s
+                yr[c * m + q] = -s
+                xr[(pad + w + c) * m + q] = -s
+                yr[(pad + w + c) * m + q] = -s
             for c in range(w):
-                xs[i - i0, base + pad + c] = x[first_plane + q, r, c] - s
-                ys[i - i0, base + pad + c] = y[first_plane + q, r, c] - s
+                xr[(pad + c) * m + q] = x[first_plane + q, r, c] - s
+                yr[(pad + c) * m + q] = y[first_plane + q, r, c] - s
 
 
 @njit(**KERNEL_OPTIONS)
-def _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, out, r_out, tout):
-    """Input row p's gradient (every plane of the strip) into out[q, r_out]: G^T A + y' G^T B + 2 (x - y) G^T C,
-    the horizontal adjoint G^T of the vertical shares ``vb`` (win - 1 zeros at each end) summed in the same
-    loop; with ``tout`` (not None) the target's into tout[q, r_out]: G^T A' + x' G^T B + 2 (y - x) G^T C."""
+def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
+    """A strip row's gradient at its columns first .. first + n (planes interleaved, neighbouring columns
+    ``step`` apart) into out[0 .. n]: G^T A + y' G^T B + 2 (x - y) G^T C, the horizontal adjoint G^T of
+    the vertical shares ``vb`` (win - 1 columns of zeros lead and trail) summed in the same loop; with
+    ``tout`` (not None) the target's into tout: G^T A' + x' G^T B + 2 (y - x) G^T C."""
+    if step == 1:  # (as in _hfilter)
+        _emit_loop(g_rev, vb, xr, yr, first, n, 1, out, tout)
+    else:
+        _emit_loop(g_rev, vb, xr, yr, first, n, step, out, tout)
+
+
+@njit(inline="always")
+def _emit_loop(g_rev, vb, xr, yr, first, n, step, out, tout):
     two = like(g_rev[0], 2.0)
-    for q in range(m):
-        s = q * wp + pad
-        xr, yr, a, b, c = xs[p - i0, s:s + w], ys[p - i0, s:s + w], vb[0, s:], vb[1, s:], vb[2, s:]
-        grad = out[q, r_out]
-        for j in range(w):
-            ga, gb, gc, gy = g_rev[0] * a[j], g_rev[0] * b[j], g_rev[0] * c[j], two
-            if tout is not None:  # (compiled away when None)
-                gy = g_rev[0] * vb[3, s + j]
-            for t in range(1, len(g_rev)):
-                ga += g_rev[t] * a[j + t]
-                gb += g_rev[t] * b[j + t]
-                gc += g_rev[t] * c[j + t]
-                if tout is not None:
-                    gy += g_rev[t] * vb[3, s + j + t]
-            grad[j] = ga + yr[j] * gb + two * (xr[j] - yr[j]) * gc
+    s, f = np.uint64(step), np.uint64(first)  # (unsigned indices: no test for negative ones, so it vectorises)
+    a, b, c = vb[0], vb[1], vb[2]
+    for j in range(np.uint64(n)):
+        i = f + j
+        ga, gb, gc, gy = g_rev[0] * a[i], g_rev[0] * b[i], g_rev[0] * c[i], two
+        if tout is not None:  # (compiled away when None)
+            gy = g_rev[0] * vb[3, i]
+        for t in range(1, len(g_rev)):
+            k = i + np.uint64(t) * s
+            ga += g_rev[t] * a[k]
+            gb += g_rev[t] * b[k]
+            gc += g_rev[t] * c[k]
             if tout is not None:
-                tout[q, r_out, j] = gy + xr[j] * gb + two * (yr[j] - xr[j]) * gc
+                gy += g_rev[t] * vb[3, k]
+        out[j] = ga + yr[i] * gb + two * (xr[i] - yr[i]) * gc
+        if tout is not None:
+            tout[j] = gy + xr[i] * gb + two * (yr[i] - xr[i]) * gc
 
 
 @njit(**KERNEL_OPTIONS)
 def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, first, stop, sums,
            edges):
-    """Tasks ``first`` to ``stop``: task k is band k % bands of strip k // bands (m planes side by side).
+    """Tasks ``first`` to ``stop``: task k is band k % bands of strip k // bands (m planes interleaved).
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
     ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
     band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1])."""
@@ -182,9 +204,8 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     hp, wp = h + 2 * pad, w + 2 * pad
     win = len(g)
     hv = hp - win + 1
-    width = m * wp
-    wv = width - win + 1          # output columns of a strip row (those between planes are dropped)
     wvp = wp - win + 1            # output columns of one plane row
+    width, wv = m * wp, m * wvp   # input and output columns of a strip row, planes interleaved
     dtype = x.dtype
     maps = 3
     if tgrad is not None:
@@ -194,33 +215,38 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     prod = np.empty((2, width), dtype)
     size = win + 1                             # ring rows: a pair of output rows sees win + 1 input rows
     ring = np.zeros((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
-    coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows (0 between planes)
+    coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows
     mom = np.empty((2, 4, wv), dtype)
     pad_rows, pad_moments = np.empty((2, width), dtype), np.empty((4, wv), dtype)  # a row of padding
-    ssim = np.empty(wv, dtype)                # the SSIM map of an output row
+    total = np.empty(wv, dtype)               # each column's SSIM map summed down the band
     shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
-    vb = np.zeros((2, maps, wv + 2 * (win - 1)), dtype)  # vertical shares of two input rows, 0 at the ends
-    one_plane = np.empty((m, 1, w), dtype)
-    one_target = np.empty((m, 1, w), dtype)
+    vb = np.zeros((2, maps, wv + 2 * (win - 1) * m), dtype)  # vertical shares of two input rows, 0 at the ends
+    flat = np.empty((2, w * m), dtype)        # a row's gradients (and the target's), planes interleaved
     for k in range(first, stop):
         strip, band = k // bands, k % bands
         p0 = strip * m
-        mk = min(m, n_planes - p0)
+        mk = min(m, n_planes - p0)            # (the last strip may hold fewer: its columns lie closer)
+        n_in, n_out, lead = wp * mk, wvp * mk, (win - 1) * mk
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
         _load_rows(x, y, shifts, p0, mk, pad, i0, i1, xs, ys)
         coef[:, :, :] = like(c1, 0.0)
+        vb[:, :, :] = like(c1, 0.0)
+        total[:n_out] = 0.0
         sums[k, :] = 0.0
-        for q in range(mk):
-            shift[q * wp:q * wp + wvp] = shifts[p0 + q]
-            scale[q * wp:q * wp + wvp] = scales[p0 + q]
-        if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
+        for j in range(wvp):
             for q in range(mk):
-                pad_rows[:, q * wp:(q + 1) * wp] = -shifts[p0 + q]
-            _row_moments(g, pad_rows[0], pad_rows[1], prod, pad_moments, wv)
+                shift[j * mk + q] = shifts[p0 + q]
+                scale[j * mk + q] = scales[p0 + q]
+        if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
+            for c in range(wp):
+                for q in range(mk):
+                    pad_rows[0, c * mk + q] = -shifts[p0 + q]
+                    pad_rows[1, c * mk + q] = -shifts[p0 + q]
+            _row_moments(g, pad_rows[0, :n_in], pad_rows[1, :n_in], prod, pad_moments, n_out, mk)
         for i in range(i0, i1):
             if pad <= i < pad + h:
-                _row_moments(g, xs[i - i0], ys[i - i0], prod, ring[i % size], wv)
+                _row_moments(g, xs[i - i0, :n_in], ys[i - i0, :n_in], prod, ring[i % size], n_out, mk)
             else:
                 ring[i % size] = pad_moments
             o = i - win + 1  # the output row now complete
@@ -228,12 +254,11 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                 continue  # (output rows go in pairs, the band's last alone if it has an odd count)
             a = o - (o - o0) % 2
             for map_ in range(4):  # (a band's odd last row: its pair's second row is computed and dropped)
-                _ring_filter(g, ring, map_, a, 1, mom[0, map_], mom[1, map_], wv)
+                _ring_filter(g, ring, map_, a, 1, mom[0, map_], mom[1, map_], n_out)
             for b in range(a, o + 1):
-                _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], ssim)
-                for q in range(mk):
-                    sums[k, q] += _row_sum(ssim, q * wp, wvp)
-                    _clear(coef[b % size], q * wp + wvp, min((q + 1) * wp, wv) if q < mk - 1 else wv)
+                _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], total, n_out)
+            if o == o1 - 1:
+                _plane_sums(total, mk, wvp, sums[k])
             if grad is None:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
@@ -245,72 +270,66 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                 if e < pad or p >= pad + h:
                     continue  # rows of padding: no gradient
                 for map_ in range(maps):
-                    _ring_filter(g, coef, map_, p, -1, vb[0, map_, win - 1:win - 1 + wv],
-                                 vb[1, map_, win - 1:win - 1 + wv], wv)
+                    _ring_filter(g, coef, map_, p, -1, vb[0, map_, lead:lead + n_out], vb[1, map_, lead:lead + n_out],
+                                 n_out)
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
-                        _deliver(g_rev, vb[b - p], xs, ys, b, i0, pad, mk, w, wp, k, band, bands, o0, o1,
-                                 p0, accumulate, grad, tgrad, edges, one_plane, one_target)
+                        _deliver(g_rev, vb[b - p], xs[b - i0], ys[b - i0], b, pad, mk, w, k, band, bands, o0, o1,
+                                 p0, accumulate, grad, tgrad, edges, flat)
 
 
 @njit(inline="always")
-def _deliver(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, k, band, bands, o0, o1, p0, accumulate, grad, tgrad,
-             edges, one_plane, one_target):
-    """Input row p's gradients from its vertical shares ``vb``: straight into ``grad`` (and ``tgrad``), or
-    kept in ``edges`` where another band also touches the row, or added where ``accumulate``."""
+def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumulate, grad, tgrad, edges, flat):
+    """Input row p's gradients from its vertical shares ``vb``: straight into ``grad`` (and ``tgrad``) when
+    the strip holds one plane, or by way of ``flat`` (planes interleaved): kept in ``edges`` where another
+    band also touches the row, or added where ``accumulate``, or written."""
     r = p - pad
     head, tail = band > 0 and p < o0 + len(g_rev) - 1, band < bands - 1 and p >= o1
-    if head or tail or accumulate:  # into a row of its own first
+    if m == 1 and not (head or tail or accumulate):
         if tgrad is None:
-            _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, None)
+            _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], None)
         else:
-            _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, one_plane, 0, one_target)
-    if head or tail:
-        part = 0 if head else 1
-        row = p - o0 if head else p - o1
-        _keep(edges[k, part, 0, row], one_plane, m)
-        if tgrad is not None:
-            _keep(edges[k, part, 1, row], one_target, m)
-    elif accumulate:
-        _add(grad, p0, r, one_plane, m)
-        if tgrad is not None:
-            _add(tgrad, p0, r, one_target, m)
-    elif tgrad is None:
-        _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, None)
+            _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], tgrad[p0, r])
+        return
+    n = w * m
+    part, row = (0, p - o0) if head else (1, p - o1)
+    if tgrad is None:
+        _emit(g_rev, vb, xr, yr, pad * m, n, m, flat[0, :n], None)
     else:
-        _emit(g_rev, vb, xs, ys, p, i0, pad, m, w, wp, grad[p0:p0 + m], r, tgrad[p0:p0 + m])
+        _emit(g_rev, vb, xr, yr, pad * m, n, m, flat[0, :n], flat[1, :n])
+        _route(flat[1], edges, k, part, 1, row, head or tail, tgrad, p0, r, m, w, accumulate)
+    _route(flat[0], edges, k, part, 0, row, head or tail, grad, p0, r, m, w, accumulate)
 
 
 @njit(inline="always")
-def _row_sum(row, j0, n):
-    total = like(row[0], 0.0)
-    for j in range(j0, j0 + n):
-        total += row[j]
-    return total
+def _route(flat, edges, k, part, which, row, keep, grad, p0, r, m, w, accumulate):
+    """A row's gradients (planes interleaved in ``flat``) kept in ``edges`` or written (added) into ``grad``."""
+    if keep:
+        _scatter(flat, edges[k, part, which, row], m, w, False)
+    else:
+        _scatter(flat, grad[p0:p0 + m, r], m, w, accumulate)
 
 
-@njit(inline="always")
-def _clear(coef, j0, j1):
-    """Zero the coefficients of output columns j0 .. j1 (between planes, or past the strip's last plane):
-    no gradient comes from there, whatever the moments were."""
-    for k in range(coef.shape[0]):
-        for j in range(j0, j1):
-            coef[k, j] = like(coef[0, 0], 0.0)
-
-
-@njit(inline="always")
-def _keep(dst, rows, m):
-    """dst[q] = rows[q, 0] for the strip's m planes: a shared row, kept to be joined."""
+@njit(**ELEMENT_OPTIONS)
+def _plane_sums(total, m, n, out):
+    """out[q] = the sum of plane q's n column totals (m planes interleaved), in column order whatever m is
+    (no reassoc: a vectorised sum's order would depend on the stride, a plane's sum on its strip)."""
     for q in range(m):
-        for c in range(dst.shape[1]):
-            dst[q, c] = rows[q, 0, c]
+        acc = 0.0
+        for j in range(n):
+            acc += total[j * m + q]
+        out[q] = acc
 
 
 @njit(inline="always")
-def _add(grad, p0, r, rows, m):
+def _scatter(flat, dst, m, w, add):
+    """dst[q, c] = flat[c m + q] (or +=, ``add``) for the strip's m planes: a row back out of the strip."""
     for q in range(m):
-        for c in range(grad.shape[2]):
-            grad[p0 + q, r, c] += rows[q, 0, c]
+        for c in range(w):
+            if add:
+                dst[q, c] += flat[c * m + q]
+            else:
+                dst[q, c] = flat[c * m + q]
 
 
 @njit(inline="always")
@@ -361,6 +380,8 @@ def layout(planes, h, w, pad, win):
     """(planes per strip, bands per plane): fixed by the sizes alone, never by the thread count."""
     wp, hv = w + 2 * pad, h + 2 * pad - win + 1
     m = max(1, min(planes, STRIP_WIDTH // wp))
+    if planes * (hv + win - 1) * wp >= 2 * TASK_WORK:  # work for two threads: at least STRIPS strips
+        m = max(1, min(m, -(-planes // STRIPS)))
     bands = max(1, min(-(-hv // BAND), hv // max(2 * win, 1)))  # a band holds at least two windows
     return m, bands
 
