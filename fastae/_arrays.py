@@ -139,7 +139,7 @@ def check_target_grad(grad, target_grad):
 
 
 def is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return type(value) in (float, int) or (isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
 def check_number(value, name, *, positive=False, nonnegative=False):

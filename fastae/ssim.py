@@ -19,6 +19,8 @@ The 2-D images with zero padding and eps = 0 run the fused streaming kernel
 (both gradients in one pass, on the CPU and on CUDA); everything else runs the general path
 (``fastae/_ssim_map.py``: separable filters, both gradients in one pass).
 """
+import functools
+import math
 import warnings
 
 import numpy as np
@@ -31,6 +33,14 @@ from .pointwise import LossGrad, LossGrads
 PADDINGS = ("valid", "same", "reflect")
 SMALL_WINDOW = 63  # any image takes a window this small with padding="same"
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as pytorch-msssim
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_window(win_size, sigma):
+    """gaussian_window, read-only and computed once per (win_size, sigma): small images' calls are short."""
+    window = gaussian_window(win_size, sigma)
+    window.flags.writeable = False
+    return window
 
 
 class _Images:
@@ -89,7 +99,7 @@ class _Images:
         if padding == "reflect" and self.pad >= min(self.spatial):
             raise ValueError(f"padding='reflect' with win_size={self.win_size} needs images larger than "
                              f"{self.pad} a side, got {'x'.join(map(str, self.spatial))}")
-        self.window = gaussian_window(self.win_size, self.sigma) if window is None else window
+        self.window = _gaussian_window(self.win_size, self.sigma) if window is None else window
         self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip)
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
@@ -110,7 +120,7 @@ class _Images:
         if self.pad == 0 and min(n for i, n in enumerate(spatial) if i not in self.skip) < self.win_size:
             raise ValueError(f"images of {'x'.join(map(str, spatial))} are smaller than the window "
                              f"({self.win_size}) with padding='valid'; use padding='same' or a smaller win_size")
-        return int(np.prod(self.out_shape(*spatial)))
+        return math.prod(self.out_shape(*spatial))
 
     def map(self, x, y, use_cs=False, weights=None, grad_x=False, grad_y=False):
         """The general path: (map, gradient in x, gradient in y) of planes x, y (see _ssim_map); float16 and

@@ -266,13 +266,17 @@ def test_tall_planes_in_bands_and_any_thread_count(rng, monkeypatch, dtype, padd
 
 
 def test_small_planes_interleaved_match_one_at_a_time(rng):
-    """Small planes share strips (interleaved column by column, each with its own padding; here 39 and 11
-    planes): every plane's value and gradient are the same numbers as alone."""
+    """Small planes share strips (interleaved column by column, each with its own padding; here 26 and 25
+    planes): every plane's value and gradient are the same numbers as alone, and a NaN or an Inf in one
+    plane stays in that plane."""
     from fastae.cpu import ssim as cpu_ssim
-    pred, target = image_pair(rng, (50, 1, 16, 16), np.float32)
-    assert cpu_ssim.layout(50, 16, 16, 5, 11)[0] == 39
+    pred, target = image_pair(rng, (51, 1, 16, 16), np.float32)
+    pred[9, 0, 3, 4], target[30, 0, 15, 0] = np.nan, np.inf
+    assert cpu_ssim.layout(51, 16, 16, 5, 11)[0] == 26
     together = fa.ssim(pred, target, padding="same", reduction="none", grad=True)
-    for i in (0, 9, 38, 39, 49):
+    assert np.isnan(together.loss[[9, 30]]).all() and np.isfinite(np.delete(together.loss, [9, 30])).all()
+    assert np.isfinite(np.delete(together.grad, [9, 30], axis=0)).all()
+    for i in (0, 8, 9, 10, 25, 26, 29, 30, 31, 50):
         alone = fa.ssim(pred[i:i + 1], target[i:i + 1], padding="same", reduction="none", grad=True)
         assert alone.loss.tobytes() == together.loss[i:i + 1].tobytes()
         np.testing.assert_array_equal(alone.grad[0], together.grad[i])

@@ -382,6 +382,7 @@ def layout(planes, h, w, pad, win):
     m = max(1, min(planes, STRIP_WIDTH // wp))
     if planes * (hv + win - 1) * wp >= 2 * TASK_WORK:  # work for two threads: at least STRIPS strips
         m = max(1, min(m, -(-planes // STRIPS)))
+    m = -(-planes // -(-planes // m))  # strips alike (the last one at most one plane short)
     bands = max(1, min(-(-hv // BAND), hv // max(2 * win, 1)))  # a band holds at least two windows
     return m, bands
 
