@@ -403,3 +403,13 @@ def test_the_fused_kernel_gives_the_target_its_gradient_in_the_same_pass(rng, mo
     np.testing.assert_array_equal(results[0].grad, fa.ssim(x, y, padding=padding, grad=True).grad)
     mixed = fa.mixed_loss(x, y, alpha=0.4, padding=padding, grad=True, target_grad=True)
     assert_close(mixed.target_grad, fa.mixed_loss(y, x, alpha=0.4, padding=padding, grad=True).grad, dtype, "mixed")
+
+
+def test_bench_rows_hold_small_patches_against_the_big_batch():
+    """fastae bench's SSIM rows: Mpixel/s at each thread count, the peer's ratio where it has the padding,
+    and the 'same' patches' rate over the first case's, thread count for thread count (the issue's bar)."""
+    from fastae.bench import ssim_rows
+    rows = ssim_rows(1, cases=[("ssim_loss", (1, 2, 40, 40), "valid"), ("ssim_loss", (8, 1, 16, 16), "same")])
+    big, small = rows
+    assert big["x peer"] > 0 and "x peer" not in small and "x big batch" not in big
+    assert small["x big batch"] == "/".join(f"{small[f'{n}T Mpx/s'] / big[f'{n}T Mpx/s']:.2f}" for n in (1, 2))
