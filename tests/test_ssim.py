@@ -386,7 +386,7 @@ def test_mixed_loss_gives_the_target_its_gradient(rng):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("shape, padding", [((3, 2, 40, 37), "valid"), ((1, 1, 600, 45), "same"),
-                                            ((70, 1, 16, 16), "same")])
+                                            ((70, 1, 16, 16), "same"), ((17, 1, 700, 20), "same")])
 def test_the_fused_kernel_gives_the_target_its_gradient_in_the_same_pass(rng, monkeypatch, dtype, shape, padding):
     """Strips of small planes, bands of tall ones: the target's gradient, computed beside the prediction's,
     equals the prediction's gradient of the swapped call (SSIM is symmetric), for 1 and 2 threads, and
