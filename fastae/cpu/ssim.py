@@ -19,9 +19,10 @@ planes interleaved in strips (column c of plane q at c m + q, each plane with
 its own padding: every loop runs along a wide row with no column wasted, and
 the window along a row steps m columns at a time), tall planes into bands of
 BAND output rows (each band reads its halo of win - 1 rows again). A task streams its input rows once:
-each is filtered horizontally into a ring of win + 1 rows, output rows sum the
+each is shifted into a ring of win + 1 rows and filtered horizontally into a
+second one, output rows sum the
 ring vertically two at a time (the pair shares all rows but one, loaded once),
-their coefficients go into a second ring, and an input row's gradient is
+their coefficients go into a third ring, and an input row's gradient is
 gathered from that ring, again two rows at a time, as soon as no later output
 row of the task touches it. The window's taps come as a tuple, so that each
 output's sum is unrolled and stays in registers. Rows that two bands touch get a part from each, added in
@@ -139,24 +140,20 @@ def _row_moments(g, xr, yr, prod, dst, n, step):
 
 
 @njit(inline="always")
-def _load_rows(x, y, shifts, first_plane, m, pad, i0, i1, xs, ys):
-    """Input rows i0 .. i1 (padded coordinates) of the strip's m planes, shifted and interleaved (padded
-    column c of plane q at c m + q), into xs, ys; rows of padding are left out (the task filters one once,
-    and they get no gradient)."""
-    h, w = x.shape[1], x.shape[2]
-    for i in range(max(i0, pad), min(i1, pad + h)):
-        r = i - pad
-        xr, yr = xs[i - i0], ys[i - i0]
-        for q in range(m):
-            s = shifts[first_plane + q]
-            for c in range(pad):
-                xr[c * m + q] = -s
-                yr[c * m + q] = -s
-                xr[(pad + w + c) * m + q] = -s
-                yr[(pad + w + c) * m + q] = -s
-            for c in range(w):
-                xr[(pad + c) * m + q] = x[first_plane + q, r, c] - s
-                yr[(pad + c) * m + q] = y[first_plane + q, r, c] - s
+def _load_row(x, y, shifts, first_plane, m, pad, r, xr, yr):
+    """Image row r of the strip's m planes, shifted, padded and interleaved (padded column c of plane q at
+    c m + q), into xr, yr."""
+    w = x.shape[2]
+    for q in range(m):
+        s = shifts[first_plane + q]
+        for c in range(pad):
+            xr[c * m + q] = -s
+            yr[c * m + q] = -s
+            xr[(pad + w + c) * m + q] = -s
+            yr[(pad + w + c) * m + q] = -s
+        for c in range(w):
+            xr[(pad + c) * m + q] = x[first_plane + q, r, c] - s
+            yr[(pad + c) * m + q] = y[first_plane + q, r, c] - s
 
 
 @njit(**KERNEL_OPTIONS)
@@ -210,11 +207,10 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     maps = 3
     if tgrad is not None:
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
-    rows = min(hv, bands_height(hv, bands)) + win - 1
-    xs, ys = np.zeros((rows, width), dtype), np.zeros((rows, width), dtype)
-    prod = np.empty((2, width), dtype)
     size = win + 1                             # ring rows: a pair of output rows sees win + 1 input rows
-    ring = np.zeros((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
+    xs, ys = np.empty((size, width), dtype), np.empty((size, width), dtype)  # the last input rows, shifted
+    prod = np.empty((2, width), dtype)
+    ring = np.empty((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
     coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows
     mom = np.empty((2, 4, wv), dtype)
     pad_rows, pad_moments = np.empty((2, width), dtype), np.empty((4, wv), dtype)  # a row of padding
@@ -229,7 +225,6 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         n_in, n_out, lead = wp * mk, wvp * mk, (win - 1) * mk
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
-        _load_rows(x, y, shifts, p0, mk, pad, i0, i1, xs, ys)
         coef[:, :, :] = like(c1, 0.0)
         vb[:, :, :] = like(c1, 0.0)
         total[:n_out] = 0.0
@@ -245,8 +240,9 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                     pad_rows[1, c * mk + q] = -shifts[p0 + q]
             _row_moments(g, pad_rows[0, :n_in], pad_rows[1, :n_in], prod, pad_moments, n_out, mk)
         for i in range(i0, i1):
-            if pad <= i < pad + h:
-                _row_moments(g, xs[i - i0, :n_in], ys[i - i0, :n_in], prod, ring[i % size], n_out, mk)
+            if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
+                _load_row(x, y, shifts, p0, mk, pad, i - pad, xs[i % size, :n_in], ys[i % size, :n_in])
+                _row_moments(g, xs[i % size, :n_in], ys[i % size, :n_in], prod, ring[i % size], n_out, mk)
             else:
                 ring[i % size] = pad_moments
             o = i - win + 1  # the output row now complete
@@ -274,7 +270,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                                  n_out)
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
-                        _deliver(g_rev, vb[b - p], xs[b - i0], ys[b - i0], b, pad, mk, w, k, band, bands, o0, o1,
+                        _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
                                  p0, accumulate, grad, tgrad, edges, flat)
 
 
@@ -382,7 +378,8 @@ def layout(planes, h, w, pad, win):
     m = max(1, min(planes, STRIP_WIDTH // wp))
     if planes * (hv + win - 1) * wp >= 2 * TASK_WORK:  # work for two threads: at least STRIPS strips
         m = max(1, min(m, -(-planes // STRIPS)))
-    m = -(-planes // -(-planes // m))  # strips alike (the last one at most one plane short)
+    if planes:
+        m = -(-planes // -(-planes // m))  # strips alike (the last one at most one plane short)
     bands = max(1, min(-(-hv // BAND), hv // max(2 * win, 1)))  # a band holds at least two windows
     return m, bands
 
