@@ -51,14 +51,6 @@ TASK_WORK = 1 << 16   # padded positions a thread takes at least (~0.6 ms; a thr
 def _hfilter(taps, src, dst, n, step):
     """dst[j] = sum_t taps[t] src[j + step t] for j < n: the window along a row whose neighbouring columns
     lie ``step`` apart (the strip's planes interleaved)."""
-    if step == 1:  # (a constant step: the taps' offsets become constants in the compiled loop)
-        _hloop(taps, src, dst, n, 1)
-    else:
-        _hloop(taps, src, dst, n, step)
-
-
-@njit(inline="always")
-def _hloop(taps, src, dst, n, step):
     s = np.uint64(step)  # (unsigned indices need no test for negative ones: the loop vectorises)
     for j in range(np.uint64(n)):
         acc = taps[0] * src[j]
@@ -162,14 +154,6 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
     ``step`` apart) into out[0 .. n]: G^T A + y' G^T B + 2 (x - y) G^T C, the horizontal adjoint G^T of
     the vertical shares ``vb`` (win - 1 columns of zeros lead and trail) summed in the same loop; with
     ``tout`` (not None) the target's into tout: G^T A' + x' G^T B + 2 (y - x) G^T C."""
-    if step == 1:  # (as in _hfilter)
-        _emit_loop(g_rev, vb, xr, yr, first, n, 1, out, tout)
-    else:
-        _emit_loop(g_rev, vb, xr, yr, first, n, step, out, tout)
-
-
-@njit(inline="always")
-def _emit_loop(g_rev, vb, xr, yr, first, n, step, out, tout):
     two = like(g_rev[0], 2.0)
     s, f = np.uint64(step), np.uint64(first)  # (unsigned indices: no test for negative ones, so it vectorises)
     a, b, c = vb[0], vb[1], vb[2]
