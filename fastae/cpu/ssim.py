@@ -18,17 +18,17 @@ The work is cut into tasks of a fixed shape, whatever the thread count: small
 planes interleaved in strips (column c of plane q at c m + q, each plane with
 its own padding: every loop runs along a wide row with no column wasted, and
 the window along a row steps m columns at a time), tall planes into bands of
-BAND output rows (each band reads its halo of win - 1 rows again). A task streams its input rows once:
-each is shifted into a ring of win + 1 rows and filtered horizontally into a
-second one, output rows sum the
-ring vertically two at a time (the pair shares all rows but one, loaded once),
-their coefficients go into a third ring, and an input row's gradient is
-gathered from that ring, again two rows at a time, as soon as no later output
-row of the task touches it. The window's taps come as a tuple, so that each
-output's sum is unrolled and stays in registers. Rows that two bands touch get a part from each, added in
-band order afterwards; a plane's sum adds its column sums in column order and its
-band sums in band order. So the result
-is bit-identical for any number of threads, and nothing of plane size is
+BAND output rows (each band reads its halo of win - 1 rows again). A task
+streams its input rows once: each is shifted into a ring of win + 1 rows and
+filtered horizontally into a second one, output rows sum that ring vertically
+two at a time (the pair shares all rows but one, loaded once), their
+coefficients go into a third ring, and an input row's gradient is gathered
+from that ring, again two rows at a time, as soon as no later output row of
+the task touches it. The window's taps come as a tuple, so that each output's
+sum is unrolled and stays in registers. Rows that two bands touch get a part
+from each, added in band order afterwards; a plane's sum adds its column sums
+in column order and its band sums in band order. So the result is
+bit-identical for any number of threads, and nothing of plane size is
 allocated but the gradient.
 """
 import numpy as np
@@ -133,19 +133,24 @@ def _row_moments(g, xr, yr, prod, dst, n, step):
 
 @njit(inline="always")
 def _load_row(x, y, shifts, first_plane, m, pad, r, xr, yr):
-    """Image row r of the strip's m planes, shifted, padded and interleaved (padded column c of plane q at
-    c m + q), into xr, yr."""
+    """Image row r of the strip's m planes, shifted and interleaved (padded column c of plane q at c m + q),
+    into xr, yr (their padding columns are filled once per task)."""
     w = x.shape[2]
     for q in range(m):
         s = shifts[first_plane + q]
-        for c in range(pad):
-            xr[c * m + q] = -s
-            yr[c * m + q] = -s
-            xr[(pad + w + c) * m + q] = -s
-            yr[(pad + w + c) * m + q] = -s
         for c in range(w):
             xr[(pad + c) * m + q] = x[first_plane + q, r, c] - s
             yr[(pad + c) * m + q] = y[first_plane + q, r, c] - s
+
+
+@njit(inline="always")
+def _spread(values, first_plane, m, c0, c1, dst, negate):
+    """dst[c m + q] = values[first_plane + q] (or its negative) for the columns c0 .. c1 of the strip's m
+    planes: a per-plane number along an interleaved row."""
+    for c in range(c0, c1):
+        for q in range(m):
+            v = values[first_plane + q]
+            dst[c * m + q] = -v if negate else v
 
 
 @njit(**KERNEL_OPTIONS)
@@ -197,7 +202,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     ring = np.empty((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
     coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows
     mom = np.empty((2, 4, wv), dtype)
-    pad_rows, pad_moments = np.empty((2, width), dtype), np.empty((4, wv), dtype)  # a row of padding
+    pad_row, pad_moments = np.empty(width, dtype), np.empty((4, wv), dtype)  # a row of padding
     total = np.empty(wv, dtype)               # each column's SSIM map summed down the band
     shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
     vb = np.zeros((2, maps, wv + 2 * (win - 1) * m), dtype)  # vertical shares of two input rows, 0 at the ends
@@ -213,16 +218,15 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         vb[:, :, :] = like(c1, 0.0)
         total[:n_out] = 0.0
         sums[k, :] = 0.0
-        for j in range(wvp):
-            for q in range(mk):
-                shift[j * mk + q] = shifts[p0 + q]
-                scale[j * mk + q] = scales[p0 + q]
+        _spread(shifts, p0, mk, 0, wvp, shift, False)
+        _spread(scales, p0, mk, 0, wvp, scale, False)
+        for r in range(size):  # padding columns (x' = y' = -s): written once, the rows only between them
+            for rows in (xs, ys):
+                _spread(shifts, p0, mk, 0, pad, rows[r], True)
+                _spread(shifts, p0, mk, pad + w, wp, rows[r], True)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
-            for c in range(wp):
-                for q in range(mk):
-                    pad_rows[0, c * mk + q] = -shifts[p0 + q]
-                    pad_rows[1, c * mk + q] = -shifts[p0 + q]
-            _row_moments(g, pad_rows[0, :n_in], pad_rows[1, :n_in], prod, pad_moments, n_out, mk)
+            _spread(shifts, p0, mk, 0, wp, pad_row, True)
+            _row_moments(g, pad_row[:n_in], pad_row[:n_in], prod, pad_moments, n_out, mk)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
                 _load_row(x, y, shifts, p0, mk, pad, i - pad, xs[i % size, :n_in], ys[i % size, :n_in])
