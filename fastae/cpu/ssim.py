@@ -60,22 +60,44 @@ def _hfilter(taps, src, dst, n, step):
 
 
 @njit(inline="always")
-def _ring_filter(taps, ring, k, o, step, dst0, dst1, n):
-    """dst0[j] = sum_t taps[t] ring[(o + step t) % R, k, j] and dst1 the same for row o + 1, R = win + 1
-    the ring's rows: the window down a ring of rows, map k, for two rows at once (their windows share all
-    ring rows but one, each loaded once for both: the passes are bound by loads). step = 1: output rows
-    o, o + 1's moments from the input rows they see; step = -1: input rows o, o + 1's shares of the output
-    rows that saw them (the window's adjoint). (R from the taps, known when compiled: the row indices
-    leave the loop.)"""
-    size = len(taps) + 1
+def ring_rows(win):
+    """Rows in a ring of the rows four output rows see (win + 3): a power of two, so that a row's slot is
+    its index's low bits (a modulo in each tap's index kept LLVM from unrolling the taps: scalar loops)."""
+    size = 1
+    while size < win + 3:
+        size *= 2
+    return size
+
+
+@njit(inline="always")
+def _quad_filter(taps, rows, k, first, dst0, dst1, dst2, dst3, n):
+    """dst_r[j] = sum_t taps[t] rows[(first + r + t) % R, k, j], r = 0 .. 3, R = ring_rows(len(taps)): the
+    window down a ring of rows, map k, for four rows at once (their windows share all rows but three, each
+    loaded once for all four: the passes are bound by loads). Forward: output rows' moments from the input
+    rows they see; backward, with the taps reversed: input rows' shares of the output rows that saw them (the
+    window's adjoint)."""
+    mask = ring_rows(len(taps)) - 1  # (known when compiled: the slots leave the loop)
     for j in range(n):
-        acc0 = taps[0] * ring[o % size, k, j]
-        acc1 = taps[0] * ring[(o + 1) % size, k, j]
+        acc0 = taps[0] * rows[first & mask, k, j]
+        acc1 = taps[0] * rows[(first + 1) & mask, k, j]
+        acc2 = taps[0] * rows[(first + 2) & mask, k, j]
+        acc3 = taps[0] * rows[(first + 3) & mask, k, j]
         for t in range(1, len(taps)):
-            acc0 += taps[t] * ring[(o + step * t) % size, k, j]
-            acc1 += taps[t] * ring[(o + 1 + step * t) % size, k, j]
+            acc0 += taps[t] * rows[(first + t) & mask, k, j]
+            acc1 += taps[t] * rows[(first + 1 + t) & mask, k, j]
+            acc2 += taps[t] * rows[(first + 2 + t) & mask, k, j]
+            acc3 += taps[t] * rows[(first + 3 + t) & mask, k, j]
         dst0[j] = acc0
         dst1[j] = acc1
+        dst2[j] = acc2
+        dst3[j] = acc3
+
+
+@njit(inline="always")
+def _quad_maps(taps, rows, maps, first, dst, lead, n):
+    """_quad_filter for maps 0 .. maps - 1 into dst[r, k, lead:]."""
+    for k in range(maps):
+        _quad_filter(taps, rows, k, first, dst[0, k, lead:], dst[1, k, lead:], dst[2, k, lead:], dst[3, k, lead:], n)
 
 
 # ---------------------------------------------------------------- the SSIM of one output row
@@ -196,16 +218,16 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     maps = 3
     if tgrad is not None:
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
-    size = win + 1                             # ring rows: a pair of output rows sees win + 1 input rows
+    size = ring_rows(win)                      # ring rows: four output rows see win + 3 input rows
     xs, ys = np.empty((size, width), dtype), np.empty((size, width), dtype)  # the last input rows, shifted
     prod = np.empty((2, width), dtype)
     ring = np.empty((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
     coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows
-    mom = np.empty((2, 4, wv), dtype)
+    mom = np.empty((4, 4, wv), dtype)
     pad_row, pad_moments = np.empty(width, dtype), np.empty((4, wv), dtype)  # a row of padding
     total = np.empty(wv, dtype)               # each column's SSIM map summed down the band
     shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
-    vb = np.zeros((2, maps, wv + 2 * (win - 1) * m), dtype)  # vertical shares of two input rows, 0 at the ends
+    vb = np.zeros((4, maps, wv + 2 * (win - 1) * m), dtype)  # vertical shares of four input rows, 0 at the ends
     flat = np.empty((2, w * m), dtype)        # a row's gradients (and the target's), planes interleaved
     for k in range(first, stop):
         strip, band = k // bands, k % bands
@@ -234,11 +256,10 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
             else:
                 ring[i % size] = pad_moments
             o = i - win + 1  # the output row now complete
-            if o < o0 or ((o - o0) % 2 == 0 and o < o1 - 1):
-                continue  # (output rows go in pairs, the band's last alone if it has an odd count)
-            a = o - (o - o0) % 2
-            for map_ in range(4):  # (a band's odd last row: its pair's second row is computed and dropped)
-                _ring_filter(g, ring, map_, a, 1, mom[0, map_], mom[1, map_], n_out)
+            if o < o0 or ((o - o0) % 4 != 3 and o < o1 - 1):
+                continue  # (output rows go in fours, the band's last up to three rows too)
+            a = o - (o - o0) % 4
+            _quad_maps(g, ring, 4, a, mom, 0, n_out)  # (past the band's last row: computed and dropped)
             for b in range(a, o + 1):
                 _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], total, n_out)
             if o == o1 - 1:
@@ -246,16 +267,14 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
             if grad is None:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
-            for p in range(a, last + 1, 2):  # (in pairs too)
-                e = min(p + 1, last)
-                for b in range(p, e + 1):
+            for p in range(a, last + 1, 4):  # (in fours too)
+                e = min(p + 3, last)
+                for b in range(p, p + 4):
                     if b > o:  # past the band's last output row: no coefficients there
                         coef[b % size] = like(c1, 0.0)
                 if e < pad or p >= pad + h:
                     continue  # rows of padding: no gradient
-                for map_ in range(maps):
-                    _ring_filter(g, coef, map_, p, -1, vb[0, map_, lead:lead + n_out], vb[1, map_, lead:lead + n_out],
-                                 n_out)
+                _quad_maps(g_rev, coef, maps, p - win + 1, vb, lead, n_out)
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
                         _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
