@@ -42,6 +42,7 @@ from ._threads import run_chunks
 BAND = 256          # output rows per task of a tall plane
 STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
 STRIPS = 16         # strips a batch worth threading is cut into at least (so a slower core can take fewer)
+LANES = 8             # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16       # rows of a plane whose mean is its shift
 TASK_WORK = 1 << 16   # padded positions a thread takes at least (~0.6 ms; a thread wakes in ~0.1 ms here)
 
@@ -141,9 +142,9 @@ def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, total, n):
 
 # ---------------------------------------------------------------- one task
 @njit(inline="always")
-def _row_moments(g, xr, yr, prod, dst, n, step):
-    """The four maps of one strip row filtered along it into dst (4, n): x', y', x'y', (x - y)^2."""
-    for c in range(xr.size):
+def _row_moments(g, xr, yr, n_in, prod, dst, n, step):
+    """The four maps of one strip row (n_in columns) filtered along it into dst (4, n): x', y', x'y', (x - y)^2."""
+    for c in range(n_in):
         d = xr[c] - yr[c]
         prod[0, c] = xr[c] * yr[c]
         prod[1, c] = d * d
@@ -219,21 +220,23 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     if tgrad is not None:
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
     size = ring_rows(win)                      # ring rows: four output rows see win + 3 input rows
-    xs, ys = np.empty((size, width), dtype), np.empty((size, width), dtype)  # the last input rows, shifted
-    prod = np.empty((2, width), dtype)
-    ring = np.empty((size, 4, wv), dtype)     # horizontally filtered moments of the last input rows
-    coef = np.zeros((size, 4, wv), dtype)     # coefficients of the last output rows
-    mom = np.empty((4, 4, wv), dtype)
-    pad_row, pad_moments = np.empty(width, dtype), np.empty((4, wv), dtype)  # a row of padding
-    total = np.empty(wv, dtype)               # each column's SSIM map summed down the band
-    shift, scale = np.zeros(wv, dtype), np.zeros(wv, dtype)  # each output column's plane's
-    vb = np.zeros((4, maps, wv + 2 * (win - 1) * m), dtype)  # vertical shares of four input rows, 0 at the ends
-    flat = np.empty((2, w * m), dtype)        # a row's gradients (and the target's), planes interleaved
+    wi, wo = width + LANES, wv + LANES          # (loops along a row run whole vectors: see _lanes)
+    xs, ys = np.zeros((size, wi), dtype), np.zeros((size, wi), dtype)  # the last input rows, shifted
+    prod = np.zeros((2, wi), dtype)
+    ring = np.zeros((size, 4, wo), dtype)     # horizontally filtered moments of the last input rows
+    coef = np.zeros((size, 4, wo), dtype)     # coefficients of the last output rows
+    mom = np.zeros((4, 4, wo), dtype)
+    pad_row, pad_moments = np.zeros(wi, dtype), np.zeros((4, wo), dtype)  # a row of padding
+    total = np.zeros(wo, dtype)               # each column's SSIM map summed down the band
+    shift, scale = np.zeros(wo, dtype), np.zeros(wo, dtype)  # each output column's plane's
+    vb = np.zeros((4, maps, wv + 2 * (win - 1) * m + LANES), dtype)  # vertical shares of four input rows, 0 at the ends
+    flat = np.empty((2, w * m + LANES), dtype)  # a row's gradients (and the target's), planes interleaved
     for k in range(first, stop):
         strip, band = k // bands, k % bands
         p0 = strip * m
         mk = min(m, n_planes - p0)            # (the last strip may hold fewer: its columns lie closer)
         n_in, n_out, lead = wp * mk, wvp * mk, (win - 1) * mk
+        n_vec = _lanes(n_out)
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
         coef[:, :, :] = like(c1, 0.0)
@@ -248,20 +251,21 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                 _spread(shifts, p0, mk, pad + w, wp, rows[r], True)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
             _spread(shifts, p0, mk, 0, wp, pad_row, True)
-            _row_moments(g, pad_row[:n_in], pad_row[:n_in], prod, pad_moments, n_out, mk)
+            _row_moments(g, pad_row, pad_row, n_in, prod, pad_moments, n_vec, mk)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
-                _load_row(x, y, shifts, p0, mk, pad, i - pad, xs[i % size, :n_in], ys[i % size, :n_in])
-                _row_moments(g, xs[i % size, :n_in], ys[i % size, :n_in], prod, ring[i % size], n_out, mk)
+                _load_row(x, y, shifts, p0, mk, pad, i - pad, xs[i % size], ys[i % size])
+                _row_moments(g, xs[i % size], ys[i % size], n_in, prod, ring[i % size], n_vec, mk)
             else:
                 ring[i % size] = pad_moments
             o = i - win + 1  # the output row now complete
             if o < o0 or ((o - o0) % 4 != 3 and o < o1 - 1):
                 continue  # (output rows go in fours, the band's last up to three rows too)
             a = o - (o - o0) % 4
-            _quad_maps(g, ring, 4, a, mom, 0, n_out)  # (past the band's last row: computed and dropped)
+            _quad_maps(g, ring, 4, a, mom, 0, n_vec)  # (past the band's last row: computed and dropped)
             for b in range(a, o + 1):
-                _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], total, n_out)
+                _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], total, n_vec)
+                coef[b % size, :, n_out:] = like(c1, 0.0)  # (past the row: its shares must stay 0)
             if o == o1 - 1:
                 _plane_sums(total, mk, wvp, sums[k])
             if grad is None:
@@ -274,7 +278,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                         coef[b % size] = like(c1, 0.0)
                 if e < pad or p >= pad + h:
                     continue  # rows of padding: no gradient
-                _quad_maps(g_rev, coef, maps, p - win + 1, vb, lead, n_out)
+                _quad_maps(g_rev, coef, maps, p - win + 1, vb, lead, n_vec)
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
                         _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
@@ -297,9 +301,9 @@ def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumu
     n = w * m
     part, row = (0, p - o0) if head else (1, p - o1)
     if tgrad is None:
-        _emit(g_rev, vb, xr, yr, pad * m, n, m, flat[0, :n], None)
+        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], None)
     else:
-        _emit(g_rev, vb, xr, yr, pad * m, n, m, flat[0, :n], flat[1, :n])
+        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], flat[1])
         _route(flat[1], edges, k, part, 1, row, head or tail, tgrad, p0, r, m, w, accumulate)
     _route(flat[0], edges, k, part, 0, row, head or tail, grad, p0, r, m, w, accumulate)
 
@@ -333,6 +337,13 @@ def _scatter(flat, dst, m, w, add):
                 dst[q, c] += flat[c * m + q]
             else:
                 dst[q, c] = flat[c * m + q]
+
+
+@njit(inline="always")
+def _lanes(n):
+    """n rounded up to whole vectors of LANES columns: a loop along a row runs to there (LLVM would finish
+    the last n % LANES columns one at a time, as long as a vector); the columns past n are scratch."""
+    return -(-n // LANES) * LANES
 
 
 @njit(inline="always")
