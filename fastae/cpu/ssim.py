@@ -19,13 +19,14 @@ planes interleaved in strips (column c of plane q at c m + q, each plane with
 its own padding: every loop runs along a wide row with no column wasted, and
 the window along a row steps m columns at a time), tall planes into bands of
 BAND output rows (each band reads its halo of win - 1 rows again). A task
-streams its input rows once: each is shifted into a ring of win + 1 rows and
-filtered horizontally into a second one, output rows sum that ring vertically
-two at a time (the pair shares all rows but one, loaded once), their
-coefficients go into a third ring, and an input row's gradient is gathered
-from that ring, again two rows at a time, as soon as no later output row of
-the task touches it. The window's taps come as a tuple, so that each output's
-sum is unrolled and stays in registers. Rows that two bands touch get a part
+streams its input rows once: each is shifted into a ring of at least win + 3
+rows and filtered horizontally into a second one, output rows sum that ring
+vertically four at a time (the four share all rows but three, loaded once),
+their coefficients go into a third ring, and an input row's gradient is
+gathered from that ring, again four rows at a time, as soon as no later output
+row of the task touches it. The window's taps come as a tuple, so that each
+output's sum is unrolled and stays in registers; the loops along a row run to
+whole vectors (a few columns of scratch at the end). Rows that two bands touch get a part
 from each, added in band order afterwards; a plane's sum adds its column sums
 in column order and its band sums in band order. So the result is
 bit-identical for any number of threads, and nothing of plane size is
@@ -221,15 +222,15 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
     size = ring_rows(win)                      # ring rows: four output rows see win + 3 input rows
     wi, wo = width + LANES, wv + LANES          # (loops along a row run whole vectors: see _lanes)
-    xs, ys = np.zeros((size, wi), dtype), np.zeros((size, wi), dtype)  # the last input rows, shifted
-    prod = np.zeros((2, wi), dtype)
-    ring = np.zeros((size, 4, wo), dtype)     # horizontally filtered moments of the last input rows
-    coef = np.zeros((size, 4, wo), dtype)     # coefficients of the last output rows
-    mom = np.zeros((4, 4, wo), dtype)
-    pad_row, pad_moments = np.zeros(wi, dtype), np.zeros((4, wo), dtype)  # a row of padding
-    total = np.zeros(wo, dtype)               # each column's SSIM map summed down the band
+    xs, ys = np.empty((size, wi), dtype), np.empty((size, wi), dtype)  # the last input rows, shifted
+    prod = np.empty((2, wi), dtype)
+    ring = np.empty((size, 4, wo), dtype)     # horizontally filtered moments of the last input rows
+    coef = np.empty((size, 4, wo), dtype)     # coefficients of the last output rows
+    mom = np.empty((4, 4, wo), dtype)
+    pad_row, pad_moments = np.empty(wi, dtype), np.empty((4, wo), dtype)  # a row of padding
+    total = np.empty(wo, dtype)               # each column's SSIM map summed down the band
     shift, scale = np.zeros(wo, dtype), np.zeros(wo, dtype)  # each output column's plane's
-    vb = np.zeros((4, maps, wv + 2 * (win - 1) * m + LANES), dtype)  # vertical shares of four input rows, 0 at the ends
+    vb = np.empty((4, maps, wv + 2 * (win - 1) * m + LANES), dtype)  # vertical shares of four input rows
     flat = np.empty((2, w * m + LANES), dtype)  # a row's gradients (and the target's), planes interleaved
     for k in range(first, stop):
         strip, band = k // bands, k % bands
@@ -239,9 +240,11 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         n_vec = _lanes(n_out)
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
-        coef[:, :, :] = like(c1, 0.0)
-        vb[:, :, :] = like(c1, 0.0)
-        total[:n_out] = 0.0
+        for b in range(o0 - win + 1, o0):  # (rows before the band: no coefficients)
+            coef[b % size] = like(c1, 0.0)
+        vb[:, :, :lead] = like(c1, 0.0)  # (columns before and after the strip's row: no shares)
+        vb[:, :, lead + n_out:2 * lead + n_out + LANES] = like(c1, 0.0)
+        total[:n_vec] = 0.0
         sums[k, :] = 0.0
         _spread(shifts, p0, mk, 0, wvp, shift, False)
         _spread(scales, p0, mk, 0, wvp, scale, False)
@@ -249,6 +252,9 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
             for rows in (xs, ys):
                 _spread(shifts, p0, mk, 0, pad, rows[r], True)
                 _spread(shifts, p0, mk, pad + w, wp, rows[r], True)
+                rows[r, n_in:n_in + LANES] = like(c1, 0.0)  # (scratch the filters read past the row)
+        prod[:, n_in:n_in + LANES] = like(c1, 0.0)
+        pad_row[n_in:n_in + LANES] = like(c1, 0.0)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
             _spread(shifts, p0, mk, 0, wp, pad_row, True)
             _row_moments(g, pad_row, pad_row, n_in, prod, pad_moments, n_vec, mk)
