@@ -282,6 +282,62 @@ def test_small_planes_interleaved_match_one_at_a_time(rng):
         np.testing.assert_array_equal(alone.grad[0], together.grad[i])
 
 
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("window", [(7, 1.0), (13, 2.0), (15, 2.5), (17, 3.0)])
+def test_rows_in_fours_and_rows_in_whole_vectors_at_their_edges(rng, padding, window):
+    """The vertical passes take output and input rows four at a time from a ring of a power of two rows
+    (win + 3 = 16 for win 13, 18 -> 32 for 15, 20 -> 32 for 17), a band's last one to three rows computed
+    and dropped; loops along a strip row run to whole vectors of 8 columns. Output rows 1, 2, 3 past a
+    multiple of four and strip rows of 8k + 1 .. 7 columns (5 planes interleaved): the value and both
+    gradients match the float64 references, and a NaN in the last column of the last plane stays there
+    (the scratch columns after it see it)."""
+    win_size, sigma = window
+    pad = win_size // 2 if padding == "same" else 0
+    for h in (win_size + 4, win_size + 5, win_size + 6, win_size + 7):
+        shape = (5, 1, h, win_size + 6)
+        pred, target = image_pair(rng, shape, np.float64)
+        kw = dict(win_size=win_size, sigma=sigma)
+        value, grad = fa.ssim(pred, target, padding=padding, grad=True, **kw)
+        if padding == "same":
+            ref_value, ref_grad = ssim_same_padding(pred, target, **kw)
+        else:
+            ref_value, ref_grad = torch_reference(ssim_reference, pred, target, data_range=1.0, **kw)
+        assert_close(value, ref_value, np.float64, "value")
+        assert_close(grad, ref_grad, np.float64, "grad")
+        both = fa.mixed_loss(pred, target, alpha=0.0, padding=padding, grad=True, target_grad=True, **kw)
+        assert_close(both.target_grad, -torch_target_grad(pred, target, padding, **kw), np.float64, "target grad")
+        pred[4, 0, 1, -1] = np.nan
+        lossy = fa.ssim(pred, target, padding=padding, reduction="none", grad=True, **kw)
+        assert np.isnan(lossy.loss[4]) and np.isfinite(lossy.loss[:4]).all() and np.isfinite(lossy.grad[:4]).all()
+        alone = fa.ssim(pred[:4], target[:4], padding=padding, reduction="none", grad=True, **kw)
+        np.testing.assert_array_equal(alone.grad, lossy.grad[:4])
+
+
+def test_a_last_strip_with_fewer_planes_clears_the_first_strips_scratch(rng):
+    """41 planes of 17x17, 'same': strips of 21 and 20 planes, rows of 357 and 340 output columns run to
+    360 and 344, so the second strip's scratch columns held the first's numbers: its gradient still
+    matches the float64 reference, and each plane's equals the plane's alone."""
+    from fastae.cpu import ssim as cpu_ssim
+    pred, target = image_pair(rng, (41, 1, 17, 17), np.float64)
+    assert cpu_ssim.layout(41, 17, 17, 5, 11)[0] == 21
+    value, grad = fa.ssim(pred, target, padding="same", grad=True)
+    ref_value, ref_grad = ssim_same_padding(pred, target)
+    assert_close(value, ref_value, np.float64, "value")
+    assert_close(grad, ref_grad, np.float64, "grad")
+    together = fa.ssim(pred, target, padding="same", reduction="none", grad=True)
+    for i in (0, 20, 21, 40):
+        alone = fa.ssim(pred[i:i + 1], target[i:i + 1], padding="same", reduction="none", grad=True)
+        np.testing.assert_array_equal(alone.grad[0], together.grad[i])
+
+
+def torch_target_grad(pred, target, padding, **kw):
+    """d SSIM / d target in float64 (both references take the gradient in pred: swap the images, as SSIM
+    is symmetric)."""
+    if padding == "same":
+        return ssim_same_padding(target, pred, **kw)[1]
+    return torch_reference(ssim_reference, target, pred, data_range=1.0, **kw)[1]
+
+
 # ---------------------------------------------------------------- the general path: volumes, reflect, eps, maps
 def peers_gradients(fn, pred, target):
     """fn(x, y) in torch float64 (a scalar): its value and its gradients in both images."""
