@@ -1,7 +1,9 @@
 """Run a nogil Numba kernel over fixed chunks in a few Python threads.
 
 The chunking is fixed by the data size alone; threads take pieces of
-consecutive chunks as they come free, and write one partial result per chunk,
+consecutive chunks as they come free (``run_chunks``), or each thread makes one
+nogil call that takes chunks one by one from an atomic counter (``run_pulled``:
+no GIL changes hands between chunks), and write one partial result per chunk,
 which the caller combines in chunk order. Results are therefore bit-identical
 for any thread count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
@@ -14,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
 
 _pool = None
 MIN_CHUNKS_PER_THREAD = 4  # below this, a thread costs more than it saves
@@ -85,6 +89,55 @@ def run_tasks(kernel, n_tasks, parallel=True):
     work()
     for f in futures:
         f.result()
+
+
+@intrinsic
+def fetch_add(typingctx, queue, slot, value):
+    """queue[slot] += value, atomically (sequentially consistent); the value before (queue: int64 array)."""
+    if not (isinstance(queue, types.Array) and queue.dtype == types.int64 and isinstance(slot, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        amount = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", builder.gep(array.data, [index]), amount, "seq_cst")
+    return types.int64(queue, slot, value), codegen
+
+
+@njit(nogil=True, cache=True)
+def _all_done(queue, n_tasks, spins):
+    """Whether queue[1] (tasks finished) reaches n_tasks within ``spins`` looks (a few ns each)."""
+    for _ in range(spins):
+        if fetch_add(queue, 1, 0) >= n_tasks:
+            return True
+    return False
+
+
+SPINS = 1 << 14  # looks at the finished count before waiting on the threads themselves (~0.1-0.3 ms)
+
+
+def run_pulled(kernel, n_tasks, threads):
+    """Call ``kernel(queue)`` in up to ``threads`` threads, the caller's among them, each in one nogil call
+    that takes tasks k = fetch_add(queue, 0, 1) until k >= n_tasks and does fetch_add(queue, 1, 1) after
+    each. No GIL changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and
+    the caller does not wait for a pool thread that wakes too late to take any task: it waits, spinning
+    briefly, for the tasks to be finished. A task's result depends on the task alone, so results are
+    bit-identical for any thread count."""
+    global _pool
+    queue = np.zeros(2, np.int64)
+    threads = min(num_threads(), threads, n_tasks)
+    if threads <= 1:
+        kernel(queue)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
+    futures = [_pool.submit(kernel, queue) for _ in range(threads - 1)]
+    kernel(queue)
+    if not _all_done(queue, n_tasks, SPINS):
+        for future in futures:
+            future.result()
 
 
 def one_blas_thread():

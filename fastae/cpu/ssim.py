@@ -38,14 +38,14 @@ from numba import njit
 from .._neutral import sums_to_one
 from ._kernels import ELEMENT_OPTIONS, KERNEL_OPTIONS
 from ._math import like
-from ._threads import run_chunks
+from ._threads import fetch_add, run_chunks, run_pulled
 
 BAND = 256          # output rows per task of a tall plane
 STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
-STRIPS = 16         # strips a batch worth threading is cut into at least (so a slower core can take fewer)
+STRIPS = 2          # strips a batch worth two threads is cut into at least (wider strip rows run faster)
 LANES = 8             # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16       # rows of a plane whose mean is its shift
-TASK_WORK = 1 << 16   # padded positions a thread takes at least (~0.6 ms; a thread wakes in ~0.1 ms here)
+THREAD_WORK = 1 << 15  # padded positions per thread at least (~0.3 ms; a pool thread wakes in ~0.1 ms here)
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
@@ -204,12 +204,16 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
 
 
 @njit(**KERNEL_OPTIONS)
-def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, first, stop, sums,
-           edges):
-    """Tasks ``first`` to ``stop``: task k is band k % bands of strip k // bands (m planes interleaved).
+def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, queue, n_tasks,
+           sums, edges):
+    """The tasks this thread takes from ``queue`` (see _threads.run_pulled) of the n_tasks: task k is band
+    k % bands of strip k // bands (m planes interleaved).
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
     ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
     band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1])."""
+    k = fetch_add(queue, 0, 1)
+    if k >= n_tasks:
+        return  # (a thread that came too late: nothing allocated)
     n_planes, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     win = len(g)
@@ -232,7 +236,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     shift, scale = np.zeros(wo, dtype), np.zeros(wo, dtype)  # each output column's plane's
     vb = np.empty((4, maps, wv + 2 * (win - 1) * m + LANES), dtype)  # vertical shares of four input rows
     flat = np.empty((2, w * m + LANES), dtype)  # a row's gradients (and the target's), planes interleaved
-    for k in range(first, stop):
+    while k < n_tasks:
         strip, band = k // bands, k % bands
         p0 = strip * m
         mk = min(m, n_planes - p0)            # (the last strip may hold fewer: its columns lie closer)
@@ -289,6 +293,8 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                     if pad <= b < pad + h:
                         _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
                                  p0, accumulate, grad, tgrad, edges, flat)
+        fetch_add(queue, 1, 1)  # (finished: its results written)
+        k = fetch_add(queue, 0, 1)
 
 
 @njit(inline="always")
@@ -400,7 +406,7 @@ def layout(planes, h, w, pad, win):
     """(planes per strip, bands per plane): fixed by the sizes alone, never by the thread count."""
     wp, hv = w + 2 * pad, h + 2 * pad - win + 1
     m = max(1, min(planes, STRIP_WIDTH // wp))
-    if planes * (hv + win - 1) * wp >= 2 * TASK_WORK:  # work for two threads: at least STRIPS strips
+    if planes * (hv + win - 1) * wp >= 2 * THREAD_WORK:  # work for two threads: at least STRIPS strips
         m = max(1, min(m, -(-planes // STRIPS)))
     if planes:
         m = -(-planes // -(-planes // m))  # strips alike (the last one at most one plane short)
@@ -429,10 +435,10 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
     taps = tuple(g)  # (a tuple: its length is known when compiled, so each window sum stays in registers)
-    positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad)  # a task's
-    run_chunks(lambda first, stop: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad,
-                                          target_grad, accumulate, m, bands, first, stop, sums, edges),
-               tasks, min_per_thread=-(-TASK_WORK // positions))
+    positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
+    run_pulled(lambda queue: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
+                                    accumulate, m, bands, queue, tasks, sums, edges),
+               tasks, threads=max(1, positions // THREAD_WORK))
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
             part = np.ascontiguousarray(edges[:, :, which])
