@@ -8,7 +8,7 @@ from numba import njit
 from .. import _neutral
 from ._kernels import ELEMENT_OPTIONS
 from ._math import like
-from ._threads import run_chunks
+from ._threads import fetch_add, run_pulled
 
 
 @njit(inline="always")
@@ -25,15 +25,17 @@ def _block(top, bottom, c, quarter):
 
 
 @njit(**ELEMENT_OPTIONS)  # (no reassoc: the corners add in the order fastae/_neutral.py adds them)
-def _pool(a, ph, pw, out, first, stop):
-    """out[p] = the 2x2 block means of a[p] for planes first .. stop (blocks at rows 2i - ph, columns
-    2j - pw); the columns inside the row without a test, as pairs from 0 (LLVM vectorises that)."""
+def _pool(a, ph, pw, out, queue):
+    """out[p] = the 2x2 block means of a[p] for the planes p this thread takes from ``queue`` (see
+    _threads.run_pulled; blocks at rows 2i - ph, columns 2j - pw); the columns inside the row without a
+    test, as pairs from 0 (LLVM vectorises that)."""
     h, w = a.shape[1], a.shape[2]
     ho, wo = out.shape[1], out.shape[2]
     zeros = np.zeros(w, a.dtype)
     quarter = like(zeros[0], 0.25)
     inner = (w + pw) // 2 - pw  # blocks pw .. pw + inner - 1 lie inside the row
-    for p in range(first, stop):
+    p = fetch_add(queue, 0, 1)
+    while p < a.shape[0]:
         for i in range(ho):
             r = 2 * i - ph
             top = a[p, r] if 0 <= r < h else zeros
@@ -46,16 +48,20 @@ def _pool(a, ph, pw, out, first, stop):
                 dst[j] = _block(top, bottom, 2 * j - pw, quarter)
             for j in range(pw + inner, wo):
                 dst[j] = _block(top, bottom, 2 * j - pw, quarter)
+        fetch_add(queue, 1, 1)
+        p = fetch_add(queue, 0, 1)
 
 
 @njit(**ELEMENT_OPTIONS)
-def _spread(g, ph, pw, scale, out, first, stop):
-    """out[p, r, c] = scale[p] out[p, r, c] + g[p, (r + ph) // 2, (c + pw) // 2] / 4: every input lies in
-    a block (only the far padding row or column of an odd side lies in none); pairs of columns from 0."""
+def _spread(g, ph, pw, scale, out, queue):
+    """out[p, r, c] = scale[p] out[p, r, c] + g[p, (r + ph) // 2, (c + pw) // 2] / 4 for the planes p this
+    thread takes from ``queue``: every input lies in a block (only the far padding row or column of an odd
+    side lies in none); pairs of columns from 0."""
     h, w = out.shape[1], out.shape[2]
     quarter = like(g[0, 0, 0], 0.25)
     pairs = (w - pw) // 2
-    for p in range(first, stop):
+    p = fetch_add(queue, 0, 1)
+    while p < g.shape[0]:
         s = scale[p]
         for r in range(h):
             src, dst = g[p, (r + ph) // 2], out[p, r]
@@ -68,11 +74,14 @@ def _spread(g, ph, pw, scale, out, first, stop):
                 d[2 * j + 1] = s * d[2 * j + 1] + v
             if pw + 2 * pairs < w:  # the last column alone
                 dst[w - 1] = s * dst[w - 1] + src[(w - 1 + pw) // 2] * quarter
+        fetch_add(queue, 1, 1)
+        p = fetch_add(queue, 0, 1)
 
 
-def _planes(size, work=1 << 18):
-    """Planes of ``size`` pixels a thread takes at least (a thread's wake-up costs ~0.1 ms here)."""
-    return max(1, work // max(size, 1))
+def _threads(planes, size, work=1 << 18):
+    """Threads for ``planes`` of ``size`` pixels: one per ``work`` pixels (~0.2 ms; a pool thread wakes in
+    ~0.1 ms here)."""
+    return max(1, planes * size // work)
 
 
 def avg_pool(a, pads):
@@ -81,7 +90,7 @@ def avg_pool(a, pads):
         return _neutral.avg_pool(a, pads)
     p, h, w = a.shape
     out = np.empty((p, (h + 2 * pads[0]) // 2, (w + 2 * pads[1]) // 2), a.dtype)
-    run_chunks(lambda first, stop: _pool(a, pads[0], pads[1], out, first, stop), p, min_per_thread=_planes(h * w))
+    run_pulled(lambda queue: _pool(a, pads[0], pads[1], out, queue), p, _threads(p, h * w))
     return out
 
 
@@ -90,5 +99,5 @@ def avg_pool_adjoint(g, pads, out, scale):
     if g.ndim != 3 or not (g.flags.c_contiguous and out.flags.c_contiguous):
         return _neutral.avg_pool_adjoint(g, pads, out, scale)
     scale = np.ascontiguousarray(scale, out.dtype)
-    run_chunks(lambda first, stop: _spread(g, pads[0], pads[1], scale, out, first, stop), g.shape[0],
-               min_per_thread=_planes(out.shape[1] * out.shape[2]))
+    run_pulled(lambda queue: _spread(g, pads[0], pads[1], scale, out, queue), g.shape[0],
+               _threads(g.shape[0], out.shape[1] * out.shape[2]))
