@@ -66,18 +66,24 @@ def run_chunks(kernel, n_chunks, min_per_thread=MIN_CHUNKS_PER_THREAD):
     run_tasks(lambda i: kernel(bounds[i], bounds[i + 1]), pieces)
 
 
+def _thread_pool():
+    """The pool of fastae's threads, started at first use (and again in a forked child)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
+    return _pool
+
+
 def run_tasks(kernel, n_tasks, parallel=True):
     """Call ``kernel(task)`` for every task in ``range(n_tasks)``, each thread taking the next task as it
     comes free, so that a thread on a busy core takes fewer (for tasks whose results do not depend on
     which thread runs them). ``parallel=False``: all in the calling thread."""
-    global _pool
     threads = min(num_threads(), n_tasks) if parallel else 1
     if threads <= 1:
         for task in range(n_tasks):
             kernel(task)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
+    pool = _thread_pool()
     counter = itertools.count()  # (next() on it is atomic under the GIL)
 
     def work():
@@ -85,7 +91,7 @@ def run_tasks(kernel, n_tasks, parallel=True):
             if task >= n_tasks:
                 return
             kernel(task)
-    futures = [_pool.submit(work) for _ in range(threads - 1)]
+    futures = [pool.submit(work) for _ in range(threads - 1)]
     work()
     for f in futures:
         f.result()
@@ -106,6 +112,20 @@ def fetch_add(typingctx, queue, slot, value):
     return types.int64(queue, slot, value), codegen
 
 
+@njit(inline="always")
+def take_task(queue):
+    """The next task of ``queue`` (see run_pulled) for this thread: queue[0] counts the tasks taken."""
+    return fetch_add(queue, 0, 1)
+
+
+@njit(inline="always")
+def next_task(queue):
+    """Mark this thread's task finished (queue[1] counts them, its results written before) and take the
+    next."""
+    fetch_add(queue, 1, 1)
+    return take_task(queue)
+
+
 @njit(nogil=True, cache=True)
 def _all_done(queue, n_tasks, spins):
     """Whether queue[1] (tasks finished) reaches n_tasks within ``spins`` looks (a few ns each)."""
@@ -120,20 +140,17 @@ SPINS = 1 << 14  # looks at the finished count before waiting on the threads the
 
 def run_pulled(kernel, n_tasks, threads):
     """Call ``kernel(queue)`` in up to ``threads`` threads, the caller's among them, each in one nogil call
-    that takes tasks k = fetch_add(queue, 0, 1) until k >= n_tasks and does fetch_add(queue, 1, 1) after
-    each. No GIL changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and
+    that takes tasks k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No GIL changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and
     the caller does not wait for a pool thread that wakes too late to take any task: it waits, spinning
     briefly, for the tasks to be finished. A task's result depends on the task alone, so results are
     bit-identical for any thread count."""
-    global _pool
     queue = np.zeros(2, np.int64)
     threads = min(num_threads(), threads, n_tasks)
     if threads <= 1:
         kernel(queue)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="fastae")
-    futures = [_pool.submit(kernel, queue) for _ in range(threads - 1)]
+    pool = _thread_pool()
+    futures = [pool.submit(kernel, queue) for _ in range(threads - 1)]
     kernel(queue)
     if not _all_done(queue, n_tasks, SPINS):
         for future in futures:

@@ -8,7 +8,7 @@ from numba import njit
 from .. import _neutral
 from ._kernels import ELEMENT_OPTIONS
 from ._math import like
-from ._threads import fetch_add, run_pulled
+from ._threads import next_task, run_pulled, take_task
 
 
 @njit(inline="always")
@@ -34,7 +34,7 @@ def _pool(a, ph, pw, out, queue):
     zeros = np.zeros(w, a.dtype)
     quarter = like(zeros[0], 0.25)
     inner = (w + pw) // 2 - pw  # blocks pw .. pw + inner - 1 lie inside the row
-    p = fetch_add(queue, 0, 1)
+    p = take_task(queue)
     while p < a.shape[0]:
         for i in range(ho):
             r = 2 * i - ph
@@ -48,8 +48,7 @@ def _pool(a, ph, pw, out, queue):
                 dst[j] = _block(top, bottom, 2 * j - pw, quarter)
             for j in range(pw + inner, wo):
                 dst[j] = _block(top, bottom, 2 * j - pw, quarter)
-        fetch_add(queue, 1, 1)
-        p = fetch_add(queue, 0, 1)
+        p = next_task(queue)
 
 
 @njit(**ELEMENT_OPTIONS)
@@ -60,7 +59,7 @@ def _spread(g, ph, pw, scale, out, queue):
     h, w = out.shape[1], out.shape[2]
     quarter = like(g[0, 0, 0], 0.25)
     pairs = (w - pw) // 2
-    p = fetch_add(queue, 0, 1)
+    p = take_task(queue)
     while p < g.shape[0]:
         s = scale[p]
         for r in range(h):
@@ -74,11 +73,10 @@ def _spread(g, ph, pw, scale, out, queue):
                 d[2 * j + 1] = s * d[2 * j + 1] + v
             if pw + 2 * pairs < w:  # the last column alone
                 dst[w - 1] = s * dst[w - 1] + src[(w - 1 + pw) // 2] * quarter
-        fetch_add(queue, 1, 1)
-        p = fetch_add(queue, 0, 1)
+        p = next_task(queue)
 
 
-def _threads(planes, size, work=1 << 18):
+def _thread_count(planes, size, work=1 << 18):
     """Threads for ``planes`` of ``size`` pixels: one per ``work`` pixels (~0.2 ms; a pool thread wakes in
     ~0.1 ms here)."""
     return max(1, planes * size // work)
@@ -90,7 +88,7 @@ def avg_pool(a, pads):
         return _neutral.avg_pool(a, pads)
     p, h, w = a.shape
     out = np.empty((p, (h + 2 * pads[0]) // 2, (w + 2 * pads[1]) // 2), a.dtype)
-    run_pulled(lambda queue: _pool(a, pads[0], pads[1], out, queue), p, _threads(p, h * w))
+    run_pulled(lambda queue: _pool(a, pads[0], pads[1], out, queue), p, _thread_count(p, h * w))
     return out
 
 
@@ -100,4 +98,4 @@ def avg_pool_adjoint(g, pads, out, scale):
         return _neutral.avg_pool_adjoint(g, pads, out, scale)
     scale = np.ascontiguousarray(scale, out.dtype)
     run_pulled(lambda queue: _spread(g, pads[0], pads[1], scale, out, queue), g.shape[0],
-               _threads(g.shape[0], out.shape[1] * out.shape[2]))
+               _thread_count(g.shape[0], out.shape[1] * out.shape[2]))

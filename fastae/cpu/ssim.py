@@ -38,13 +38,13 @@ from numba import njit
 from .._neutral import sums_to_one
 from ._kernels import ELEMENT_OPTIONS, KERNEL_OPTIONS
 from ._math import like
-from ._threads import fetch_add, run_chunks, run_pulled
+from ._threads import next_task, run_chunks, run_pulled, take_task
 
 BAND = 256          # output rows per task of a tall plane
 STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
 STRIPS = 2          # strips a batch worth two threads is cut into at least (wider strip rows run faster)
-LANES = 8             # float32 columns in a vector (AVX2)
-SHIFT_ROWS = 16       # rows of a plane whose mean is its shift
+LANES = 8           # float32 columns in a vector (AVX2)
+SHIFT_ROWS = 16     # rows of a plane whose mean is its shift
 THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.35 ms: in a shorter call a pool thread, which
 #                       wakes ~0.1 ms late here, takes the GIL just as the caller wants it back, and costs more)
 
@@ -63,7 +63,7 @@ def _hfilter(taps, src, dst, n, step):
 
 
 @njit(inline="always")
-def ring_rows(win):
+def _ring_rows(win):
     """Rows in a ring of the rows four output rows see (win + 3): a power of two, so that a row's slot is
     its index's low bits (a modulo in each tap's index kept LLVM from unrolling the taps: scalar loops)."""
     size = 1
@@ -74,12 +74,12 @@ def ring_rows(win):
 
 @njit(inline="always")
 def _quad_filter(taps, rows, k, first, dst0, dst1, dst2, dst3, n):
-    """dst_r[j] = sum_t taps[t] rows[(first + r + t) % R, k, j], r = 0 .. 3, R = ring_rows(len(taps)): the
+    """dst_r[j] = sum_t taps[t] rows[(first + r + t) % R, k, j], r = 0 .. 3, R = _ring_rows(len(taps)): the
     window down a ring of rows, map k, for four rows at once (their windows share all rows but three, each
     loaded once for all four: the passes are bound by loads). Forward: output rows' moments from the input
     rows they see; backward, with the taps reversed: input rows' shares of the output rows that saw them (the
     window's adjoint)."""
-    mask = ring_rows(len(taps)) - 1  # (known when compiled: the slots leave the loop)
+    mask = _ring_rows(len(taps)) - 1  # (known when compiled: the slots leave the loop)
     for j in range(n):
         acc0 = taps[0] * rows[first & mask, k, j]
         acc1 = taps[0] * rows[(first + 1) & mask, k, j]
@@ -212,7 +212,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
     ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
     band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1])."""
-    k = fetch_add(queue, 0, 1)
+    k = take_task(queue)
     if k >= n_tasks:
         return  # (a thread that came too late: nothing allocated)
     n_planes, h, w = x.shape
@@ -225,7 +225,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     maps = 3
     if tgrad is not None:
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
-    size = ring_rows(win)                      # ring rows: four output rows see win + 3 input rows
+    size = _ring_rows(win)                      # ring rows: four output rows see win + 3 input rows
     wi, wo = width + LANES, wv + LANES          # (loops along a row run whole vectors: see _lanes)
     xs, ys = np.empty((size, wi), dtype), np.empty((size, wi), dtype)  # the last input rows, shifted
     prod = np.empty((2, wi), dtype)
@@ -294,8 +294,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                     if pad <= b < pad + h:
                         _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
                                  p0, accumulate, grad, tgrad, edges, flat)
-        fetch_add(queue, 1, 1)  # (finished: its results written)
-        k = fetch_add(queue, 0, 1)
+        k = next_task(queue)
 
 
 @njit(inline="always")

@@ -1,9 +1,13 @@
 """The CPU backend's threads: every chunk exactly once, in pieces of at least the asked size, whatever
-the thread count, and a slow thread taking fewer pieces than a fast one."""
+the thread count, and a slow thread taking fewer pieces than a fast one; tasks from the atomic counter
+each taken once and finished on return."""
 import threading
 import time
 
-from fastae.cpu._threads import run_chunks
+import numpy as np
+from numba import njit
+
+from fastae.cpu._threads import next_task, run_chunks, run_pulled, take_task
 
 
 def test_run_chunks_covers_every_chunk_once_in_pieces_of_the_asked_size(monkeypatch):
@@ -32,3 +36,28 @@ def test_a_slow_thread_takes_fewer_pieces(monkeypatch):
     assert sum(taken.values()) == 8  # (PIECES_PER_THREAD pieces per thread)
     others = [n for who, n in taken.items() if who != caller]
     assert taken[caller] > max(others, default=0)
+
+
+@njit(nogil=True)
+def _pull(queue, n_tasks, seen, delay):
+    """Take tasks until none is left, counting each in ``seen``, and spend ``delay`` loops on each."""
+    k = take_task(queue)
+    while k < n_tasks:
+        seen[k] += 1
+        acc = 0.0
+        for i in range(delay):
+            acc += i * 1e-9
+        seen[k] += int(acc * 0)
+        k = next_task(queue)
+
+
+def test_run_pulled_takes_every_task_once_and_returns_when_all_are_finished(monkeypatch):
+    """Threads take tasks from the atomic counter: each task exactly once for 1, 2 or 3 threads, and
+    every task's result is written when run_pulled returns (the caller waits for the tasks taken, not for a
+    pool thread that woke too late to take one)."""
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+        for n_tasks, delay in ((1, 0), (7, 0), (64, 20000), (500, 100)):
+            seen = np.zeros(n_tasks, np.int64)
+            run_pulled(lambda queue: _pull(queue, n_tasks, seen, delay), n_tasks, threads=3)
+            assert (seen == 1).all(), (threads, n_tasks)
