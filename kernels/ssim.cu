@@ -94,10 +94,10 @@ __global__ void __launch_bounds__(512) ssim_forward(
         A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         for (int t = 0; t < win; ++t) {
             A gt = g[t], xv = xs[r * cols + j + t], yv = ys[r * cols + j + t], dv = xv - yv;
-            s0 += gt * xv;
-            s1 += gt * yv;
-            s2 += gt * xv * yv;
-            s3 += gt * dv * dv;
+            s0 = fma(gt, xv, s0);  // (explicit: contracted as the compiler chose, gt * xv, also a factor
+            s1 = fma(gt, yv, s1);  //  of s2, was rounded for s0 and fused for s1, so mu_x != mu_y for x == y)
+            s2 = fma(gt * xv, yv, s2);
+            s3 = fma(gt * dv, dv, s3);
         }
         hs[k] = s0;
         hs[k + plane_size] = s1;
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(512) ssim_forward(
         A gt = g[t];
         int k = (threadIdx.y + t) * FASTAE_TW + threadIdx.x;
 #pragma unroll
-        for (int q = 0; q < 4; ++q) m[q] += gt * hs[k + q * plane_size];
+        for (int q = 0; q < 4; ++q) m[q] = fma(gt, hs[k + q * plane_size], m[q]);
     }
     double value = 0.0;
     if (i < ho && j < wo) {
@@ -165,10 +165,10 @@ __global__ void __launch_bounds__(512) ssim_backward(
         for (int t = 0; t < win; ++t) {
             A gt = g[t];
             int at = r * cols + j + (win - 1) - t;
-            s0 += gt * cs[at];
-            s1 += gt * cs[at + rows * cols];
-            s2 += gt * cs[at + 2 * rows * cols];
-            if (maps == 4) s3 += gt * cs[at + 3 * rows * cols];
+            s0 = fma(gt, cs[at], s0);
+            s1 = fma(gt, cs[at + rows * cols], s1);
+            s2 = fma(gt, cs[at + 2 * rows * cols], s2);
+            if (maps == 4) s3 = fma(gt, cs[at + 3 * rows * cols], s3);
         }
         hs[k] = s0;
         hs[k + plane_size] = s1;
@@ -182,10 +182,10 @@ __global__ void __launch_bounds__(512) ssim_backward(
     for (int t = 0; t < win; ++t) {
         A gt = g[t];
         int k = (threadIdx.y + (win - 1) - t) * FASTAE_TW + threadIdx.x;
-        f0 += gt * hs[k];
-        f1 += gt * hs[k + plane_size];
-        f2 += gt * hs[k + 2 * plane_size];
-        if (maps == 4) f3 += gt * hs[k + 3 * plane_size];
+        f0 = fma(gt, hs[k], f0);
+        f1 = fma(gt, hs[k + plane_size], f1);
+        f2 = fma(gt, hs[k + 2 * plane_size], f2);
+        if (maps == 4) f3 = fma(gt, hs[k + 3 * plane_size], f3);
     }
     const index_t at = (plane * h + r) * (index_t)w + q;
     const A xv = to_acc(x[at]), yv = to_acc(y[at]), shift = A(shifts[plane]), scale = A(scales[plane]);

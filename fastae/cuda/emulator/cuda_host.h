@@ -67,6 +67,7 @@ inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 
 inline long long __double_as_longlong(double v) { long long i; std::memcpy(&i, &v, sizeof i); return i; }
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, sizeof f); return f; }
 inline int __float_as_int(float v) { int i; std::memcpy(&i, &v, sizeof i); return i; }
+using std::fma;  // (float and double overloads, as on the device)
 using std::max;
 using std::min;
 

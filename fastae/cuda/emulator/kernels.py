@@ -30,7 +30,7 @@ MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
 SHARED_OPTIN = 227 * 1024          # an H100's opt-in limit of shared memory per block
 FLAGS = {
-    "plain": ["-O2"],
+    "plain": ["-O2", "-mfma", "-ffp-contract=fast"],
     "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                 "-fno-sanitize-recover=all"],
     "thread": ["-O1", "-g", "-fsanitize=thread"],
