@@ -145,12 +145,18 @@ class _Images:
             values = values + self.backend.to_float32(buffer)
         self.backend.from_float32(values, buffer)
 
-    def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None):
+    def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None, pixel=None):
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
-        scales[p] times each plane's gradient in x (in y) written (or added) into it."""
+        scales[p] times each plane's gradient in x (in y) written (or added) into it. With ``pixel`` =
+        (loss, scale): the pixel loss's gradient times scale written first, in the same pass where the
+        backend can, and (per-plane sums, the pixel loss's float64 total) returned."""
         if not (self.general or self.skip):
             return self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
-                                            accumulate, target_grad)
+                                            accumulate, target_grad, pixel=pixel)
+        if pixel is not None:
+            _, total, _ = self.backend.pointwise(pixel[0], {}, "identity", 0.0, x, y, None, grad, None, pixel[1],
+                                                 1.0, target_grad=target_grad)
+            return self.planes(x, y, use_cs, scales, grad, True, target_grad), total
         weights = None
         if grad is not None or target_grad is not None:
             out_shape = self.out_shape(*x.shape[1:])
@@ -280,10 +286,9 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     g = images.out(out) if grad else None
     n = images.x.size
     scale = alpha / n if n else 0.0
-    _, pixel_sum, _ = images.backend.pointwise(pixel, {}, "identity", 0.0, images.x, images.y, None, g, None,
-                                               scale, 1.0, target_grad=tg)
     scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos)
-    per_plane = images.planes(images.x, images.y, False, scales, g, accumulate=True, target_grad=tg) / n_pos
+    per_plane, pixel_sum = images.planes(images.x, images.y, False, scales, g, target_grad=tg, pixel=(pixel, scale))
+    per_plane = per_plane / n_pos
     pixel_mean = pixel_sum / n if n else np.nan
     value = images.call.back(images.xp.asarray(alpha * pixel_mean + (1.0 - alpha) * (1.0 - mean(per_plane)),
                                                images.call.value_dtype))

@@ -461,6 +461,39 @@ def test_the_fused_kernel_gives_the_target_its_gradient_in_the_same_pass(rng, mo
     assert_close(mixed.target_grad, fa.mixed_loss(y, x, alpha=0.4, padding=padding, grad=True).grad, dtype, "mixed")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("pixel", ["l1", "mse"])
+@pytest.mark.parametrize("shape, padding, win", [((3, 2, 40, 37), "valid", 11), ((70, 1, 16, 16), "same", 11),
+                                                 ((1, 1, 600, 45), "same", 11), ((17, 1, 700, 20), "valid", 11),
+                                                 ((2, 1, 300, 301), "same", 3)])
+def test_mixed_loss_takes_the_pixel_loss_in_the_ssim_pass(rng, monkeypatch, dtype, pixel, shape, padding, win):
+    """The pixel loss is taken as the SSIM kernel reads its input rows, each row by the one band that owns it
+    (strips of small planes, bands of tall ones, a last strip one plane short), its gradient written before
+    the SSIM's is added (a small window adds it soon after the row is read): value and both gradients
+    against torch in float64, bit-identical for 1 and 2 threads, the value alone the same."""
+    x, y = image_pair(rng, shape, dtype)
+    kw = dict(alpha=0.3, pixel=pixel, padding=padding, win_size=win)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
+        results.append(fa.mixed_loss(x, y, grad=True, target_grad=True, **kw))
+    for one, two in zip(results[0], results[1]):
+        np.testing.assert_array_equal(one, two)
+    value, grad, target_grad = results[0]
+    assert fa.mixed_loss(x, y, **kw) == value
+    if padding == "same":
+        ssim_value, ssim_grad = ssim_same_padding(x, y, win_size=win)
+    else:
+        ssim_value, ssim_grad = torch_reference(ssim_reference, x, y, data_range=1.0, win_size=win)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = torch.tensor(y, dtype=torch.float64)
+    pixel_loss = getattr(torch.nn.functional, f"{pixel}_loss")(xt, yt)
+    pixel_loss.backward()
+    assert_close(value, 0.3 * pixel_loss.item() + 0.7 * (1 - ssim_value), dtype, "value")
+    assert_close(grad, 0.3 * xt.grad.numpy() - 0.7 * ssim_grad, dtype, "grad")
+    assert_close(target_grad, fa.mixed_loss(y, x, grad=True, **kw).grad, dtype, "target grad")
+
+
 def test_bench_rows_hold_small_patches_against_the_big_batch():
     """fastae bench's SSIM rows: Mpixel/s at each thread count, the peer's ratio where it has the padding,
     and the 'same' patches' rate over the first case's, thread count for thread count (the issue's bar)."""

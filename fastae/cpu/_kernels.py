@@ -41,3 +41,15 @@ def _item(a, i):
     if isinstance(a, types.Array):
         return lambda a, i: a[i]
     return lambda a, i: a
+
+
+def rows(a, plane, r0, r1):
+    """Rows r0 .. r1 - 1 of ``a[plane]`` as one flat run for a C-contiguous array, None as it is (resolved at
+    compile time)."""
+
+
+@overload(rows, inline="always")
+def _rows(a, plane, r0, r1):
+    if isinstance(a, types.Array):
+        return lambda a, plane, r0, r1: a[plane, r0:r1].reshape(-1)
+    return lambda a, plane, r0, r1: a

@@ -32,12 +32,15 @@ in column order and its band sums in band order. So the result is
 bit-identical for any number of threads, and nothing of plane size is
 allocated but the gradient.
 """
+import math
+
 import numpy as np
 from numba import njit
 
 from .._neutral import sums_to_one
-from ._kernels import ELEMENT_OPTIONS, KERNEL_OPTIONS
+from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, rows, window
 from ._math import like
+from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _block
 from ._threads import next_task, run_chunks, run_pulled, take_task
 
 BAND = 256          # output rows per task of a tall plane
@@ -206,12 +209,16 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
 
 @njit(**KERNEL_OPTIONS)
 def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, queue, n_tasks,
-           sums, edges):
+           sums, edges, pixel, identity, pixel_scale, pixel_sums):
     """The tasks this thread takes from ``queue`` (see _threads.run_pulled) of the n_tasks: task k is band
     k % bands of strip k // bands (m planes interleaved).
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
     ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
-    band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1])."""
+    band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1]). With a
+    ``pixel`` loss spec (not None), each input row the band owns gets that loss's sum added into
+    pixel_sums[k] and pixel_scale times its gradient written into ``grad`` (``tgrad``) as it is loaded, before
+    the SSIM's is added (``accumulate``): the band's own rows, those of its output rows (the last band's also
+    those below), so that each row is taken once."""
     k = take_task(queue)
     if k >= n_tasks:
         return  # (a thread that came too late: nothing allocated)
@@ -222,6 +229,9 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     wvp = wp - win + 1            # output columns of one plane row
     width, wv = m * wp, m * wvp   # input and output columns of a strip row, planes interleaved
     dtype = x.dtype
+    # image rows the pixel loss takes at a time: runs of a few blocks, but at most win, as a row's gradient
+    # goes out once win - 1 rows below it are read, and the pixel loss's must be written before
+    group = min(win, max(1, 4 * BLOCK // w))
     maps = 3
     if tgrad is not None:
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
@@ -245,12 +255,14 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         n_vec = _lanes(n_out)
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
+        lo, hi = max(o0, pad), min(i1 if band == bands - 1 else o1, pad + h)  # the band's own image rows
         for b in range(o0 - win + 1, o0):  # (rows before the band: no coefficients)
             coef[b % size] = like(c1, 0.0)
         vb[:, :, :lead] = like(c1, 0.0)  # (columns before and after the strip's row: no shares)
         vb[:, :, lead + n_out:2 * lead + n_out + LANES] = like(c1, 0.0)
         total[:n_vec] = 0.0
         sums[k, :] = 0.0
+        pixel_total = 0.0
         _spread(shifts, p0, mk, 0, wvp, shift, False)
         _spread(scales, p0, mk, 0, wvp, scale, False)
         for r in range(size):  # padding columns (x' = y' = -s): written once, the rows only between them
@@ -266,6 +278,10 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
                 _load_row(x, y, shifts, p0, mk, pad, i - pad, xs[i % size], ys[i % size])
+                if pixel is not None and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
+                    r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
+                    pixel_total += _pixel_rows(pixel, identity, x, y, grad, tgrad, pixel_scale, p0, mk,
+                                               r1 - 1 - (i - lo) % group, r1)
                 _row_moments(g, xs[i % size], ys[i % size], n_in, prod, ring[i % size], n_vec, mk)
             else:
                 ring[i % size] = pad_moments
@@ -279,6 +295,8 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                 coef[b % size, :, n_out:] = like(c1, 0.0)  # (past the row: its shares must stay 0)
             if o == o1 - 1:
                 _plane_sums(total, mk, wvp, sums[k])
+                if pixel is not None:
+                    pixel_sums[k] = pixel_total
             if grad is None:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
@@ -295,6 +313,23 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
                         _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
                                  p0, accumulate, grad, tgrad, edges, flat)
         k = next_task(queue)
+
+
+@njit(inline="always")
+def _pixel_rows(loss, identity, x, y, grad, tgrad, scale, p0, m, r0, r1):
+    """Rows r0 .. r1 - 1 of planes p0 .. p0 + m - 1 (each plane's a contiguous run): the sum of the pixel loss
+    (blocks summed in the data's dtype, as the pointwise loop does), scale times its gradient written into
+    ``grad`` (``tgrad``) unless None."""
+    total = 0.0
+    for q in range(m):
+        xr, yr = x[p0 + q, r0:r1].reshape(-1), y[p0 + q, r0:r1].reshape(-1)
+        gr, tr = rows(grad, p0 + q, r0, r1), rows(tgrad, p0 + q, r0, r1)
+        for b in range(0, xr.size, BLOCK):
+            e = min(b + BLOCK, xr.size)
+            block_sum, _ = _block(loss, identity, xr[b:e], yr[b:e], None, window(gr, b, e), None, None,
+                                  window(tr, b, e), scale)
+            total += block_sum
+    return total
 
 
 @njit(inline="always")
@@ -414,10 +449,16 @@ def layout(planes, h, w, pad, win):
     return m, bands
 
 
-def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None):
+def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None, pixel=None):
     """The SSIM sums of the planes of x, y (P, H, W), in threads over strips and bands (see
     fastae/backends.md and the module docstring); ``scales`` (P,) scales each plane's gradient, written
-    into ``grad`` and, unless None, the target's into ``target_grad`` in the same pass."""
+    into ``grad`` and, unless None, the target's into ``target_grad`` in the same pass. With ``pixel`` =
+    (loss, scale), also the pixel loss of each row as it is read: its gradient times scale written, the
+    SSIM's added (so ``accumulate`` must be False), and (per-plane sums, the loss's float64 total) returned."""
+    if pixel is not None:
+        if accumulate:
+            raise ValueError("ssim_planes: pixel writes the gradient, so accumulate must be False")
+        accumulate = True  # (the SSIM's gradient is added to the pixel loss's)
     n_planes, h, w = x.shape
     dtype = x.dtype
     shift = sums_to_one(g)  # (of the float64 window, before it is cast)
@@ -434,10 +475,16 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     both = 2 if target_grad is not None else 1
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
+    pixel_spec, identity, pixel_scale = None, None, dtype.type(0.0)
+    if pixel is not None:
+        pixel_spec, identity, pixel_scale = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), \
+            dtype.type(pixel[1])
+    pixel_sums = np.zeros(tasks)
     taps = tuple(g)  # (a tuple: its length is known when compiled, so each window sum stays in registers)
     positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
     run_pulled(lambda queue: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
-                                    accumulate, m, bands, queue, tasks, sums, edges),
+                                    accumulate, m, bands, queue, tasks, sums, edges, pixel_spec,
+                                    identity, pixel_scale, pixel_sums),
                tasks, threads=max(1, positions // THREAD_WORK))
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
@@ -445,4 +492,5 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
             run_chunks(lambda first, stop: _join_bands(part, bands, win, pad, h, buffer, accumulate, first, stop, m),
                        strips, min_per_thread=1)
     per_plane = sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
-    return per_plane.reshape(-1)[:n_planes].copy()
+    per_plane = per_plane.reshape(-1)[:n_planes].copy()
+    return per_plane if pixel is None else (per_plane, math.fsum(pixel_sums))
