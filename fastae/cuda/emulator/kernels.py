@@ -16,6 +16,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -30,11 +31,27 @@ MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
 SHARED_OPTIN = 227 * 1024          # an H100's opt-in limit of shared memory per block
 FLAGS = {
-    "plain": ["-O2", "-mfma", "-ffp-contract=fast"],
+    "plain": ["-O2"],
     "address": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                 "-fno-sanitize-recover=all"],
     "thread": ["-O1", "-g", "-fsanitize=thread"],
 }
+
+
+@functools.cache
+def contraction():
+    """nvcc contracts a * b + c into one fma (rounded once) by default, and a kernel's results depend on where
+    it does: the host compiler is asked to do the same, with the host's fma instructions (x86-64 has them
+    only with the FMA flag: without it, a product and a sum, as before)."""
+    flags = ["-ffp-contract=fast"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        try:
+            with open("/proc/cpuinfo") as info:
+                has_fma = any(line.startswith("flags") and " fma " in f"{line} " for line in info)
+        except OSError:
+            has_fma = False
+        flags += ["-mfma"] if has_fma else []
+    return flags
 RUNTIMES = {"address": ("__asan_init", "libasan.so"), "thread": ("__tsan_init", "libtsan.so")}
 
 
@@ -128,7 +145,7 @@ def build(code, expressions, options, mode):
     if _cuda_path():
         includes.append(f"-I{Path(_cuda_path()) / 'include'}")  # cuda_fp16.h, cuda_bf16.h, vector_types.h
     command = [compiler(), "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", "-fno-strict-aliasing",
-               "-pthread", "-w", f"-I{HERE}", *includes, *FLAGS[mode]]
+               "-pthread", "-w", f"-I{HERE}", *includes, *FLAGS[mode], *contraction()]
     unit = translation_unit(code, expressions)
     key = hashlib.sha256("\0".join([unit, (HERE / "cuda_host.h").read_text(), " ".join(command),
                                     compiler_version()]).encode()).hexdigest()[:32]
