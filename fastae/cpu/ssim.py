@@ -160,12 +160,12 @@ def _row_moments(g, xr, yr, n_in, prod, dst, n, step):
 
 
 @njit(inline="always")
-def _load_row(x, y, shifts, first_plane, m, pad, r, xr, yr):
-    """Image row r of the strip's m planes, shifted and interleaved (padded column c of plane q at c m + q),
-    into xr, yr (their padding columns are filled once per task)."""
+def _load_row(x, y, plane_shift, first_plane, m, pad, r, xr, yr):
+    """Image row r of the strip's m planes, shifted (plane first_plane + q by plane_shift[q]) and interleaved
+    (padded column c of plane q at c m + q), into xr, yr (their padding columns are filled once per task)."""
     w = x.shape[2]
     for q in range(m):
-        s = shifts[first_plane + q]
+        s = plane_shift[q]
         for c in range(w):
             xr[(pad + c) * m + q] = x[first_plane + q, r, c] - s
             yr[(pad + c) * m + q] = y[first_plane + q, r, c] - s
@@ -208,10 +208,11 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
 
 
 @njit(**KERNEL_OPTIONS)
-def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, queue, n_tasks,
+def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, queue, n_tasks,
            sums, edges, pixel, identity, pixel_scale, pixel_sums):
     """The tasks this thread takes from ``queue`` (see _threads.run_pulled) of the n_tasks: task k is band
-    k % bands of strip k // bands (m planes interleaved).
+    k % bands of strip k // bands (m planes interleaved), its planes' moments about their shifts where
+    ``shifting`` (see _plane_shifts), raw otherwise.
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
     ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
     band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1]). With a
@@ -245,6 +246,7 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
     pad_row, pad_moments = np.empty(wi, dtype), np.empty((4, wo), dtype)  # a row of padding
     total = np.empty(wo, dtype)               # each column's SSIM map summed down the band
     shift, scale = np.zeros(wo, dtype), np.zeros(wo, dtype)  # each output column's plane's
+    plane_shift = np.zeros(m, dtype)
     vb = np.empty((4, maps, wv + 2 * (win - 1) * m + LANES), dtype)  # vertical shares of four input rows
     flat = np.empty((2, w * m + LANES), dtype)  # a row's gradients (and the target's), planes interleaved
     while k < n_tasks:
@@ -263,21 +265,23 @@ def _tasks(x, y, shifts, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, acc
         total[:n_vec] = 0.0
         sums[k, :] = 0.0
         pixel_total = 0.0
-        _spread(shifts, p0, mk, 0, wvp, shift, False)
+        if shifting:  # (each band of a strip takes its planes' shifts alike)
+            _plane_shifts(x, y, p0, mk, plane_shift)
+        _spread(plane_shift, 0, mk, 0, wvp, shift, False)
         _spread(scales, p0, mk, 0, wvp, scale, False)
         for r in range(size):  # padding columns (x' = y' = -s): written once, the rows only between them
             for rows in (xs, ys):
-                _spread(shifts, p0, mk, 0, pad, rows[r], True)
-                _spread(shifts, p0, mk, pad + w, wp, rows[r], True)
+                _spread(plane_shift, 0, mk, 0, pad, rows[r], True)
+                _spread(plane_shift, 0, mk, pad + w, wp, rows[r], True)
                 rows[r, n_in:n_in + LANES] = like(c1, 0.0)  # (scratch the filters read past the row)
         prod[:, n_in:n_in + LANES] = like(c1, 0.0)
         pad_row[n_in:n_in + LANES] = like(c1, 0.0)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
-            _spread(shifts, p0, mk, 0, wp, pad_row, True)
+            _spread(plane_shift, 0, mk, 0, wp, pad_row, True)
             _row_moments(g, pad_row, pad_row, n_in, prod, pad_moments, n_vec, mk)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
-                _load_row(x, y, shifts, p0, mk, pad, i - pad, xs[i % size], ys[i % size])
+                _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs[i % size], ys[i % size])
                 if pixel is not None and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
                     r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
                     pixel_total += _pixel_rows(pixel, identity, x, y, grad, tgrad, pixel_scale, p0, mk,
@@ -421,20 +425,21 @@ def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_s
                             grad[strip * m + q, r, c] = v
 
 
-@njit(**KERNEL_OPTIONS)
-def _shifts(x, y, first, stop, out):
-    """The shift of planes ``first`` to ``stop``: the mean of x and y together over SHIFT_ROWS rows spread
+@njit(inline="always")
+def _plane_shifts(x, y, first, m, out):
+    """out[q] = the shift of plane first + q: the mean of x and y together over SHIFT_ROWS rows spread
     evenly down the plane (summed in float64). Any shift near the data keeps float32's digits; a sample
-    costs a sixteenth of a pass over the planes, whose reading once more cost 8% of the SSIM's time."""
-    h = x.shape[1]
+    costs a sixteenth of a pass over the planes, whose reading once more cost 8% of the SSIM's time. Each
+    task takes its own planes' (in parallel, and a small plane's rows are then in cache for the task)."""
+    h, w = x.shape[1], x.shape[2]
     n = min(h, SHIFT_ROWS)
-    for p in range(first, stop):
+    for q in range(m):
         total = 0.0
         for k in range(n):
             r = k * h // n
-            for q in range(x.shape[2]):
-                total += np.float64(x[p, r, q]) + np.float64(y[p, r, q])
-        out[p] = x.dtype.type(total / max(1, 2 * n * x.shape[2]))
+            for c in range(w):
+                total += np.float64(x[first + q, r, c]) + np.float64(y[first + q, r, c])
+        out[q] = x.dtype.type(total / max(1, 2 * n * w))
 
 
 def layout(planes, h, w, pad, win):
@@ -461,13 +466,12 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
         accumulate = True  # (the SSIM's gradient is added to the pixel loss's)
     n_planes, h, w = x.shape
     dtype = x.dtype
-    shift = sums_to_one(g)  # (of the float64 window, before it is cast)
+    # the moments of x - s keep the SSIM only for a window that sums to 1 (of the float64 window, before it
+    # is cast): else raw moments
+    shifting = sums_to_one(g)
     g = g.astype(dtype)
     win = g.size
     scales = np.ascontiguousarray(scales, np.float64)
-    shifts = np.zeros(n_planes, dtype)
-    if shift:  # (the moments of x - s keep the SSIM only for a window that sums to 1: else raw moments)
-        _shifts(x, y, 0, n_planes, shifts)  # (one thread: a sample, and a thread's wake-up costs ~0.1 ms here)
     m, bands = layout(n_planes, h, w, pad, win)
     strips = -(-n_planes // m)
     tasks = strips * bands
@@ -482,7 +486,7 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     pixel_sums = np.zeros(tasks)
     taps = tuple(g)  # (a tuple: its length is known when compiled, so each window sum stays in registers)
     positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
-    run_pulled(lambda queue: _tasks(x, y, shifts, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
+    run_pulled(lambda queue: _tasks(x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
                                     accumulate, m, bands, queue, tasks, sums, edges, pixel_spec,
                                     identity, pixel_scale, pixel_sums),
                tasks, threads=max(1, positions // THREAD_WORK))
