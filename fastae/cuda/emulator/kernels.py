@@ -36,6 +36,7 @@ FLAGS = {
                 "-fno-sanitize-recover=all"],
     "thread": ["-O1", "-g", "-fsanitize=thread"],
 }
+RUNTIMES = {"address": ("__asan_init", "libasan.so"), "thread": ("__tsan_init", "libtsan.so")}
 
 
 @functools.cache
@@ -52,7 +53,6 @@ def contraction():
             has_fma = False
         flags += ["-mfma"] if has_fma else []
     return flags
-RUNTIMES = {"address": ("__asan_init", "libasan.so"), "thread": ("__tsan_init", "libtsan.so")}
 
 
 launched = set()  # every kernel instance launched in this process (the tests' coverage check reads it)
