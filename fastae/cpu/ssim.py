@@ -30,7 +30,9 @@ whole vectors (a few columns of scratch at the end). Rows that two bands touch g
 from each, added in band order afterwards; a plane's sum adds its column sums
 in column order and its band sums in band order. So the result is
 bit-identical for any number of threads, and nothing of plane size is
-allocated but the gradient.
+allocated but the gradient. mixed_loss's pixel loss is taken in the same
+pass: each band takes its own rows' as it reads them, writing its gradient
+before the SSIM's is added.
 """
 import math
 
