@@ -8,6 +8,7 @@ row off, a grid-stride loop one element past the end) fail the emulated checks
 or stop under the sanitizers, while the unbroken kernels pass the same checks.
 """
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from fastae.cuda import emulator as emu
 from fastae.cuda.emulator.__main__ import environment
-from fastae.cuda.emulator.kernels import LaunchError, RawModule, launch_bounds, rewrite
+from fastae.cuda.emulator.kernels import LaunchError, RawModule, contraction, launch_bounds, rewrite
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or emu._cuda_path() is None,
                                 reason="the emulator needs g++ and the CUDA headers (cuda_fp16.h)")
@@ -54,6 +55,10 @@ __global__ void total(const float* x, float* out, int n) {  // through dynamic s
     }
 }
 
+__global__ void mad(const float* a, const float* b, const float* c, float* out) {  // contracted, as nvcc does
+    out[threadIdx.x] = a[threadIdx.x] * b[threadIdx.x] + c[threadIdx.x];
+}
+
 __global__ void divergent(float* x) {
     if (threadIdx.x % 2) return;
     __syncthreads();
@@ -61,7 +66,7 @@ __global__ void divergent(float* x) {
 }
 }
 """
-NAMES = ("t::scale", "t::where", "t::reverse", "t::total", "t::divergent")
+NAMES = ("t::scale", "t::where", "t::reverse", "t::total", "t::mad", "t::divergent")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,8 @@ def kernels():
 
 
 def test_the_source_is_rewritten_only_where_shared_memory_is_declared():
-    assert launch_bounds(SOURCE) == {"scale": 128, "where": 1024, "reverse": 1024, "total": 1024, "divergent": 1024}
+    assert launch_bounds(SOURCE) == {"scale": 128, "where": 1024, "reverse": 1024, "total": 1024, "mad": 1024,
+                                     "divergent": 1024}
     text = rewrite(SOURCE)
     assert "auto& s = ::fastae_emu::shared_array<float[64]>(0);" in text
     assert "float* d = ::fastae_emu::dynamic_shared<float>();" in text
@@ -123,6 +129,19 @@ def test_the_barrier_is_real(kernels, rng):
     x = emu.asarray(values)
     kernels["reverse"]((3,), (64,), (x, np.int32(0)))  # no barrier: threads read what their mates have not written
     assert np.isnan(emu.asnumpy(x)).sum() >= 3 * 32
+
+
+@pytest.mark.skipif(platform.machine() in ("x86_64", "AMD64") and "-mfma" not in contraction(),
+                    reason="this x86-64 host has no fma instructions")
+def test_a_product_and_a_sum_are_contracted_into_one_fma_as_nvcc_does(kernels):
+    """(1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 rounded once (fma, as on a device), 0 rounded twice: a kernel
+    whose result depends on contraction (fastae's SSIM did) gives the device's result here too."""
+    a = emu.asarray(np.full(4, 1 + 2.0**-12, np.float32))
+    c = emu.asarray(np.full(4, -(1 + 2.0**-11), np.float32))
+    out = emu.empty(4, np.float32)
+    kernels["mad"]((1,), (4,), (a, a, c, out))
+    np.testing.assert_array_equal(emu.asnumpy(out), np.float32(2.0**-24))
+    assert np.float32(1 + 2.0**-12) * np.float32(1 + 2.0**-12) + np.float32(-(1 + 2.0**-11)) == 0  # (unfused)
 
 
 def test_a_barrier_in_divergent_code_is_an_error(kernels):
