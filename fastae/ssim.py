@@ -149,14 +149,15 @@ class _Images:
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
         scales[p] times each plane's gradient in x (in y) written (or added) into it. With ``pixel`` =
         (loss, scale): the pixel loss's gradient times scale written first, in the same pass where the
-        backend can, and (per-plane sums, the pixel loss's float64 total) returned."""
-        if not (self.general or self.skip):
-            return self.backend.ssim_planes(x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad,
-                                            accumulate, target_grad, pixel=pixel)
-        if pixel is not None:
+        backend can (SSIM_PIXEL), and (per-plane sums, the pixel loss's float64 total) returned."""
+        fused = not (self.general or self.skip)
+        if pixel is not None and not (fused and self.backend.SSIM_PIXEL):  # the pointwise pass first
             _, total, _ = self.backend.pointwise(pixel[0], {}, "identity", 0.0, x, y, None, grad, None, pixel[1],
                                                  1.0, target_grad=target_grad)
             return self.planes(x, y, use_cs, scales, grad, True, target_grad), total
+        if fused:
+            args = (x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad, accumulate, target_grad)
+            return self.backend.ssim_planes(*args) if pixel is None else self.backend.ssim_planes(*args, pixel=pixel)
         weights = None
         if grad is not None or target_grad is not None:
             out_shape = self.out_shape(*x.shape[1:])

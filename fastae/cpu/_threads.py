@@ -140,10 +140,11 @@ SPINS = 1 << 14  # looks at the finished count before waiting on the threads the
 
 def run_pulled(kernel, n_tasks, threads):
     """Call ``kernel(queue)`` in up to ``threads`` threads, the caller's among them, each in one nogil call
-    that takes tasks k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No GIL changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and
-    the caller does not wait for a pool thread that wakes too late to take any task: it waits, spinning
-    briefly, for the tasks to be finished. A task's result depends on the task alone, so results are
-    bit-identical for any thread count."""
+    that takes tasks k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No GIL
+    changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and the caller
+    does not wait for a pool thread that wakes too late to take any task: it waits, spinning briefly, for
+    the tasks to be finished. A task's result depends on the task alone, so results are bit-identical for
+    any thread count."""
     queue = np.zeros(2, np.int64)
     threads = min(num_threads(), threads, n_tasks)
     if threads <= 1:

@@ -9,6 +9,8 @@ from .filters import filter_axis, filter_axis_adjoint  # noqa: F401
 from .pool import avg_pool, avg_pool_adjoint  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
 
+SSIM_PIXEL = True  # ssim_planes takes mixed_loss's pixel loss in its own pass
+
 
 def to_float32(a):
     """``a``'s values as float32 (the CPU holds float32 and float64 only)."""

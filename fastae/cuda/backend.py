@@ -9,3 +9,4 @@ from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
 
 SUM_PIECE = None  # pointwise sums the whole array in one tree
+SSIM_PIXEL = False  # mixed_loss's pixel loss: the pointwise kernel first

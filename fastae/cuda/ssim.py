@@ -9,7 +9,6 @@ from .._neutral import sums_to_one
 from . import cupy as cuda_runtime
 
 from ._module import ELEMENT_TYPES, element_type, function
-from .pointwise import pointwise
 
 TILE_W = 32        # positions per tile row (the block's x extent)
 MAX_PLANES = 65535  # a grid's z extent
@@ -64,21 +63,14 @@ def _kernel(name, ctype, shared):
     return kernel
 
 
-def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None, pixel=None):
+def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None):
     """Per-plane sums (float64, on the device) of the SSIM map (or, with
     ``use_cs``, the contrast-structure map) of the planes x, y (P, H, W),
     zero-padded by ``pad``. With ``grad`` an array of x's shape, writes (or
     adds, with ``accumulate``) scales[p] * d sum_p / dx into it; ``scales``
     is a (P,) float64 device array; ``target_grad`` likewise receives the
     gradient in y, in the same pass (a fourth coefficient map, dS/dmu'_y).
-    With ``pixel`` = (loss, scale): the pixel loss's gradient times scale written first (the pointwise
-    kernel), the SSIM's added, and (per-plane sums, the loss's total) returned. No host synchronisation."""
-    if pixel is not None:
-        if accumulate:
-            raise ValueError("ssim_planes: pixel writes the gradient, so accumulate must be False")
-        _, total, _ = pointwise(pixel[0], {}, "identity", 0.0, x, y, None, grad, None, pixel[1], 1.0,
-                                target_grad=target_grad)
-        return ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, True, target_grad), total
+    No host synchronisation."""
     cupy = cuda_runtime()
     planes, h, w = x.shape
     if planes == 0:
