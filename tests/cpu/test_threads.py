@@ -59,5 +59,7 @@ def test_run_pulled_takes_every_task_once_and_returns_when_all_are_finished(monk
         monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
         for n_tasks, delay in ((1, 0), (7, 0), (64, 20000), (500, 100)):
             seen = np.zeros(n_tasks, np.int64)
-            run_pulled(lambda queue: _pull(queue, n_tasks, seen, delay), n_tasks, threads=3)
+            # (bound now: a pool thread that wakes after run_pulled returned calls this with its own, spent
+            # queue, and must not see the next case's arrays)
+            run_pulled(lambda queue, n=n_tasks, s=seen, d=delay: _pull(queue, n, s, d), n_tasks, threads=3)
             assert (seen == 1).all(), (threads, n_tasks)
