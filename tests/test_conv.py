@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,12 +18,18 @@ RUN = ["--model", "conv", "--quick", "--epochs", "1", "--crop", "32"]
 def train(out, *flags, processes=1):
     """``fastae train`` in a fresh process (under torchrun for processes > 1), one thread per process:
     the kernels then run alike in every process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "PYTHONFAULTHANDLER": "1"}  # (a process that dies of a signal prints every thread's stack)
     launch = [sys.executable, "-m", "fastae"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--rdzv-backend",
         "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--module", "fastae"]
-    result = subprocess.run([*launch, "train", *RUN, *flags, "--out", str(out)], capture_output=True, text=True,
-                            env=env, timeout=600)
+    command = [*launch, "train", *RUN, *flags, "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    if processes > 1 and result.returncode != 0 and "Signal 6 (SIGABRT)" in result.stderr:
+        # One CI run in a dozen saw a worker abort in C++ ("terminate called without an active exception",
+        # no Python frame of fastae's; never reproduced in 8 cold runs): said, with its stacks, and run again
+        warnings.warn(f"torchrun worker aborted; running the job again. Its output:\n{result.stderr[-6000:]}")
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out / "metrics.json") as f:
         metrics = json.load(f)
