@@ -193,7 +193,7 @@ class _Images:
 
 def mean(a):
     """The mean of ``a``; NaN, quietly, for an empty batch (as torch's losses)."""
-    return a.mean() if a.size else np.nan
+    return a.sum() / a.size if a.size else np.nan  # (what a.mean() computes, without its ~3 us of Python)
 
 
 def _result(images, value, g, out, tg):

@@ -34,6 +34,7 @@ allocated but the gradient. mixed_loss's pixel loss is taken in the same
 pass: each band takes its own rows' as it reads them, writing its gradient
 before the SSIM's is added.
 """
+import functools
 import math
 
 import numpy as np
@@ -456,6 +457,16 @@ def layout(planes, h, w, pad, win):
     return m, bands
 
 
+@functools.lru_cache(maxsize=64)
+def _taps(window, dtype):
+    """(shifting, taps) of a float64 window's bytes: whether the moments are taken about a shift (they keep the
+    SSIM only for a window that sums to 1, before it is cast; else raw moments), and its weights in ``dtype`` as
+    a tuple (its length is known when compiled, so each window sum stays in registers). Once per window: a
+    small image's call is short."""
+    g = np.frombuffer(window, np.float64)
+    return sums_to_one(g), tuple(g.astype(dtype))
+
+
 def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None, pixel=None):
     """The SSIM sums of the planes of x, y (P, H, W), in threads over strips and bands (see
     fastae/backends.md and the module docstring); ``scales`` (P,) scales each plane's gradient, written
@@ -468,11 +479,8 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
         accumulate = True  # (the SSIM's gradient is added to the pixel loss's)
     n_planes, h, w = x.shape
     dtype = x.dtype
-    # the moments of x - s keep the SSIM only for a window that sums to 1 (of the float64 window, before it
-    # is cast): else raw moments
-    shifting = sums_to_one(g)
-    g = g.astype(dtype)
-    win = g.size
+    shifting, taps = _taps(np.asarray(g, np.float64).tobytes(), dtype)
+    win = len(taps)
     scales = np.ascontiguousarray(scales, np.float64)
     m, bands = layout(n_planes, h, w, pad, win)
     strips = -(-n_planes // m)
@@ -486,7 +494,6 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
         pixel_spec, identity, pixel_scale = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), \
             dtype.type(pixel[1])
     pixel_sums = np.zeros(tasks)
-    taps = tuple(g)  # (a tuple: its length is known when compiled, so each window sum stays in registers)
     positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
     run_pulled(lambda queue: _tasks(x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
                                     accumulate, m, bands, queue, tasks, sums, edges, pixel_spec,
@@ -497,6 +504,6 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
             part = np.ascontiguousarray(edges[:, :, which])
             run_chunks(lambda first, stop: _join_bands(part, bands, win, pad, h, buffer, accumulate, first, stop, m),
                        strips, min_per_thread=1)
-    per_plane = sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
+    per_plane = sums if bands == 1 else sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
     per_plane = per_plane.reshape(-1)[:n_planes].copy()
     return per_plane if pixel is None else (per_plane, math.fsum(pixel_sums))
