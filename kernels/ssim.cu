@@ -12,7 +12,10 @@
 // A = dS/dmu'_x, B = dS/dP, C = dS/dQ (and, with maps = 4, A' = dS/dmu'_y); then
 // dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C and dS/dy = G^T A' + x' G^T B + 2 (y - x) G^T C.
 // Tiles are TW = 32 positions wide and blockDim.y positions tall; the window
-// weights and the tile plus its halo live in dynamic shared memory.
+// weights and the tile plus its halo live in dynamic shared memory. WIN is the
+// window's length where it is known when compiled (the default 11: every loop
+// over the taps unrolls and the tile's indexing folds into constants; the
+// kernels are bound by instruction issue), 0 for any length (win_size).
 #include "common.cuh"
 
 namespace fastae {
@@ -62,11 +65,12 @@ __global__ void __launch_bounds__(256) plane_shifts(const T* x, const T* y, inde
 // grid (tiles across, tiles down, planes); block (32, th); dynamic shared
 // memory: see forward_shared in fastae/cuda/ssim.py.
 // x, y: planes (P, H, W); shifts: (P,); coef: (P, maps, Ho, Wo) or null; tile_sums: (P, tiles).
-template <typename T>
+template <typename T, int WIN>
 __global__ void __launch_bounds__(512) ssim_forward(
         const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
-        int win, double c1, double c2, int use_cs, typename Acc<T>::type* coef, int maps, double* tile_sums) {
+        int win_size, double c1, double c2, int use_cs, typename Acc<T>::type* coef, int maps, double* tile_sums) {
     typedef typename Acc<T>::type A;
+    const int win = WIN ? WIN : win_size;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
     const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
@@ -92,6 +96,7 @@ __global__ void __launch_bounds__(512) ssim_forward(
     for (int k = tid; k < plane_size; k += n_threads) {
         int r = k / FASTAE_TW, j = k % FASTAE_TW;
         A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        #pragma unroll
         for (int t = 0; t < win; ++t) {
             A gt = g[t], xv = xs[r * cols + j + t], yv = ys[r * cols + j + t], dv = xv - yv;
             s0 = fma(gt, xv, s0);  // (explicit: contracted as the compiler chose, gt * xv, also a factor
@@ -107,10 +112,11 @@ __global__ void __launch_bounds__(512) ssim_forward(
     __syncthreads();
     const int i = row0 + threadIdx.y, j = col0 + threadIdx.x;
     A m[4] = {0, 0, 0, 0};
+    #pragma unroll
     for (int t = 0; t < win; ++t) {
         A gt = g[t];
         int k = (threadIdx.y + t) * FASTAE_TW + threadIdx.x;
-#pragma unroll
+        #pragma unroll
         for (int q = 0; q < 4; ++q) m[q] = fma(gt, hs[k + q * plane_size], m[q]);
     }
     double value = 0.0;
@@ -132,12 +138,13 @@ __global__ void __launch_bounds__(512) ssim_forward(
 // grid (tiles across, tiles down, planes) over the input; block (32, th).
 // grad = scales[plane] * (G^T A + y' G^T B + 2 (x - y) G^T C), added to grad with accumulate; with
 // maps = 4, tgrad likewise = scales[plane] * (G^T A' + x' G^T B + 2 (y - x) G^T C).
-template <typename T>
+template <typename T, int WIN>
 __global__ void __launch_bounds__(512) ssim_backward(
         const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
-        int win, const typename Acc<T>::type* coef, int maps, const double* scales, int accumulate, T* grad,
+        int win_size, const typename Acc<T>::type* coef, int maps, const double* scales, int accumulate, T* grad,
         T* tgrad) {
     typedef typename Acc<T>::type A;
+    const int win = WIN ? WIN : win_size;
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
     const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
@@ -162,6 +169,7 @@ __global__ void __launch_bounds__(512) ssim_backward(
     for (int k = tid; k < plane_size; k += n_threads) {
         int r = k / FASTAE_TW, j = k % FASTAE_TW;
         A s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        #pragma unroll
         for (int t = 0; t < win; ++t) {
             A gt = g[t];
             int at = r * cols + j + (win - 1) - t;
@@ -179,6 +187,7 @@ __global__ void __launch_bounds__(512) ssim_backward(
     const int r = row0 + threadIdx.y, q = col0 + threadIdx.x;
     if (r >= h || q >= w) return;
     A f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+    #pragma unroll
     for (int t = 0; t < win; ++t) {
         A gt = g[t];
         int k = (threadIdx.y + (win - 1) - t) * FASTAE_TW + threadIdx.x;

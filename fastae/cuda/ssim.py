@@ -11,6 +11,7 @@ from . import cupy as cuda_runtime
 from ._module import ELEMENT_TYPES, element_type, function
 
 TILE_W = 32        # positions per tile row (the block's x extent)
+UNROLLED_WINDOW = 11  # the window length the tiled kernels are also compiled for (unrolled); others run the generic
 MAX_PLANES = 65535  # a grid's z extent
 SHARED_DEFAULT = 48 * 1024  # bytes of shared memory a block gets without opting in
 SHARED_STATIC = 512 * 8     # the kernels' own scratch for the block sum
@@ -39,8 +40,9 @@ def backward_shared(ctype, win, maps=3):
 
 def instances():
     for ctype in ELEMENT_TYPES.values():
-        yield "ssim.cu", f"fastae::ssim_forward<{ctype}>"
-        yield "ssim.cu", f"fastae::ssim_backward<{ctype}>"
+        for win in (UNROLLED_WINDOW, 0):
+            yield "ssim.cu", f"fastae::ssim_forward<{ctype}, {win}>"
+            yield "ssim.cu", f"fastae::ssim_backward<{ctype}, {win}>"
         yield "ssim.cu", f"fastae::plane_shifts<{ctype}>"
     yield "ssim.cu", "fastae::plane_sums"
 
@@ -51,9 +53,10 @@ def _device_window(window_bytes, device):
     return cupy.asarray(np.frombuffer(window_bytes, np.float64))
 
 
-def _kernel(name, ctype, shared):
+def _kernel(name, ctype, shared, win):
+    """The instance of ``name`` for ``ctype`` and a window of ``win`` taps (unrolled where compiled for it)."""
     cupy = cuda_runtime()
-    kernel = function("ssim.cu", f"fastae::{name}<{ctype}>")
+    kernel = function("ssim.cu", f"fastae::{name}<{ctype}, {win if win == UNROLLED_WINDOW else 0}>")
     if shared + SHARED_STATIC > SHARED_DEFAULT:
         limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
         if shared + SHARED_STATIC > limit:
@@ -88,8 +91,8 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
     if sums_to_one(window):  # (else raw moments)
         function("ssim.cu", f"fastae::plane_shifts<{ctype}>")((planes,), (256,), (x, y, np.int64(h * w), shifts))
     fshared, bshared = forward_shared(ctype, win), backward_shared(ctype, win, maps)
-    forward = _kernel("ssim_forward", ctype, fshared)
-    backward = _kernel("ssim_backward", ctype, bshared) if grad is not None else None
+    forward = _kernel("ssim_forward", ctype, fshared, win)
+    backward = _kernel("ssim_backward", ctype, bshared, win) if grad is not None else None
     for first in range(0, planes, MAX_PLANES):
         part = slice(first, min(first + MAX_PLANES, planes))
         count = part.stop - part.start

@@ -420,7 +420,9 @@ def test_every_kernel_instance_runs(rng):
                 cuda_pointwise.pointwise(loss, params, activation, 0.01, a, b, None, cp.empty_like(a), None, 1.0, 1.0)
         for activation in ACTIVATIONS:
             cuda_pointwise.activate(activation, 0.01, a, cp.empty_like(a), cp.empty_like(a))
-        cuda_ssim.ssim_planes(a, b, np.ones(5) / 5, 2, 1e-4, 9e-4, False, cp.full(3, 1.0), cp.empty_like(a), False)
+        for win in (5, cuda_ssim.UNROLLED_WINDOW):  # (the generic instance, and the one unrolled for 11 taps)
+            cuda_ssim.ssim_planes(a, b, np.ones(win) / win, win // 2, 1e-4, 9e-4, False, cp.full(3, 1.0),
+                                  cp.empty_like(a), False)
         filtered = cuda_filters.filter_axis(a, np.ones(3) / 3, 1, 1, True)
         cuda_filters.filter_axis_adjoint(filtered, np.ones(3) / 3, 1, 1, True, 20)
         cuda_sparse.soft_threshold(a, 0.1, cp.empty_like(a), None)
