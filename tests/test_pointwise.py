@@ -190,18 +190,13 @@ def test_bit_identical_across_thread_counts():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_works_in_a_forked_child(rng):
-    """A DataLoader-style worker forked after the thread pool (and the crew) started must not hang."""
+    """A DataLoader-style worker forked after the thread pool started must not hang."""
     import multiprocessing
     pred, target = inputs(rng, "mse", "identity", (1 << 20,), np.float32)
     expected = fa.mse(pred, target)  # starts the pool in the parent
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(fa.mse, (pred, target)).get(timeout=60)
     assert got == expected
-    x, y = (rng.random((64, 1, 16, 16)).astype(np.float32) for _ in range(2))  # run_pulled's crew, started
-    expected = fa.ssim_loss(x, y, padding="same", grad=True)
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        got = pool.apply_async(fa.ssim_loss, (x, y), {"padding": "same", "grad": True}).get(timeout=60)
-    assert got[0] == expected[0] and np.array_equal(got[1], expected[1])
 
 
 def test_float32_mean_of_1e8_elements_is_accurate():

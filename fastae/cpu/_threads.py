@@ -3,9 +3,7 @@
 The chunking is fixed by the data size alone; threads take pieces of
 consecutive chunks as they come free (``run_chunks``), or each thread makes one
 nogil call that takes chunks one by one from an atomic counter (``run_pulled``:
-no GIL changes hands between chunks, and its threads, the crew, wait for the
-next call looking at a counter for ~0.2 ms before they sleep, so that calls of
-a few tenths of a millisecond still split), and write one partial result per chunk,
+no GIL changes hands between chunks), and write one partial result per chunk,
 which the caller combines in chunk order. Results are therefore bit-identical
 for any thread count. Threads (rather than Numba's ``prange``) keep compile times short:
 the parallel machinery is compiled once, here, in Python.
@@ -13,7 +11,6 @@ the parallel machinery is compiled once, here, in Python.
 import contextlib
 import itertools
 import os
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,11 +25,9 @@ PIECES_PER_THREAD = 4      # pieces of work per thread, taken as threads come fr
 
 
 def _forget_pool():
-    """A forked child inherits the pool and the crew but not their threads (nor, maybe, a lock's release):
-    start afresh."""
-    global _pool, _the_crew
+    """A forked child inherits the pool object but not its threads: start afresh."""
+    global _pool
     _pool = None
-    _the_crew = None
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -140,99 +135,27 @@ def _all_done(queue, n_tasks, spins):
     return False
 
 
-SPINS = 1 << 14       # looks at the finished count before the caller sleeps until it is reached (~0.1-0.3 ms)
-SPIN_WAIT = 1 << 15   # looks at the bell a crew thread takes after a call before it sleeps (~0.2 ms here)
-
-
-@njit(nogil=True, cache=True)
-def _await_bell(bell, seen, spins):
-    """Whether bell[0] moves off ``seen`` within ``spins`` looks."""
-    for _ in range(spins):
-        if fetch_add(bell, 0, 0) != seen:
-            return True
-    return False
-
-
-@njit(nogil=True, cache=True)
-def _ring(bell):
-    fetch_add(bell, 0, 1)
-
-
-class _Crew:
-    """run_pulled's threads. After a call each waits for the next one looking at a counter (the bell) in a nogil
-    loop for a while before it sleeps: a sleeping thread's wake-up costs ~0.05 ms here, as long as half a
-    small call's task, and a thread looking at the bell starts at once. One caller at a time hires them."""
-
-    def __init__(self):
-        self.bell = np.zeros(1, np.int64)
-        self.job = None                  # (kernel, queue, seats, errors) of the call in progress
-        self.wake = threading.Condition()  # where a crew thread sleeps until the bell rings
-        self.done = threading.Condition()  # where the caller sleeps until the tasks are finished
-        self.busy = threading.Lock()
-        self.size = 0
-
-    def hire(self, n):
-        for _ in range(self.size, n):
-            threading.Thread(target=self._serve, name=f"fastae-{self.size}", daemon=True).start()
-            self.size += 1
-
-    def _serve(self):
-        seen = 0
-        while True:
-            if not _await_bell(self.bell, seen, SPIN_WAIT):
-                with self.wake:
-                    self.wake.wait_for(lambda: self.bell[0] != seen)
-            seen = int(self.bell[0])
-            job = self.job
-            if job is None or next(job[2]) <= 0:  # (the call is over, or has all the threads it asked for)
-                continue
-            try:
-                job[0](job[1])
-            except BaseException as error:  # (handed to the caller, which raises it)
-                job[3].append(error)
-            with self.done:
-                self.done.notify_all()
-
-
-def _crew():
-    global _the_crew
-    if _the_crew is None:
-        _the_crew = _Crew()
-    return _the_crew
-
-
-_the_crew = None
+SPINS = 1 << 14  # looks at the finished count before waiting on the threads themselves (~0.1-0.3 ms)
 
 
 def run_pulled(kernel, n_tasks, threads):
     """Call ``kernel(queue)`` in up to ``threads`` threads, the caller's among them, each in one nogil call
     that takes tasks k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No GIL
-    changes hands between tasks, the crew's threads start without one when they are awake (see _Crew), and
-    the caller does not wait for a thread that comes too late to take any task: it waits, spinning briefly,
-    for the tasks to be finished. A task's result depends on the task alone, so results are bit-identical
-    for any thread count (a second caller while the crew is hired runs its tasks alone)."""
+    changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and the caller
+    does not wait for a pool thread that wakes too late to take any task: it waits, spinning briefly, for
+    the tasks to be finished. A task's result depends on the task alone, so results are bit-identical for
+    any thread count."""
     queue = np.zeros(2, np.int64)
     threads = min(num_threads(), threads, n_tasks)
-    crew = _crew()
-    if threads <= 1 or not crew.busy.acquire(blocking=False):
+    if threads <= 1:
         kernel(queue)
         return
-    try:
-        crew.hire(threads - 1)
-        errors = []
-        crew.job = (kernel, queue, itertools.count(threads - 1, -1), errors)
-        _ring(crew.bell)
-        with crew.wake:
-            crew.wake.notify_all()
-        kernel(queue)
-        if not _all_done(queue, n_tasks, SPINS):
-            with crew.done:
-                crew.done.wait_for(lambda: queue[1] >= n_tasks or errors)
-        if errors:
-            raise errors[0]
-    finally:
-        crew.job = None
-        crew.busy.release()
+    pool = _thread_pool()
+    futures = [pool.submit(kernel, queue) for _ in range(threads - 1)]
+    kernel(queue)
+    if not _all_done(queue, n_tasks, SPINS):
+        for future in futures:
+            future.result()
 
 
 def one_blas_thread():

@@ -51,8 +51,8 @@ STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
 STRIPS = 2          # strips a batch worth two threads is cut into at least (wider strip rows run faster)
 LANES = 8           # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16     # rows of a plane whose mean is its shift
-THREAD_WORK = 1 << 14  # padded positions per thread at least (~0.1 ms: a crew thread, awake, starts ~0.03 ms
-#                       after the caller here; 3 << 14 while a pool thread woke ~0.06-0.1 ms late)
+THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.35 ms: in a shorter call a pool thread, which
+#                       wakes ~0.1 ms late here, takes the GIL just as the caller wants it back, and costs more)
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
