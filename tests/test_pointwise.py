@@ -197,6 +197,11 @@ def test_works_in_a_forked_child(rng):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(fa.mse, (pred, target)).get(timeout=60)
     assert got == expected
+    x, y = (rng.random((8, 1, 128, 128)).astype(np.float32) for _ in range(2))  # (two of run_pulled's threads)
+    expected = fa.ssim_loss(x, y, padding="same", grad=True)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(fa.ssim_loss, (x, y), {"padding": "same", "grad": True}).get(timeout=60)
+    assert got[0] == expected[0] and np.array_equal(got[1], expected[1])
 
 
 def test_float32_mean_of_1e8_elements_is_accurate():

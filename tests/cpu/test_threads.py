@@ -43,11 +43,10 @@ def _pull(queue, n_tasks, seen, delay):
     """Take tasks until none is left, counting each in ``seen``, and spend ``delay`` loops on each."""
     k = take_task(queue)
     while k < n_tasks:
-        seen[k] += 1
         acc = 0.0
-        for i in range(delay):
-            acc += i * 1e-9
-        seen[k] += int(acc * 0)
+        for i in range(delay):  # (a chain of square roots, ~10 ns each: a sum of i * 1e-9 was optimised away)
+            acc = np.sqrt(acc + i)
+        seen[k] += 1 + (acc < 0)
         k = next_task(queue)
 
 
