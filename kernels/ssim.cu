@@ -22,6 +22,11 @@ namespace fastae {
 
 #define FASTAE_TW 32
 
+// Output rows a thread computes in the vertical passes: two where the window's length is known when compiled
+// (each row of the horizontally filtered tile is then loaded once for both: the passes are bound by
+// instruction issue), one for any length. The tile is R blockDim.y rows tall.
+__host__ __device__ constexpr int rows_per_thread(int win) { return win ? 2 : 1; }
+
 // The SSIM (or contrast-structure) value of one position from its shifted
 // moments (mx, my, p, q) and the shift s, and the partial derivatives (ay: dS/dmu'_y, A with x and y
 // swapped, as S is symmetric).
@@ -71,14 +76,15 @@ __global__ void __launch_bounds__(512) ssim_forward(
         int win_size, double c1, double c2, int use_cs, typename Acc<T>::type* coef, int maps, double* tile_sums) {
     typedef typename Acc<T>::type A;
     const int win = WIN ? WIN : win_size;
+    constexpr int R = rows_per_thread(WIN);
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
-    const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
+    const int th = R * blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
     A* xs = g + win;                // (rows, cols): the input tile and its halo
     A* ys = xs + rows * cols;
     A* hs = ys + rows * cols;       // (4, rows, TW): the horizontal pass
     __shared__ double scratch[512];
-    const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * th;
+    const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * blockDim.y;
     const index_t plane = blockIdx.z;
     const int row0 = blockIdx.y * th, col0 = blockIdx.x * FASTAE_TW;  // first output position of the tile
     const T* xp = x + plane * h * (index_t)w;
@@ -110,21 +116,31 @@ __global__ void __launch_bounds__(512) ssim_forward(
         hs[k + 3 * plane_size] = s3;
     }
     __syncthreads();
-    const int i = row0 + threadIdx.y, j = col0 + threadIdx.x;
-    A m[4] = {0, 0, 0, 0};
+    // the R output rows R ty + u of this thread: each row of hs loaded once for all of them
+    const int i = row0 + R * threadIdx.y, j = col0 + threadIdx.x;
+    A m[R][4] = {};
     #pragma unroll
-    for (int t = 0; t < win; ++t) {
-        A gt = g[t];
-        int k = (threadIdx.y + t) * FASTAE_TW + threadIdx.x;
+    for (int t = 0; t < win + R - 1; ++t) {
+        const int k = (R * threadIdx.y + t) * FASTAE_TW + threadIdx.x;
+        A v[4];
         #pragma unroll
-        for (int q = 0; q < 4; ++q) m[q] = fma(gt, hs[k + q * plane_size], m[q]);
+        for (int q = 0; q < 4; ++q) v[q] = hs[k + q * plane_size];
+        #pragma unroll
+        for (int u = 0; u < R; ++u) {
+            if (t - u < 0 || t - u >= win) continue;  // (known when compiled, where WIN is)
+            A gt = g[t - u];
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) m[u][q] = fma(gt, v[q], m[u][q]);
+        }
     }
     double value = 0.0;
-    if (i < ho && j < wo) {
+    #pragma unroll
+    for (int u = 0; u < R; ++u) {
+        if (i + u >= ho || j >= wo) continue;
         A a, b, c, ay;
-        value = ssim_at<A>(m[0], m[1], m[2], m[3], s, A(c1), A(c2), use_cs, a, b, c, ay);
+        value += ssim_at<A>(m[u][0], m[u][1], m[u][2], m[u][3], s, A(c1), A(c2), use_cs, a, b, c, ay);
         if (coef) {
-            const index_t map = ho * (index_t)wo, at = maps * plane * map + i * (index_t)wo + j;
+            const index_t map = ho * (index_t)wo, at = maps * plane * map + (i + u) * (index_t)wo + j;
             coef[at] = a;
             coef[at + map] = b;
             coef[at + 2 * map] = c;
@@ -145,12 +161,13 @@ __global__ void __launch_bounds__(512) ssim_backward(
         T* tgrad) {
     typedef typename Acc<T>::type A;
     const int win = WIN ? WIN : win_size;
+    constexpr int R = rows_per_thread(WIN);
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
-    const int th = blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
+    const int th = R * blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
     A* cs = g + win;                   // (maps, rows, cols): the coefficient tile and its halo
     A* hs = cs + maps * rows * cols;   // (maps, rows, TW): the horizontal pass
-    const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * th;
+    const int tid = threadIdx.x + FASTAE_TW * threadIdx.y, n_threads = FASTAE_TW * blockDim.y;
     const index_t plane = blockIdx.z;
     const int row0 = blockIdx.y * th, col0 = blockIdx.x * FASTAE_TW;  // first input pixel of the tile
     // input row r receives from output rows r + pad - t, t = 0 .. win - 1
@@ -184,25 +201,38 @@ __global__ void __launch_bounds__(512) ssim_backward(
         if (maps == 4) hs[k + 3 * plane_size] = s3;
     }
     __syncthreads();
-    const int r = row0 + threadIdx.y, q = col0 + threadIdx.x;
+    // the R input rows R ty + u of this thread: row R ty + u takes hs rows R ty + u + (win - 1) - t, each
+    // loaded once for all of them
+    const int r = row0 + R * threadIdx.y, q = col0 + threadIdx.x;
     if (r >= h || q >= w) return;
-    A f0 = 0, f1 = 0, f2 = 0, f3 = 0;
+    A f[R][4] = {};
     #pragma unroll
-    for (int t = 0; t < win; ++t) {
-        A gt = g[t];
-        int k = (threadIdx.y + (win - 1) - t) * FASTAE_TW + threadIdx.x;
-        f0 = fma(gt, hs[k], f0);
-        f1 = fma(gt, hs[k + plane_size], f1);
-        f2 = fma(gt, hs[k + 2 * plane_size], f2);
-        if (maps == 4) f3 = fma(gt, hs[k + 3 * plane_size], f3);
+    for (int e = 0; e < win + R - 1; ++e) {  // hs row R ty + e
+        const int k = (R * threadIdx.y + e) * FASTAE_TW + threadIdx.x;
+        A v[4];
+        #pragma unroll
+        for (int p = 0; p < 4; ++p) v[p] = p < maps ? hs[k + p * plane_size] : A(0);
+        #pragma unroll
+        for (int u = 0; u < R; ++u) {
+            const int t = u + (win - 1) - e;  // (known when compiled, where WIN is)
+            if (t < 0 || t >= win) continue;
+            A gt = g[t];
+            #pragma unroll
+            for (int p = 0; p < 4; ++p) f[u][p] = fma(gt, v[p], f[u][p]);
+        }
     }
-    const index_t at = (plane * h + r) * (index_t)w + q;
-    const A xv = to_acc(x[at]), yv = to_acc(y[at]), shift = A(shifts[plane]), scale = A(scales[plane]);
-    A v = scale * (f0 + (yv - shift) * f1 + A(2) * (xv - yv) * f2);
-    grad[at] = store<T>(accumulate ? to_acc(grad[at]) + v : v);
-    if (maps == 4) {
-        A u = scale * (f3 + (xv - shift) * f1 + A(2) * (yv - xv) * f2);
-        tgrad[at] = store<T>(accumulate ? to_acc(tgrad[at]) + u : u);
+    const A shift = A(shifts[plane]), scale = A(scales[plane]);
+    #pragma unroll
+    for (int u = 0; u < R; ++u) {
+        if (r + u >= h) break;
+        const index_t at = (plane * h + r + u) * (index_t)w + q;
+        const A xv = to_acc(x[at]), yv = to_acc(y[at]);
+        A v = scale * (f[u][0] + (yv - shift) * f[u][1] + A(2) * (xv - yv) * f[u][2]);
+        grad[at] = store<T>(accumulate ? to_acc(grad[at]) + v : v);
+        if (maps == 4) {
+            A uu = scale * (f[u][3] + (xv - shift) * f[u][1] + A(2) * (yv - xv) * f[u][2]);
+            tgrad[at] = store<T>(accumulate ? to_acc(tgrad[at]) + uu : uu);
+        }
     }
 }
 

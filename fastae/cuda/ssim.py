@@ -17,8 +17,19 @@ SHARED_DEFAULT = 48 * 1024  # bytes of shared memory a block gets without opting
 SHARED_STATIC = 512 * 8     # the kernels' own scratch for the block sum
 
 
-def tile_height(ctype):
+def block_height(ctype):
+    """Threads down a block of the tiled kernels (32 across)."""
     return 8 if ctype == "double" else 16
+
+
+def instance_window(win):
+    """The WIN of the kernels' instance for a window of ``win`` taps: itself where compiled for it, else 0."""
+    return win if win == UNROLLED_WINDOW else 0
+
+
+def tile_height(ctype, win):
+    """Rows of a tile: rows_per_thread(WIN) (kernels/ssim.cu: 2 for the unrolled instance, else 1) per thread."""
+    return (2 if instance_window(win) else 1) * block_height(ctype)
 
 
 def acc_dtype(ctype):
@@ -27,14 +38,14 @@ def acc_dtype(ctype):
 
 def forward_shared(ctype, win):
     """Bytes of dynamic shared memory of ssim_forward: the window, x and y tiles with halo, four row-filtered maps."""
-    rows, cols = tile_height(ctype) + win - 1, TILE_W + win - 1
+    rows, cols = tile_height(ctype, win) + win - 1, TILE_W + win - 1
     return (win + 2 * rows * cols + 4 * rows * TILE_W) * acc_dtype(ctype).itemsize
 
 
 def backward_shared(ctype, win, maps=3):
     """Bytes of dynamic shared memory of ssim_backward: the window, the coefficient tiles (three, or four with
     the target's gradient), as many filtered."""
-    rows, cols = tile_height(ctype) + win - 1, TILE_W + win - 1
+    rows, cols = tile_height(ctype, win) + win - 1, TILE_W + win - 1
     return (win + maps * rows * cols + maps * rows * TILE_W) * acc_dtype(ctype).itemsize
 
 
@@ -56,7 +67,7 @@ def _device_window(window_bytes, device):
 def _kernel(name, ctype, shared, win):
     """The instance of ``name`` for ``ctype`` and a window of ``win`` taps (unrolled where compiled for it)."""
     cupy = cuda_runtime()
-    kernel = function("ssim.cu", f"fastae::{name}<{ctype}, {win if win == UNROLLED_WINDOW else 0}>")
+    kernel = function("ssim.cu", f"fastae::{name}<{ctype}, {instance_window(win)}>")
     if shared + SHARED_STATIC > SHARED_DEFAULT:
         limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
         if shared + SHARED_STATIC > limit:
@@ -81,7 +92,7 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
     ctype = element_type(x)
     win = window.size
     ho, wo = h + 2 * pad - win + 1, w + 2 * pad - win + 1
-    th = tile_height(ctype)
+    th = tile_height(ctype, win)
     g = _device_window(np.ascontiguousarray(window, np.float64).tobytes(), cupy.cuda.Device().id)
     tiles = (-(-wo // TILE_W), -(-ho // th))
     tile_sums = cupy.empty((planes, tiles[0] * tiles[1]), np.float64)
@@ -96,12 +107,12 @@ def ssim_planes(x, y, window, pad, c1, c2, use_cs, scales, grad, accumulate, tar
     for first in range(0, planes, MAX_PLANES):
         part = slice(first, min(first + MAX_PLANES, planes))
         count = part.stop - part.start
-        forward(tiles + (count,), (TILE_W, th),
+        forward(tiles + (count,), (TILE_W, block_height(ctype)),
                 (x[part], y[part], shifts[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo),
                  np.int32(pad), g, np.int32(win), np.float64(c1), np.float64(c2), np.int32(use_cs),
                  np.uint64(0) if coef is None else coef[part], np.int32(maps), tile_sums[part]), shared_mem=fshared)
         if grad is not None:
-            backward((-(-w // TILE_W), -(-h // th), count), (TILE_W, th),
+            backward((-(-w // TILE_W), -(-h // th), count), (TILE_W, block_height(ctype)),
                      (x[part], y[part], shifts[part], np.int32(h), np.int32(w), np.int32(ho), np.int32(wo),
                       np.int32(pad), g, np.int32(win), coef[part], np.int32(maps), scales[part], np.int32(accumulate),
                       grad[part], np.uint64(0) if target_grad is None else target_grad[part]), shared_mem=bshared)
