@@ -11,21 +11,19 @@
 // (SSIM, or contrast-structure with use_cs) and, with coef, the three maps
 // A = dS/dmu'_x, B = dS/dP, C = dS/dQ (and, with maps = 4, A' = dS/dmu'_y); then
 // dS/dx = G^T A + y' G^T B + 2 (x - y) G^T C and dS/dy = G^T A' + x' G^T B + 2 (y - x) G^T C.
-// Tiles are TW = 32 positions wide and blockDim.y positions tall; the window
+// Tiles are TW = 32 positions wide and R blockDim.y positions tall; the window
 // weights and the tile plus its halo live in dynamic shared memory. WIN is the
 // window's length where it is known when compiled (the default 11: every loop
 // over the taps unrolls and the tile's indexing folds into constants; the
-// kernels are bound by instruction issue), 0 for any length (win_size).
+// kernels are bound by instruction issue), 0 for any length (win_size). R is
+// the rows a thread computes in the vertical passes, each row of the
+// horizontally filtered tile loaded once for all R (fastae/cuda/ssim.py picks
+// WIN and R: instance).
 #include "common.cuh"
 
 namespace fastae {
 
 #define FASTAE_TW 32
-
-// Output rows a thread computes in the vertical passes: two where the window's length is known when compiled
-// (each row of the horizontally filtered tile is then loaded once for both: the passes are bound by
-// instruction issue), one for any length. The tile is R blockDim.y rows tall.
-__host__ __device__ constexpr int rows_per_thread(int win) { return win ? 2 : 1; }
 
 // The SSIM (or contrast-structure) value of one position from its shifted
 // moments (mx, my, p, q) and the shift s, and the partial derivatives (ay: dS/dmu'_y, A with x and y
@@ -67,16 +65,15 @@ __global__ void __launch_bounds__(256) plane_shifts(const T* x, const T* y, inde
     if (threadIdx.x == 0) shifts[blockIdx.x] = size ? total / (2.0 * (double)size) : 0.0;
 }
 
-// grid (tiles across, tiles down, planes); block (32, th); dynamic shared
+// grid (tiles across, tiles down, planes); block (32, th / R); dynamic shared
 // memory: see forward_shared in fastae/cuda/ssim.py.
 // x, y: planes (P, H, W); shifts: (P,); coef: (P, maps, Ho, Wo) or null; tile_sums: (P, tiles).
-template <typename T, int WIN>
+template <typename T, int WIN, int R>
 __global__ void __launch_bounds__(512) ssim_forward(
         const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
         int win_size, double c1, double c2, int use_cs, typename Acc<T>::type* coef, int maps, double* tile_sums) {
     typedef typename Acc<T>::type A;
     const int win = WIN ? WIN : win_size;
-    constexpr int R = rows_per_thread(WIN);
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
     const int th = R * blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;
@@ -151,17 +148,16 @@ __global__ void __launch_bounds__(512) ssim_forward(
     if (tid == 0) tile_sums[plane * gridDim.x * gridDim.y + blockIdx.y * gridDim.x + blockIdx.x] = total;
 }
 
-// grid (tiles across, tiles down, planes) over the input; block (32, th).
+// grid (tiles across, tiles down, planes) over the input; block (32, th / R).
 // grad = scales[plane] * (G^T A + y' G^T B + 2 (x - y) G^T C), added to grad with accumulate; with
 // maps = 4, tgrad likewise = scales[plane] * (G^T A' + x' G^T B + 2 (y - x) G^T C).
-template <typename T, int WIN>
+template <typename T, int WIN, int R>
 __global__ void __launch_bounds__(512) ssim_backward(
         const T* x, const T* y, const double* shifts, int h, int w, int ho, int wo, int pad, const double* window,
         int win_size, const typename Acc<T>::type* coef, int maps, const double* scales, int accumulate, T* grad,
         T* tgrad) {
     typedef typename Acc<T>::type A;
     const int win = WIN ? WIN : win_size;
-    constexpr int R = rows_per_thread(WIN);
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     A* g = reinterpret_cast<A*>(shared_bytes);
     const int th = R * blockDim.y, rows = th + win - 1, cols = FASTAE_TW + win - 1;

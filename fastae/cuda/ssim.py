@@ -22,14 +22,16 @@ def block_height(ctype):
     return 8 if ctype == "double" else 16
 
 
-def instance_window(win):
-    """The WIN of the kernels' instance for a window of ``win`` taps: itself where compiled for it, else 0."""
-    return win if win == UNROLLED_WINDOW else 0
+def instance(win):
+    """(WIN, R) of the tiled kernels' instance for a window of ``win`` taps (kernels/ssim.cu): the unrolled one,
+    whose threads compute two rows each in the vertical passes (R), where compiled for it; else
+    the generic one, a row each."""
+    return (win, 2) if win == UNROLLED_WINDOW else (0, 1)
 
 
 def tile_height(ctype, win):
-    """Rows of a tile: rows_per_thread(WIN) (kernels/ssim.cu: 2 for the unrolled instance, else 1) per thread."""
-    return (2 if instance_window(win) else 1) * block_height(ctype)
+    """Rows of a tile: R per thread down the block."""
+    return instance(win)[1] * block_height(ctype)
 
 
 def acc_dtype(ctype):
@@ -51,9 +53,9 @@ def backward_shared(ctype, win, maps=3):
 
 def instances():
     for ctype in ELEMENT_TYPES.values():
-        for win in (UNROLLED_WINDOW, 0):
-            yield "ssim.cu", f"fastae::ssim_forward<{ctype}, {win}>"
-            yield "ssim.cu", f"fastae::ssim_backward<{ctype}, {win}>"
+        for win, rows in (instance(UNROLLED_WINDOW), instance(0)):
+            yield "ssim.cu", f"fastae::ssim_forward<{ctype}, {win}, {rows}>"
+            yield "ssim.cu", f"fastae::ssim_backward<{ctype}, {win}, {rows}>"
         yield "ssim.cu", f"fastae::plane_shifts<{ctype}>"
     yield "ssim.cu", "fastae::plane_sums"
 
@@ -67,7 +69,7 @@ def _device_window(window_bytes, device):
 def _kernel(name, ctype, shared, win):
     """The instance of ``name`` for ``ctype`` and a window of ``win`` taps (unrolled where compiled for it)."""
     cupy = cuda_runtime()
-    kernel = function("ssim.cu", f"fastae::{name}<{ctype}, {instance_window(win)}>")
+    kernel = function("ssim.cu", f"fastae::{name}<{ctype}, {', '.join(map(str, instance(win)))}>")
     if shared + SHARED_STATIC > SHARED_DEFAULT:
         limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
         if shared + SHARED_STATIC > limit:
