@@ -148,8 +148,8 @@ class _Images:
     def planes(self, x, y, use_cs, scales, grad, accumulate=False, target_grad=None, pixel=None):
         """Per-plane sums of the SSIM (or contrast-structure) map; with ``grad`` (``target_grad``),
         scales[p] times each plane's gradient in x (in y) written (or added) into it. With ``pixel`` =
-        (loss, scale): the pixel loss's gradient times scale written first, in the same pass where the
-        backend can (SSIM_PIXEL), and (per-plane sums, the pixel loss's float64 total) returned."""
+        (loss, scale): the pixel loss's gradient times scale added, in the same pass where the backend
+        can (SSIM_PIXEL), and (per-plane sums, the pixel loss's float64 total) returned."""
         fused = not (self.general or self.skip)
         if pixel is not None and not (fused and self.backend.SSIM_PIXEL):  # the pointwise pass first
             _, total, _ = self.backend.pointwise(pixel[0], {}, "identity", 0.0, x, y, None, grad, None, pixel[1],

@@ -465,12 +465,14 @@ def test_the_fused_kernel_gives_the_target_its_gradient_in_the_same_pass(rng, mo
 @pytest.mark.parametrize("pixel", ["l1", "mse"])
 @pytest.mark.parametrize("shape, padding, win", [((3, 2, 40, 37), "valid", 11), ((70, 1, 16, 16), "same", 11),
                                                  ((1, 1, 600, 45), "same", 11), ((17, 1, 700, 20), "valid", 11),
-                                                 ((2, 1, 300, 301), "same", 3)])
+                                                 ((2, 1, 300, 301), "same", 3), ((3, 1, 300, 300), "valid", 11)])
 def test_mixed_loss_takes_the_pixel_loss_in_the_ssim_pass(rng, monkeypatch, dtype, pixel, shape, padding, win):
     """The pixel loss is taken as the SSIM kernel reads its input rows, each row by the one band that owns it
-    (strips of small planes, bands of tall ones, a last strip one plane short), its gradient written before
-    the SSIM's is added (a small window adds it soon after the row is read): value and both gradients
-    against torch in float64, bit-identical for 1 and 2 threads, the value alone the same."""
+    (strips of small planes, bands of tall ones, a last strip one plane short), its gradient added to the
+    SSIM's as that is written (a strip of one plane, a shared row when its bands' parts are joined) or
+    written first (several planes: small ones at once, larger ones as their rows are read; 3x300^2 has a
+    strip of two planes and one of one, each cut in two bands): value and both gradients against torch in
+    float64, bit-identical for 1 and 2 threads, the value alone the same."""
     x, y = image_pair(rng, shape, dtype)
     kw = dict(alpha=0.3, pixel=pixel, padding=padding, win_size=win)
     results = []

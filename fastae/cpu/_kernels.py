@@ -43,13 +43,13 @@ def _item(a, i):
     return lambda a, i: a
 
 
-def rows(a, plane, r0, r1):
-    """Rows r0 .. r1 - 1 of ``a[plane]`` as one flat run for a C-contiguous array, None as it is (resolved at
-    compile time)."""
+def run(a, start, stop):
+    """Elements start .. stop - 1 of a C-contiguous array in its flat order (a view), None as it is (resolved
+    at compile time)."""
 
 
-@overload(rows, inline="always")
-def _rows(a, plane, r0, r1):
+@overload(run, inline="always")
+def _run(a, start, stop):
     if isinstance(a, types.Array):
-        return lambda a, plane, r0, r1: a[plane, r0:r1].reshape(-1)
-    return lambda a, plane, r0, r1: a
+        return lambda a, start, stop: a.reshape(-1)[start:stop]
+    return lambda a, start, stop: a

@@ -31,8 +31,8 @@ from each, added in band order afterwards; a plane's sum adds its column sums
 in column order and its band sums in band order. So the result is
 bit-identical for any number of threads, and nothing of plane size is
 allocated but the gradient. mixed_loss's pixel loss is taken in the same
-pass: each band takes its own rows' as it reads them, writing its gradient
-before the SSIM's is added.
+pass: each band sums its own rows' as it reads them, and a row's gradient
+is added to the SSIM's as that is written (no second pass over the gradient).
 """
 import functools
 import math
@@ -41,9 +41,9 @@ import numpy as np
 from numba import njit
 
 from .._neutral import sums_to_one
-from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, rows, window
+from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, run, window
 from ._math import like
-from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _block
+from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _block, _element, _times
 from ._threads import next_task, run_chunks, run_pulled, take_task
 
 BAND = 256          # output rows per task of a tall plane
@@ -51,6 +51,7 @@ STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
 STRIPS = 2          # strips a batch worth two threads is cut into at least (wider strip rows run faster)
 LANES = 8           # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16     # rows of a plane whose mean is its shift
+PIXEL_AT_ONCE = 1 << 19  # bytes of a strip's planes whose pixel loss a task takes before it reads them (in cache after)
 THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.35 ms: in a shorter call a pool thread, which
 #                       wakes ~0.1 ms late here, takes the GIL just as the caller wants it back, and costs more)
 
@@ -185,11 +186,12 @@ def _spread(values, first_plane, m, c0, c1, dst, negate):
 
 
 @njit(**KERNEL_OPTIONS)
-def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
+def _emit(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows):
     """A strip row's gradient at its columns first .. first + n (planes interleaved, neighbouring columns
     ``step`` apart) into out[0 .. n]: G^T A + y' G^T B + 2 (x - y) G^T C, the horizontal adjoint G^T of
     the vertical shares ``vb`` (win - 1 columns of zeros lead and trail) summed in the same loop; with
-    ``tout`` (not None) the target's into tout: G^T A' + x' G^T B + 2 (y - x) G^T C."""
+    ``tout`` (not None) the target's into tout: G^T A' + x' G^T B + 2 (y - x) G^T C. With ``pixel`` (see
+    _pixel_slopes; None: none), the pixel loss's gradients at the image rows ``pixel_rows`` added."""
     two = like(g_rev[0], 2.0)
     s, f = np.uint64(step), np.uint64(first)  # (unsigned indices: no test for negative ones, so it vectorises)
     a, b, c = vb[0], vb[1], vb[2]
@@ -205,24 +207,48 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout):
             gc += g_rev[t] * c[k]
             if tout is not None:
                 gy += g_rev[t] * vb[3, k]
-        out[j] = ga + yr[i] * gb + two * (xr[i] - yr[i]) * gc
+        gx = ga + yr[i] * gb + two * (xr[i] - yr[i]) * gc
         if tout is not None:
-            tout[j] = gy + xr[i] * gb + two * (yr[i] - xr[i]) * gc
+            gy = gy + xr[i] * gb + two * (yr[i] - xr[i]) * gc
+        if pixel is not None:
+            px, py = _pixel_slopes(pixel, pixel_rows[0][j], pixel_rows[1][j])
+            gx += px
+            gy += py
+        out[j] = gx
+        if tout is not None:
+            tout[j] = gy
+
+
+@njit(inline="always")
+def _pixel_slopes(pixel, x, y):
+    """scale dl/dx and scale dl/dy of the pixel loss l(x, y), ``pixel`` = (loss spec, identity activation,
+    scale): the pointwise pass's own element (so the same values as its gradient)."""
+    loss, identity, scale = pixel
+    _, slope, _, target_slope = _element(loss, identity, x, y)
+    return _times(slope, scale), _times(target_slope, scale)
+
+
+@njit(inline="always")
+def _pixel_first(pixel, m):
+    """Whether a strip of m planes writes the pixel loss's gradient as it reads the rows and adds the SSIM's
+    (several planes: their rows are short, and the pixel loss runs along each plane's rows of a few blocks),
+    rather than adding the pixel loss's to the SSIM's as that is written (one plane: in the same loop)."""
+    return pixel is not None and m > 1
 
 
 @njit(**KERNEL_OPTIONS)
 def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, queue, n_tasks,
-           sums, edges, pixel, identity, pixel_scale, pixel_sums):
+           sums, edges, pixel, pixel_sums):
     """The tasks this thread takes from ``queue`` (see _threads.run_pulled) of the n_tasks: task k is band
     k % bands of strip k // bands (m planes interleaved), its planes' moments about their shifts where
     ``shifting`` (see _plane_shifts), raw otherwise.
     Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
     ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
     band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1]). With a
-    ``pixel`` loss spec (not None), each input row the band owns gets that loss's sum added into
-    pixel_sums[k] and pixel_scale times its gradient written into ``grad`` (``tgrad``) as it is loaded, before
-    the SSIM's is added (``accumulate``): the band's own rows, those of its output rows (the last band's also
-    those below), so that each row is taken once."""
+    ``pixel`` loss (see _pixel_slopes; None: none), each input row the band owns gets that loss's sum added
+    into pixel_sums[k] as it is loaded (the band's own rows: those of its output rows, the last band's also
+    those below, so that each row is taken once), and its gradient written then, the SSIM's added
+    (``accumulate``), or added to the SSIM's as that is written (see _pixel_first)."""
     k = take_task(queue)
     if k >= n_tasks:
         return  # (a thread that came too late: nothing allocated)
@@ -233,8 +259,8 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
     wvp = wp - win + 1            # output columns of one plane row
     width, wv = m * wp, m * wvp   # input and output columns of a strip row, planes interleaved
     dtype = x.dtype
-    # image rows the pixel loss takes at a time: runs of a few blocks, but at most win, as a row's gradient
-    # goes out once win - 1 rows below it are read, and the pixel loss's must be written before
+    # image rows the pixel loss takes at a time as they are read: runs of a few blocks, but at most win, as a
+    # row's gradient goes out once win - 1 rows below it are read, and the pixel loss's may be written before
     group = min(win, max(1, 4 * BLOCK // w))
     maps = 3
     if tgrad is not None:
@@ -258,6 +284,8 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
         mk = min(m, n_planes - p0)            # (the last strip may hold fewer: its columns lie closer)
         n_in, n_out, lead = wp * mk, wvp * mk, (win - 1) * mk
         n_vec = _lanes(n_out)
+        first = _pixel_first(pixel, mk)
+        at_once = first and mk * h * w * x.itemsize <= PIXEL_AT_ONCE
         o0, o1 = band * bands_height(hv, bands), min(hv, (band + 1) * bands_height(hv, bands))
         i0, i1 = o0, o1 + win - 1
         lo, hi = max(o0, pad), min(i1 if band == bands - 1 else o1, pad + h)  # the band's own image rows
@@ -282,13 +310,18 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
             _spread(plane_shift, 0, mk, 0, wp, pad_row, True)
             _row_moments(g, pad_row, pad_row, n_in, prod, pad_moments, n_vec, mk)
+        if pixel is not None and at_once:  # (small planes: all their rows in few runs, before any row's SSIM gradient is added)
+            pixel_total = _pixel_rows(pixel, x, y, grad, tgrad, p0, mk, lo - pad, hi - pad)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
                 _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs[i % size], ys[i % size])
-                if pixel is not None and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
+                if pixel is not None and not at_once and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
                     r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
-                    pixel_total += _pixel_rows(pixel, identity, x, y, grad, tgrad, pixel_scale, p0, mk,
-                                               r1 - 1 - (i - lo) % group, r1)
+                    r0 = r1 - 1 - (i - lo) % group
+                    if first:
+                        pixel_total += _pixel_rows(pixel, x, y, grad, tgrad, p0, mk, r0, r1)
+                    else:
+                        pixel_total += _pixel_rows(pixel, x, y, None, None, p0, mk, r0, r1)
                 _row_moments(g, xs[i % size], ys[i % size], n_in, prod, ring[i % size], n_vec, mk)
             else:
                 ring[i % size] = pad_moments
@@ -318,46 +351,59 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
                 for b in range(p, e + 1):
                     if pad <= b < pad + h:
                         _deliver(g_rev, vb[b - p], xs[b % size], ys[b % size], b, pad, mk, w, k, band, bands, o0, o1,
-                                 p0, accumulate, grad, tgrad, edges, flat)
+                                 p0, accumulate or first, grad, tgrad, edges, flat, x, y, pixel)
         k = next_task(queue)
 
 
 @njit(inline="always")
-def _pixel_rows(loss, identity, x, y, grad, tgrad, scale, p0, m, r0, r1):
-    """Rows r0 .. r1 - 1 of planes p0 .. p0 + m - 1 (each plane's a contiguous run): the sum of the pixel loss
-    (blocks summed in the data's dtype, as the pointwise loop does), scale times its gradient written into
-    ``grad`` (``tgrad``) unless None."""
+def _pixel_rows(pixel, x, y, grad, tgrad, p0, m, r0, r1):
+    """Rows r0 .. r1 - 1 of planes p0 .. p0 + m - 1 (each plane's a contiguous run, whole planes one run): the
+    sum of the pixel loss (blocks summed in the data's dtype, as the pointwise loop does), its gradients (see
+    _pixel_slopes) written into ``grad`` (``tgrad``) unless None."""
+    h, w = x.shape[1], x.shape[2]
+    if r0 == 0 and r1 == h:  # (a view per run costs atomic reference counts: few runs for small planes)
+        return _pixel_run(pixel, x, y, grad, tgrad, p0 * h * w, (p0 + m) * h * w)
     total = 0.0
     for q in range(m):
-        xr, yr = x[p0 + q, r0:r1].reshape(-1), y[p0 + q, r0:r1].reshape(-1)
-        gr, tr = rows(grad, p0 + q, r0, r1), rows(tgrad, p0 + q, r0, r1)
-        for b in range(0, xr.size, BLOCK):
-            e = min(b + BLOCK, xr.size)
-            block_sum, _ = _block(loss, identity, xr[b:e], yr[b:e], None, window(gr, b, e), None, None,
-                                  window(tr, b, e), scale)
-            total += block_sum
+        total += _pixel_run(pixel, x, y, grad, tgrad, ((p0 + q) * h + r0) * w, ((p0 + q) * h + r1) * w)
     return total
 
 
 @njit(inline="always")
-def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumulate, grad, tgrad, edges, flat):
+def _pixel_run(pixel, x, y, grad, tgrad, start, stop):
+    """_pixel_rows over the elements start .. stop - 1 of the arrays' flat order."""
+    loss, identity, scale = pixel
+    xr, yr, gr, tr = run(x, start, stop), run(y, start, stop), run(grad, start, stop), run(tgrad, start, stop)
+    total = 0.0
+    for b in range(0, xr.size, BLOCK):
+        e = min(b + BLOCK, xr.size)
+        block_sum, _ = _block(loss, identity, xr[b:e], yr[b:e], None, window(gr, b, e), None, None,
+                              window(tr, b, e), scale)
+        total += block_sum
+    return total
+
+
+@njit(inline="always")
+def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumulate, grad, tgrad, edges, flat, x, y,
+             pixel):
     """Input row p's gradients from its vertical shares ``vb``: straight into ``grad`` (and ``tgrad``) when
     the strip holds one plane, or by way of ``flat`` (planes interleaved): kept in ``edges`` where another
-    band also touches the row, or added where ``accumulate``, or written."""
+    band also touches the row, or added where ``accumulate``, or written; the pixel loss's (unless None)
+    added in the direct path (see _pixel_first)."""
     r = p - pad
     head, tail = band > 0 and p < o0 + len(g_rev) - 1, band < bands - 1 and p >= o1
     if m == 1 and not (head or tail or accumulate):
         if tgrad is None:
-            _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], None)
+            _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], None, pixel, (x[p0, r], y[p0, r]))
         else:
-            _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], tgrad[p0, r])
+            _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], tgrad[p0, r], pixel, (x[p0, r], y[p0, r]))
         return
     n = w * m
     part, row = (0, p - o0) if head else (1, p - o1)
     if tgrad is None:
-        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], None)
+        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], None, None, None)
     else:
-        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], flat[1])
+        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], flat[1], None, None)
         _route(flat[1], edges, k, part, 1, row, head or tail, tgrad, p0, r, m, w, accumulate)
     _route(flat[0], edges, k, part, 0, row, head or tail, grad, p0, r, m, w, accumulate)
 
@@ -406,12 +452,15 @@ def bands_height(hv, bands):
 
 
 @njit(**KERNEL_OPTIONS)
-def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_strip, m):
+def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_strip, m, x, y, pixel, which):
     """The rows two bands share: the upper band's part, then the lower band's, added into the gradient
-    (``edges`` of one of the gradients: (tasks, part, row, plane, column))."""
+    (``edges`` of one of the gradients: (tasks, part, row, plane, column); x's, ``which`` 0, or y's, 1),
+    and the pixel loss's (unless None) where the strip did not write it first (see _pixel_first)."""
     n_planes = grad.shape[0]
     hv = h + 2 * pad - win + 1
     for strip in range(first_strip, stop_strip):
+        mk = min(m, n_planes - strip * m)
+        first = _pixel_first(pixel, mk)
         for band in range(1, bands):
             o0 = band * bands_height(hv, bands)
             upper, lower = strip * bands + band - 1, strip * bands + band
@@ -419,10 +468,12 @@ def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_s
                 r = o0 + row - pad
                 if r < 0 or r >= h:
                     continue
-                for q in range(min(m, n_planes - strip * m)):
+                for q in range(mk):
                     for c in range(grad.shape[2]):
                         v = edges[upper, 1, row, q, c] + edges[lower, 0, row, q, c]
-                        if accumulate:
+                        if pixel is not None and not first:
+                            v += _pixel_slopes(pixel, x[strip * m + q, r, c], y[strip * m + q, r, c])[which]
+                        if accumulate or first:
                             grad[strip * m + q, r, c] += v
                         else:
                             grad[strip * m + q, r, c] = v
@@ -471,12 +522,11 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     """The SSIM sums of the planes of x, y (P, H, W), in threads over strips and bands (see
     fastae/backends.md and the module docstring); ``scales`` (P,) scales each plane's gradient, written
     into ``grad`` and, unless None, the target's into ``target_grad`` in the same pass. With ``pixel`` =
-    (loss, scale), also the pixel loss of each row as it is read: its gradient times scale written, the
-    SSIM's added (so ``accumulate`` must be False), and (per-plane sums, the loss's float64 total) returned."""
-    if pixel is not None:
-        if accumulate:
-            raise ValueError("ssim_planes: pixel writes the gradient, so accumulate must be False")
-        accumulate = True  # (the SSIM's gradient is added to the pixel loss's)
+    (loss, scale), also the pixel loss of each row as it is read, its gradient times scale added to the
+    SSIM's as each is written (``accumulate`` must be False), and (per-plane sums, the loss's float64 total)
+    returned."""
+    if pixel is not None and accumulate:
+        raise ValueError("ssim_planes: pixel writes the gradient, so accumulate must be False")
     n_planes, h, w = x.shape
     dtype = x.dtype
     shifting, taps = _taps(np.asarray(g, np.float64).tobytes(), dtype)
@@ -489,21 +539,18 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     both = 2 if target_grad is not None else 1
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
-    pixel_spec, identity, pixel_scale = None, None, dtype.type(0.0)
-    if pixel is not None:
-        pixel_spec, identity, pixel_scale = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), \
-            dtype.type(pixel[1])
+    if pixel is not None:  # (loss, identity activation, scale): see _pixel_slopes
+        pixel = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), dtype.type(pixel[1])
     pixel_sums = np.zeros(tasks)
     positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
     run_pulled(lambda queue: _tasks(x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
-                                    accumulate, m, bands, queue, tasks, sums, edges, pixel_spec,
-                                    identity, pixel_scale, pixel_sums),
+                                    accumulate, m, bands, queue, tasks, sums, edges, pixel, pixel_sums),
                tasks, threads=max(1, positions // THREAD_WORK))
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
             part = np.ascontiguousarray(edges[:, :, which])
-            run_chunks(lambda first, stop: _join_bands(part, bands, win, pad, h, buffer, accumulate, first, stop, m),
-                       strips, min_per_thread=1)
+            run_chunks(lambda first, stop: _join_bands(part, bands, win, pad, h, buffer, accumulate, first, stop, m,
+                                                       x, y, pixel, which), strips, min_per_thread=1)
     per_plane = sums if bands == 1 else sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
     per_plane = per_plane.reshape(-1)[:n_planes].copy()
     return per_plane if pixel is None else (per_plane, math.fsum(pixel_sums))
