@@ -11,10 +11,12 @@ median kept.
 import math
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 import fastae as fa
 from fastae._neutral import gaussian_window
@@ -222,11 +224,50 @@ SSIM_CASES = [("ssim_loss", (8, 3, 256, 256), "valid"), ("ssim_loss", (1, 3, 102
               ("mixed_loss", (8, 3, 256, 256), "valid")]
 
 
+SSIM_FLOPS = 440  # flops a pixel of SSIM f+b takes: five 11-tap separable moment maps forward, three back, and
+#                   the pointwise maths (fastae filters four maps forward: 396)
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _fma_chains(a, out, reps):
+    """32 dependent multiply-adds on each element of ``a`` (small: in L1), ``reps`` times: the elements are
+    independent, so the vector FMA units (at the width the kernels are compiled for) never wait."""
+    c = a.dtype.type(0.5)
+    for _ in range(reps):
+        for j in range(a.size):
+            v = a[j]
+            u = v
+            for _ in range(32):
+                u = u * v + c
+            out[j] = u
+
+
+def flop_peak(threads, seconds=0.1):
+    """float32 GFLOP/s of multiply-adds on ``threads`` threads at once (the most of a few tries): the limit
+    that the SSIM rows' 'of limit' columns hold the kernels against."""
+    arrays = [(np.full(512, 0.9, np.float32), np.empty(512, np.float32)) for _ in range(threads)]
+    _fma_chains(*arrays[0], 1)  # (compile)
+    start = time.perf_counter()
+    _fma_chains(*arrays[0], 100)
+    reps = max(1, int(100 * seconds / max(time.perf_counter() - start, 1e-9) / 3))
+    best = 0.0
+    for _ in range(3):
+        workers = [threading.Thread(target=_fma_chains, args=(a, o, reps)) for a, o in arrays]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        best = max(best, threads * reps * 512 * 32 * 2 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
     """The SSIM family, float32 forward+backward, against pytorch-msssim (1 - ssim or 1 - ms_ssim, plus
     F.l1_loss for the mixed loss, autograd) at fastae's thread counts ``threads`` (torch: all cores):
-    Mpixel/s, the ratio to the peer, the speed-up of the second thread count over the first, and for the
-    small 'same' patches their rate over the first case's at each thread count."""
+    Mpixel/s, for ssim_loss the fraction of the flop limit (SSIM_FLOPS a pixel at flop_peak), the ratio to
+    the peer, the speed-up of the second thread count over the first, and for the small 'same' patches
+    their rate over the first case's at each thread count."""
     rng = np.random.default_rng(0)
     try:
         import torch
@@ -235,6 +276,7 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
         from pytorch_msssim import ssim as peer_ssim
     except ImportError:
         torch = None
+    peaks = {n: flop_peak(n) for n in threads}
     rows = []
     for kind, shape, padding in cases:
         x, y = image_pair(rng, shape)
@@ -268,6 +310,9 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
         row = {"loss": kind, "images": "x".join(map(str, shape)), "padding": padding}
         for n, seconds in zip(threads, ours_times):
             row[f"{n}T Mpx/s"] = x.size / seconds / 1e6
+        if kind == "ssim_loss":
+            for n, seconds in zip(threads, ours_times):
+                row[f"{n}T of limit"] = x.size * SSIM_FLOPS / seconds / 1e9 / peaks[n]
         row[f"{threads[-1]}T/{threads[0]}T"] = ours_times[0] / ours_times[-1]
         if kind == "mixed_loss":
             row["x ssim_loss time"] = ours_times[-1] / rest.pop(0)

@@ -496,11 +496,31 @@ def test_mixed_loss_takes_the_pixel_loss_in_the_ssim_pass(rng, monkeypatch, dtyp
     assert_close(target_grad, fa.mixed_loss(y, x, grad=True, **kw).grad, dtype, "target grad")
 
 
-def test_bench_rows_hold_small_patches_against_the_big_batch():
-    """fastae bench's SSIM rows: Mpixel/s at each thread count, the peer's ratio where it has the padding,
-    and the 'same' patches' rate over the first case's, thread count for thread count (the issue's bar)."""
-    from fastae.bench import ssim_rows
-    rows = ssim_rows(1, cases=[("ssim_loss", (1, 2, 40, 40), "valid"), ("ssim_loss", (8, 1, 16, 16), "same")])
-    big, small = rows
+def test_bench_rows_hold_small_patches_against_the_big_batch(monkeypatch):
+    """fastae bench's SSIM rows: Mpixel/s at each thread count, for ssim_loss the fraction of the flop limit
+    (SSIM_FLOPS a pixel at the measured multiply-add peak), the peer's ratio where it has the padding, and
+    the 'same' patches' rate over the first case's, thread count for thread count (the issue's bar)."""
+    import fastae.bench as bench
+    monkeypatch.setattr(bench, "flop_peak", lambda threads: 50.0 * threads)
+    rows = bench.ssim_rows(1, cases=[("ssim_loss", (1, 2, 40, 40), "valid"), ("ssim_loss", (8, 1, 16, 16), "same"),
+                                     ("mixed_loss", (1, 1, 30, 30), "valid")])
+    big, small, mixed = rows
     assert big["x peer"] > 0 and "x peer" not in small and "x big batch" not in big
     assert small["x big batch"] == "/".join(f"{small[f'{n}T Mpx/s'] / big[f'{n}T Mpx/s']:.2f}" for n in (1, 2))
+    for row in (big, small):
+        for n in (1, 2):
+            assert row[f"{n}T of limit"] == pytest.approx(row[f"{n}T Mpx/s"] * 1e6 * bench.SSIM_FLOPS / 1e9 / (50.0 * n))
+    assert "1T of limit" not in mixed and mixed["x ssim_loss time"] > 0
+
+
+def test_flop_peak_counts_the_multiply_adds_it_times():
+    """The limit the SSIM rows are held against: 32 multiply-adds (64 flops) an element per repetition, timed,
+    on each thread at once; more than a GFLOP/s on any machine that runs the kernels at all."""
+    from fastae.bench import _fma_chains, flop_peak
+    a, out = np.full(512, 0.9, np.float32), np.empty(512, np.float32)
+    _fma_chains(a, out, 2)
+    expected = np.float32(0.9)
+    for _ in range(32):
+        expected = np.float32(expected * np.float32(0.9) + np.float32(0.5))
+    np.testing.assert_allclose(out, expected, rtol=1e-5)  # (contracted into FMAs: the last bits may differ)
+    assert flop_peak(1, seconds=0.02) > 1.0
