@@ -361,7 +361,7 @@ def _pixel_rows(pixel, x, y, grad, tgrad, p0, m, r0, r1):
     sum of the pixel loss (blocks summed in the data's dtype, as the pointwise loop does), its gradients (see
     _pixel_slopes) written into ``grad`` (``tgrad``) unless None."""
     h, w = x.shape[1], x.shape[2]
-    if r0 == 0 and r1 == h:  # (a view per run costs atomic reference counts: few runs for small planes)
+    if r0 == 0 and r1 == h:  # (whole planes: one run; short runs, two a 16^2 plane, cost 12% of its SSIM)
         return _pixel_run(pixel, x, y, grad, tgrad, p0 * h * w, (p0 + m) * h * w)
     total = 0.0
     for q in range(m):
