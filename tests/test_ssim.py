@@ -514,13 +514,13 @@ def test_bench_rows_hold_small_patches_against_the_big_batch(monkeypatch):
 
 
 def test_flop_peak_counts_the_multiply_adds_it_times():
-    """The limit the SSIM rows are held against: 32 multiply-adds (64 flops) an element per repetition, timed,
-    on each thread at once; more than a GFLOP/s on any machine that runs the kernels at all."""
+    """The limit the SSIM rows are held against: 32 multiply-adds (64 flops) an element per repetition, in four
+    chains, timed on each thread at once; more than a GFLOP/s on any machine that runs the kernels at all."""
     from fastae.bench import _fma_chains, flop_peak
-    a, out = np.full(512, 0.9, np.float32), np.empty(512, np.float32)
+    a, out = np.linspace(0.1, 0.9, 512, dtype=np.float32), np.empty(512, np.float32)
     _fma_chains(a, out, 2)
-    expected = np.float32(0.9)
-    for _ in range(32):
-        expected = np.float32(expected * np.float32(0.9) + np.float32(0.5))
-    np.testing.assert_allclose(out, expected, rtol=1e-5)  # (contracted into FMAs: the last bits may differ)
+    chains = [a.astype(np.float64) + start for start in (0.0, 0.25, 0.5, 0.75)]
+    for _ in range(8):
+        chains = [u * a + 0.5 for u in chains]
+    np.testing.assert_allclose(out, (chains[0] + chains[1]) + (chains[2] + chains[3]), rtol=1e-5)
     assert flop_peak(1, seconds=0.02) > 1.0
