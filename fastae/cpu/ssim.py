@@ -31,8 +31,9 @@ from each, added in band order afterwards; a plane's sum adds its column sums
 in column order and its band sums in band order. So the result is
 bit-identical for any number of threads, and nothing of plane size is
 allocated but the gradient. mixed_loss's pixel loss is taken in the same
-pass: each band sums its own rows' as it reads them, and a row's gradient
-is added to the SSIM's as that is written (no second pass over the gradient).
+pass: each band sums its own rows' as it reads them; a row's gradient joins
+the SSIM's in the loop that writes it (a strip of one plane) or is written
+first, the SSIM's added (several planes; see _pixel_first).
 """
 import functools
 import math
