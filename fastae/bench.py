@@ -11,7 +11,6 @@ median kept.
 import math
 import os
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -228,17 +227,20 @@ SSIM_FLOPS = 440  # flops a pixel of SSIM f+b takes: five 11-tap separable momen
 #                   the pointwise maths (fastae filters four maps forward: 396)
 
 
+FMA_ELEMENTS, FMA_CHAIN = 512, 32  # flop_peak: elements a thread (in L1), multiply-adds an element a repetition
+
+
 @njit(nogil=True, fastmath={"contract"}, cache=True)  # (no reassoc: LLVM would share the chains' powers of v)
 def _fma_chains(a, out, reps):
-    """Four independent chains of 8 multiply-adds on each element of ``a`` (small: in L1), ``reps`` times, at
-    the vector width the kernels are compiled for: enough independent work that the FMA units never wait
-    (one 32-long chain an element leaves them idle a third of the time here)."""
-    c, q, h, t = a.dtype.type(0.5), a.dtype.type(0.25), a.dtype.type(0.5), a.dtype.type(0.75)
+    """FMA_CHAIN multiply-adds on each element of ``a``, in four independent chains, ``reps`` times, at the
+    vector width the kernels are compiled for: enough independent work that the FMA units never wait (one
+    32-long chain an element leaves them idle a third of the time here)."""
+    c, q, t = a.dtype.type(0.5), a.dtype.type(0.25), a.dtype.type(0.75)
     for _ in range(reps):
         for j in range(a.size):
             v = a[j]
-            u0, u1, u2, u3 = v, v + q, v + h, v + t
-            for _ in range(8):
+            u0, u1, u2, u3 = v, v + q, v + c, v + t
+            for _ in range(FMA_CHAIN // 4):
                 u0 = u0 * v + c
                 u1 = u1 * v + c
                 u2 = u2 * v + c
@@ -247,22 +249,23 @@ def _fma_chains(a, out, reps):
 
 
 def flop_peak(threads, seconds=0.1):
-    """float32 GFLOP/s of multiply-adds on ``threads`` threads at once (the most of a few tries): the limit
-    that the SSIM rows' 'of limit' columns hold the kernels against."""
-    arrays = [(np.full(512, 0.9, np.float32), np.empty(512, np.float32)) for _ in range(threads)]
+    """float32 GFLOP/s of multiply-adds on ``threads`` of fastae's threads at once (run_chunks, as the kernels
+    get them; the most of a few tries): the limit that the SSIM rows' 'of limit' columns hold the kernels
+    against."""
+    arrays = [(np.full(FMA_ELEMENTS, 0.9, np.float32), np.empty(FMA_ELEMENTS, np.float32)) for _ in range(threads)]
     _fma_chains(*arrays[0], 1)  # (compile)
     start = time.perf_counter()
     _fma_chains(*arrays[0], 100)
     reps = max(1, int(100 * seconds / max(time.perf_counter() - start, 1e-9) / 3))
+
+    def chains(first, stop):
+        for a, out in arrays[first:stop]:
+            _fma_chains(a, out, reps)
     best = 0.0
     for _ in range(3):
-        workers = [threading.Thread(target=_fma_chains, args=(a, o, reps)) for a, o in arrays]
         start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        best = max(best, threads * reps * 512 * 32 * 2 / (time.perf_counter() - start) / 1e9)
+        _with_threads(threads, lambda: run_chunks(chains, threads, min_per_thread=1))
+        best = max(best, threads * reps * FMA_ELEMENTS * FMA_CHAIN * 2 / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -280,7 +283,7 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
         from pytorch_msssim import ssim as peer_ssim
     except ImportError:
         torch = None
-    peaks = {n: flop_peak(n) for n in threads}
+    peaks = {}  # (measured for the first ssim_loss row)
     rows = []
     for kind, shape, padding in cases:
         x, y = image_pair(rng, shape)
@@ -315,6 +318,7 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
         for n, seconds in zip(threads, ours_times):
             row[f"{n}T Mpx/s"] = x.size / seconds / 1e6
         if kind == "ssim_loss":
+            peaks = peaks or {n: flop_peak(n) for n in threads}
             for n, seconds in zip(threads, ours_times):
                 row[f"{n}T of limit"] = x.size * SSIM_FLOPS / seconds / 1e9 / peaks[n]
         row[f"{threads[-1]}T/{threads[0]}T"] = ours_times[0] / ours_times[-1]
