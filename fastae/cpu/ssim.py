@@ -53,8 +53,11 @@ STRIPS = 2          # strips a batch worth two threads is cut into at least (wid
 LANES = 8           # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16     # rows of a plane whose mean is its shift
 PIXEL_AT_ONCE = 1 << 19  # bytes of a strip's planes whose pixel loss a task takes before it reads them (in cache after)
-THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.35 ms: in a shorter call a pool thread, which
-#                       wakes ~0.1 ms late here, takes the GIL just as the caller wants it back, and costs more)
+THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.3 ms). In a shorter call a pool thread costs
+#   more than it brings: it wakes in ~10 us, but needs the GIL, which the caller holds until its own nogil call,
+#   so it starts ~50 us after the caller, and wants the GIL back just as the caller does (128x1x16^2 'same' on
+#   two threads: 340-360 us a call back to back, against 300 on one). Numba's OpenMP team (no GIL) did it in
+#   135 us, but only while its threads busy-wait, and Numba forbids changing NUMBA_NUM_THREADS once it runs.
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
