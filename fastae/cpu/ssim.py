@@ -53,14 +53,9 @@ STRIPS = 2          # strips a batch worth two threads is cut into at least (wid
 LANES = 8           # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16     # rows of a plane whose mean is its shift
 PIXEL_AT_ONCE = 1 << 19  # bytes of a strip's planes whose pixel loss a task takes before it reads them (in cache after)
-THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.3 ms). In a shorter call a pool thread costs
-#   more than it brings: it wakes in ~10 us, but needs the GIL, which the caller holds until its own nogil call,
-#   so it starts ~50 us after the caller, and wants the GIL back just as the caller does (128x1x16^2 'same' on
-#   two threads: 340-360 us a call, against 300 on one, in 10 ms samples after 20 ms pauses). Threads that wait
-#   busy without the GIL between calls (Numba's OpenMP team; pool threads lingering 1 ms in a nogil spin) do
-#   the call in 200 us, but only in an unbroken stream of calls: after a pause the first call costs 450-570 us
-#   (340 alone) and the next ~20 ramp from 280 to 220 us as the idle core wakes: no gain over a sample. And
-#   Numba forbids changing NUMBA_NUM_THREADS, fastae's thread count, once its own threads run.
+THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.3 ms): in a shorter call a pool thread starts
+#   ~50 us late (it waits for the GIL the caller holds) and costs more than it brings (128x1x16^2 'same': 340-360
+#   us on two threads, 300 on one). Threads busy-waiting without the GIL gain only in unbroken streams of calls.
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
