@@ -314,20 +314,34 @@ def test_rows_in_fours_and_rows_in_whole_vectors_at_their_edges(rng, padding, wi
 
 
 def test_a_last_strip_with_fewer_planes_clears_the_first_strips_scratch(rng):
-    """41 planes of 17x17, 'same': strips of 21 and 20 planes, rows of 357 and 340 output columns run to
-    360 and 344, so the second strip's scratch columns held the first's numbers: its gradient still
+    """41 planes of 17x17, 'same': strips of 16, 16 and 9 planes, rows of 272, 272 and 153 output columns,
+    the last run to 160, so its scratch columns held the first strips' numbers: its gradient still
     matches the float64 reference, and each plane's equals the plane's alone."""
     from fastae.cpu import ssim as cpu_ssim
     pred, target = image_pair(rng, (41, 1, 17, 17), np.float64)
-    assert cpu_ssim.layout(41, 17, 17, 5, 11)[0] == 21
+    assert cpu_ssim.layout(41, 17, 17, 5, 11)[0] == 16
     value, grad = fa.ssim(pred, target, padding="same", grad=True)
     ref_value, ref_grad = ssim_same_padding(pred, target)
     assert_close(value, ref_value, np.float64, "value")
     assert_close(grad, ref_grad, np.float64, "grad")
     together = fa.ssim(pred, target, padding="same", reduction="none", grad=True)
-    for i in (0, 20, 21, 40):
+    for i in (0, 15, 16, 31, 32, 40):
         alone = fa.ssim(pred[i:i + 1], target[i:i + 1], padding="same", reduction="none", grad=True)
         np.testing.assert_array_equal(alone.grad[0], together.grad[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_strips_of_whole_vectors_of_planes_change_no_bit(rng, monkeypatch, dtype):
+    """A strip takes a multiple of 8 planes where the last strip is left at least half full (256 planes
+    of 16x16: 8 strips of 32, not 7 of 37; 51: 26 and 25 still, as 24 would leave 3); the value and both
+    gradients are the same bits as with strips alike."""
+    from fastae.cpu import ssim as cpu_ssim
+    assert [cpu_ssim.layout(p, 16, 16, 5, 11)[0] for p in (256, 51, 7)] == [32, 26, 7]
+    pred, target = image_pair(rng, (64, 4, 16, 16), dtype)
+    new = fa.mixed_loss(pred, target, alpha=0.2, padding="same", grad=True, target_grad=True)
+    monkeypatch.setattr(cpu_ssim, "layout", lambda planes, *sizes: (37, 1))
+    old = fa.mixed_loss(pred, target, alpha=0.2, padding="same", grad=True, target_grad=True)
+    assert [a.tobytes() for a in new] == [a.tobytes() for a in old]
 
 
 def torch_target_grad(pred, target, padding, **kw):
