@@ -522,11 +522,11 @@ def layout(planes, h, w, pad, win):
         m = max(1, min(m, -(-planes // STRIPS)))
     if planes:
         m = -(-planes // -(-planes // m))  # strips alike (the last one at most one plane short)
-    if m > LANES:  # a multiple of LANES planes runs in 5-12% less time than strips alike (measured), unless the last
-        whole = m - m % LANES  # strip is left less than half full (its short rows run slowly)
-        last = planes % whole
-        if last == 0 or 2 * last >= whole:
-            m = whole
+    # a multiple of LANES planes runs in 5-12% less time than strips alike (measured), unless that leaves the
+    # last strip less than half full (its short rows run slowly)
+    whole = m - m % LANES
+    if m > LANES and (planes % whole == 0 or 2 * (planes % whole) >= whole):
+        m = whole
     bands = max(1, min(-(-hv // BAND), hv // max(2 * win, 1)))  # a band holds at least two windows
     return m, bands
 
