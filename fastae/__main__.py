@@ -1,6 +1,6 @@
 """``python -m fastae``: the fastae command."""
 import sys
 
-from .cli import main
+from .cli import command
 
-sys.exit(main())
+sys.exit(command())

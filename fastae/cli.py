@@ -219,18 +219,6 @@ def _check_conv(sub, args, argv):
         sub.exit(2, "".join(f"{sub.prog}: error: {line}\n" for line in lines))
 
 
-def _end_torchrun_worker():
-    """Ends a torchrun worker that did its work without finalizing the interpreter. gloo's worker threads
-    outlive the process group (DistributedDataParallel leaves it referenced from C++, so
-    destroy_process_group does not join them) and may drop the last C++ reference to a tensor Python owns
-    after finalization began; taking the GIL then ends the thread inside a destructor and aborts the
-    process ("terminate called without an active exception"; 2 runs in 25 on a busy machine). Every file
-    the job wrote is closed by now; only the standard streams need flushing."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
@@ -262,8 +250,6 @@ def main(argv=None):
         args.code = args.code or (8 if getattr(args, "model", "dense") == "conv" else DEFAULTS["code"])
         from . import train as train_module
         (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _end_torchrun_worker()
         return 0
     if args.cuda:
         from . import bench_cuda
@@ -275,5 +261,20 @@ def main(argv=None):
     return 0
 
 
+def command():
+    """The ``fastae`` command and ``python -m fastae``: main() on the process's arguments. A torchrun worker
+    then ends at once, without finalizing the interpreter: gloo's worker threads outlive the process group
+    (DistributedDataParallel leaves it referenced from C++, so destroy_process_group does not join them)
+    and one may drop the last C++ reference to a tensor Python owns after finalization began; taking the
+    GIL then ends that thread inside a destructor and aborts the process ("terminate called without an
+    active exception"; 2 runs in 25 on a busy machine). Every file the job wrote is closed by then."""
+    status = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -83,14 +83,18 @@ def test_outputs_and_metrics(two_processes, tmp_path):
     assert metrics["pca"]["code"] == 128 and "PCA" in stdout
 
 
-def test_a_torchrun_worker_ends_at_once_with_its_output_flushed():
-    """A torchrun worker leaves without finalizing the interpreter (where gloo's threads can abort it),
-    so nothing after the job runs, and what it printed to block-buffered pipes still arrives."""
-    code = ("import sys; from fastae.cli import _end_torchrun_worker; print('trained', end=''); "
-            "sys.stderr.write('warned'); _end_torchrun_worker(); sys.exit(3)")
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_torchrun_worker_ends_at_once_with_its_output_flushed(world_size):
+    """The command in a torchrun worker (WORLD_SIZE > 1) leaves without finalizing the interpreter (where
+    gloo's threads can abort it): nothing registered to run at exit runs, and what it printed to
+    block-buffered pipes still arrives. Elsewhere it returns as usual."""
+    code = ("import atexit, sys; import fastae.cli as cli; atexit.register(lambda: print(' finalized', end=''));"
+            "cli.main = lambda: print('trained', end='') or sys.stderr.write('warned') and 0; sys.exit(cli.command())")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (block-buffered pipes)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "trained", "warned")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**env, "WORLD_SIZE": world_size})
+    stdout = "trained" if world_size == "2" else "trained finalized"
+    assert (result.returncode, result.stdout, result.stderr) == (0, stdout, "warned")
 
 
 def test_bad_flags_one_line_each():
