@@ -82,6 +82,25 @@ def test_pytorch_msssim_ms_ssim(rng, dtype, shape):
                 peer(pm.MS_SSIM(channel=shape[1], spatial_dims=dims), x, y), dtype, rtol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 37, 41), (1, 2, 9, 20, 17), (2, 3, 170, 165)])
+def test_pytorch_msssim_filters_each_channel_with_its_own_window(rng, dtype, shape):
+    """A ``win`` with a different row per channel (pytorch-msssim's grouped convolution filters each channel
+    with its own), asymmetric and not summing to 1; a window count that fits no channel count is refused."""
+    x, y = pair(rng, shape, dtype)
+    rows = torch.tensor(rng.uniform(0.1, 1.0, (shape[1], 5)), dtype=dtype)
+    win = rows.reshape((shape[1], 1) + (1,) * (len(shape) - 3) + (5,))
+    rtol = 1e-4 if dtype == torch.float32 else None
+    for kw in [dict(data_range=1.0), dict(data_range=1.0, size_average=False)]:
+        assert_same(both(lambda a, b: fp.ssim(a, b, win=win, **kw), x, y),
+                    peer(lambda a, b: pm.ssim(a, b, win=win.double(), **kw), x, y), dtype, rtol)
+        if min(shape[-2:]) > 4 * 16:  # (ms-ssim: sides above (win_size - 1) * 2^4)
+            assert_same(both(lambda a, b: fp.ms_ssim(a, b, win=win, **kw), x, y),
+                        peer(lambda a, b: pm.ms_ssim(a, b, win=win.double(), **kw), x, y), dtype, rtol)
+    with pytest.raises(ValueError, match=f"win holds {shape[1] + 1} different windows for images of {shape[1]} "):
+        fp.ssim(x, y, win=torch.cat([win, win[:1] * 2]))
+
+
 def test_pytorch_msssim_small_images_are_not_smoothed_along_short_axes(rng):
     x, y = pair(rng, (2, 3, 8, 30), torch.float64)
     with warnings.catch_warnings(record=True) as caught:

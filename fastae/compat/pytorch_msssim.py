@@ -5,9 +5,10 @@ The same names, signatures and defaults (``data_range=255``, ``size_average``, `
 messages, images (N, C, H, W) or volumes (N, C, D, H, W), singleton axes after the channels squeezed
 as pytorch-msssim does, an axis shorter than the window left unsmoothed with a warning. Gradients flow
 to both images. The Gaussian window is pytorch-msssim's own (computed in float32, then cast to the
-images' dtype), so float64 results agree to rounding. ``win`` is read as one 1-D window (its first
-channel's: pytorch-msssim would filter each channel with its own).
+images' dtype), so float64 results agree to rounding. ``win`` (C, 1, ..., win_size) filters each
+channel with its own row, as pytorch-msssim's grouped convolution does (one pass when the rows are alike).
 """
+import functools
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -30,8 +31,15 @@ def _prepare(X, Y, win_size, win, win_sigma):
         win_size = win.shape[-1]
     if not (win_size % 2 == 1):
         raise ValueError("Window size should be odd.")
-    window = _window(win_size, win_sigma, 1, 1) if win is None else win
-    return X, Y, win_size, window.reshape(window.shape[0], -1)[0]
+    if win is None:
+        return win_size, [(X, Y, _gaussian(win_size, win_sigma))]
+    rows = win.detach().reshape(win.shape[0], -1).tolist()  # (as floats: torch.equal would wake torch's threads)
+    if all(row == rows[0] for row in rows):
+        return win_size, [(X, Y, rows[0])]
+    if len(rows) != X.shape[1]:
+        raise ValueError(f"win holds {len(rows)} different windows for images of {X.shape[1]} channels: "
+                         f"give one per channel, or one for all")
+    return win_size, [(X[:, c:c + 1], Y[:, c:c + 1], row) for c, row in enumerate(rows)]
 
 
 def _planes(X):
@@ -44,9 +52,10 @@ def ssim(X: Tensor, Y: Tensor, data_range: float = 255, size_average: bool = Tru
          nonnegative_ssim: bool = False) -> Tensor:
     """SSIM of X and Y (valid filtering): the mean over images and channels (``size_average``), else one
     value per image; ``nonnegative_ssim`` clamps each channel's SSIM at 0."""
-    X, Y, win_size, window = _prepare(X, Y, win_size, win, win_sigma)
-    per_channel = ft.ssim(_planes(X), _planes(Y), data_range, "none", win_size=win_size, sigma=win_sigma, k1=K[0],
-                          k2=K[1], window=window, small="skip").reshape(X.shape[:2])
+    win_size, groups = _prepare(X, Y, win_size, win, win_sigma)
+    values = [ft.ssim(_planes(x), _planes(y), data_range, "none", win_size=win_size, sigma=win_sigma, k1=K[0], k2=K[1],
+                      window=window, small="skip").reshape(x.shape[:2]) for x, y, window in groups]
+    per_channel = values[0] if len(values) == 1 else torch.cat(values, dim=1)
     if nonnegative_ssim:
         per_channel = torch.relu(per_channel)
     return per_channel.mean() if size_average else per_channel.mean(1)
@@ -56,12 +65,24 @@ def ms_ssim(X: Tensor, Y: Tensor, data_range: float = 255, size_average: bool = 
             win_sigma: float = 1.5, win: Optional[Tensor] = None, weights: Optional[List[float]] = None,
             K: Union[Tuple[float, float], List[float]] = (0.01, 0.03)) -> Tensor:
     """MS-SSIM of X and Y: five levels (or ``weights``), 2x average pooling between them."""
-    X, Y, win_size, window = _prepare(X, Y, win_size, win, win_sigma)
-    smaller_side = min(X.shape[-2:])
+    win_size, groups = _prepare(X, Y, win_size, win, win_sigma)
+    smaller_side = min(groups[0][0].shape[-2:])
     assert smaller_side > (win_size - 1) * (2 ** 4), \
         "Image size should be larger than %d due to the 4 downsamplings in ms-ssim" % ((win_size - 1) * (2 ** 4))
-    return ft.ms_ssim(X, Y, data_range, "mean" if size_average else "none", win_size=win_size, sigma=win_sigma,
-                      k1=K[0], k2=K[1], weights=weights, window=window, small="skip")
+    reduction = "mean" if size_average and len(groups) == 1 else "none"
+    values = [ft.ms_ssim(x, y, data_range, reduction, win_size=win_size, sigma=win_sigma, k1=K[0], k2=K[1],
+                         weights=weights, window=window, small="skip") for x, y, window in groups]
+    if len(groups) == 1:
+        return values[0]
+    per_image = torch.stack(values, dim=1).mean(1)  # (each group one channel: the mean over channels)
+    return per_image.mean() if size_average else per_image
+
+
+@functools.lru_cache(maxsize=16)
+def _gaussian(win_size, win_sigma):
+    """The values of pytorch-msssim's window (float32), once per size and sigma: building it costs a call on
+    a small image ~0.1 ms, which pytorch-msssim pays every time."""
+    return tuple(_window(win_size, win_sigma, 1, 1).reshape(-1).tolist())
 
 
 def _window(win_size, win_sigma, channel, spatial_dims):
