@@ -7,6 +7,7 @@
 - For any dictionary D, ``ista`` solves the same problem by (accelerated)
   proximal gradient descent, batched over signals.
 """
+import math
 import numbers
 import warnings
 from collections import namedtuple
@@ -186,7 +187,8 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     On a CUDA device: batched FISTA (``accelerated=True``, with adaptive
     momentum restart) or ISTA, step 1 / L with L = 2 ||D||_2^2, stopping when
     every signal's relative change is under ``tol`` (checked every few
-    steps), at most ``n_iter`` steps.
+    steps), at most ``n_iter`` steps. Signals and dictionaries of any finite
+    size are solved alike: those far from 1 are rescaled by powers of two.
     """
     call, a, d = _signals_and_dictionary(x, D, "D")
     alpha = check_number(alpha, "alpha", nonnegative=True)
@@ -199,22 +201,86 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     n, k = signals.shape[0], d.shape[1]
     # (On the CPU the products take one BLAS thread: its idle workers would spin on the cores the solver needs.)
     with np.errstate(invalid="ignore", over="ignore"), call.backend.one_blas_thread():
+        # LASSO is equivariant: codes(x, D, alpha) = (u / v) codes(v x, u D, u v alpha). Powers of two u, v bring
+        # D's entries and x D's into a range where no square in the solvers overflows or underflows (finite data
+        # gave NaN or silently wrong codes from |x| ~ 1e20 in float32, 1e200 in float64); they change no digit.
+        u = _power_of_two(_largest(xp, d))
+        d = _times(xp, d, u)
         b, gram = rows_times(signals, d), contiguous(d.T @ d)
         off, tolerance = _off_identity(gram, xp)
-        if off <= tolerance:  # an orthonormal dictionary: the exact optimum in closed form
+        if off <= tolerance:  # an orthonormal dictionary (never rescaled): the exact optimum in closed form
             return call.back(_orthonormal_codes(call, b, alpha).reshape(a.shape[:-1] + (k,)))
         codes = xp.zeros((n, k), a.dtype)
         # z = 0 is optimal exactly where |x D|_inf <= alpha / 2 (the optimality conditions at 0): one product
         # finds every all-zero code; only the other signals (NaN ones among them) are iterated.
-        live = xp.nonzero(~(xp.abs(b).max(axis=1) <= alpha / 2))[0]
+        largest = xp.abs(b).max(axis=1)
+        live = xp.nonzero(~(largest <= u * alpha / 2))[0]
         unfinished = 0
-        if live.size:
-            solved, unfinished = call.backend.lasso(contiguous(b[live]), gram, alpha, n_iter, tol, accelerated)
-            codes[live] = solved
+        for rows, products, v in _groups_of_like_size(xp, signals, live, b, largest, d):
+            solved, left = call.backend.lasso(products, gram, u * v * alpha, n_iter, tol, accelerated)
+            codes[rows] = _times(xp, solved, u / v)
+            unfinished += left
     if unfinished:
         warnings.warn(f"ista: {unfinished} of {n} signals still moved by more than tol={tol:g} after "
                       f"n_iter={n_iter} iterations; raise n_iter", ConvergenceWarning, stacklevel=3)
     return call.back(codes.reshape(a.shape[:-1] + (k,)))
+
+
+SCALE_RANGE = 2.0 ** 16  # ista rescales D, and x D, whose largest magnitude lies outside [1 / this, this]
+
+
+def _largest(xp, a):
+    """max |a| (NaN if a holds one; 0 if empty), without a temporary of a's size."""
+    return max(float(xp.max(a)), -float(xp.min(a))) if a.size else 0.0
+
+
+def _power_of_two(largest):
+    """The power of two t with t * largest in [1/2, 1) where ``largest`` is finite, positive and outside
+    [1 / SCALE_RANGE, SCALE_RANGE]; else 1."""
+    if not 0 < largest < math.inf or 1 / SCALE_RANGE <= largest <= SCALE_RANGE:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(largest)[1])
+
+
+def _times(xp, a, t):
+    """a * t in a's dtype (t a power of two, or 1: a itself), taken in float64 (t may exceed float32's range)."""
+    return a if t == 1 else (a * xp.float64(t)).astype(a.dtype)
+
+
+def _groups_of_like_size(xp, signals, live, b, largest, d):
+    """The live signals (rows ``live`` of ``signals``, their products ``b`` = x d, each row's largest |b|
+    ``largest``) as groups (rows, v b[rows], v) solved apart: those whose largest |b| lies in [1 / SCALE_RANGE,
+    SCALE_RANGE], or is NaN, or comes from a non-finite x, as they are (v = 1); the others in bands of 2^32
+    (float32 keeps 2^126 either side of 1), each scaled by the power of two v that brings its largest into
+    [1/2, 1). A row of finite x whose b overflowed has b taken again from x times a power of two."""
+    if not live.size:
+        return []
+    top = largest[live]
+    if bool((top >= 1 / SCALE_RANGE).all()) and bool((top <= SCALE_RANGE).all()):  # (the usual case: one group)
+        return [(live, contiguous(b[live]), 1.0)]
+    top = np.asarray(top.get() if hasattr(top, "get") else top)
+    live_host = np.asarray(live.get() if hasattr(live, "get") else live)
+    overflowed = live_host[top == np.inf]
+    if overflowed.size:
+        finite = np.asarray(xp.isfinite(signals[overflowed]).all(axis=1).tolist(), bool)
+        overflowed = overflowed[finite]
+    keys = np.zeros(live_host.size, np.int64)  # 0: as they are; 1: overflowed; else 2 + the band of 2^32
+    scaled = np.isfinite(top) & ((top < 1 / SCALE_RANGE) | (top > SCALE_RANGE))
+    keys[scaled] = 2 + (np.frexp(top[scaled])[1] + 2048) // 32
+    keys[np.isin(live_host, overflowed)] = 1
+    groups = []
+    for key in np.unique(keys):
+        rows = live_host[keys == key]
+        index = xp.asarray(rows)
+        products = b[index]
+        w = 1.0
+        if key == 1:  # (x w in [1/2, 1): x w d stays finite)
+            x = signals[index]
+            w = math.ldexp(1.0, -math.frexp(_largest(xp, x))[1])
+            products = rows_times(_times(xp, x, w), d)
+        v = 1.0 if key == 0 else math.ldexp(1.0, -math.frexp(_largest(xp, products))[1])
+        groups.append((index, contiguous(_times(xp, products, v)), w * v))
+    return groups
 
 
 def _off_identity(gram, xp):

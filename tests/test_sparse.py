@@ -304,6 +304,65 @@ def test_ista_propagates_nan_and_inf_per_signal(rng, dtype):
     np.testing.assert_allclose(codes[clean], fa.ista(x[clean], D, 0.1), rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+SCALES = {np.float32: [1e-30, 1e-20, 1e20, 1e35], np.float64: [1e-300, 1e-150, 1e150, 1e300]}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("atoms", [12, 40], ids=["fista", "coordinate_descent"])
+@pytest.mark.parametrize("scaled", ["x", "D"])
+def test_ista_is_exact_at_any_scale_of_the_signals_or_the_dictionary(rng, dtype, atoms, scaled):
+    """codes(s x, D, s alpha) = s codes(x, D, alpha) and codes(x, s D, s alpha) = codes(x, D, alpha) / s: at
+    any finite scale the codes are the optimum (no square overflows or underflows: float32 signals of 1e20
+    gave codes off by 0.9, float64 ones of 1e200 too, a float64 dictionary of 1e20 NaN, a float32 one of
+    1e30 a LinAlgError)."""
+    D = dictionary(rng, 20, atoms)
+    x = signals(rng, D, 40)
+    alpha = 0.05
+    unit = fa.ista(x.astype(dtype), D.astype(dtype), alpha, n_iter=1000)  # (100 leave a signal in ~40 unsettled)
+    for s in SCALES[dtype]:
+        xs, Ds = (x * s, D) if scaled == "x" else (x, D * s)
+        xs, Ds = xs.astype(dtype), Ds.astype(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no ConvergenceWarning, no RuntimeWarning
+            codes = fa.ista(xs, Ds, alpha * s, n_iter=1000)
+        assert codes.dtype == dtype and np.isfinite(codes).all()
+        assert optimality_gap(xs, Ds, codes, alpha * s) < (1e-4 if dtype == np.float32 else 1e-10)
+        back = codes.astype(np.float64) / s if scaled == "x" else codes.astype(np.float64) * s
+        # (float32: s x rounds otherwise than x, which moves an overcomplete dictionary's codes by ~2e-5)
+        np.testing.assert_allclose(back, unit, rtol=0, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("atoms", [12, 40], ids=["fista", "coordinate_descent"])
+def test_ista_solves_a_float32_batch_of_signals_of_any_sizes_together(rng, atoms):
+    """Signals of 1e-20, 1 and 1e20 in one float32 batch, alpha small beside all: each group of like size is
+    solved at its own power-of-two scale (one scale for the batch would push the small ones below float32's
+    range), so each signal's codes are float64's on the same data, to float32's rounding."""
+    D = dictionary(rng, 20, atoms, np.float32)
+    x = signals(rng, D, 30).astype(np.float64) * np.repeat([1e-20, 1.0, 1e20], 10)[:, None]
+    x32 = x.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codes = fa.ista(x32, D, 1e-22, n_iter=1000)
+        exact = fa.ista(x32.astype(np.float64), D.astype(np.float64), 1e-22, n_iter=1000)
+    assert np.isfinite(codes).all()
+    size = np.abs(exact).max(axis=1, keepdims=True)
+    np.testing.assert_allclose(codes / size, exact / size, rtol=0, atol=1e-4)
+
+
+def test_ista_of_float32_signals_near_the_largest_float(rng):
+    """x D overflows float32 for |x| ~ 3e38 and atoms of norm 8 (codes of ~x / 8): the product is taken
+    again from x scaled by a power of two, and the codes are float64's, rounded."""
+    D = 8 * dictionary(rng, 20, 12)
+    x = signals(rng, D, 8)
+    x = x / np.abs(x).max() * 3e38
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(x.astype(np.float32) @ D.astype(np.float32)).all()
+    codes = fa.ista(x.astype(np.float32), D.astype(np.float32), 1e37)
+    exact = fa.ista(x, D, 1e37)
+    assert np.isfinite(codes).all() and (codes != 0).any()
+    np.testing.assert_allclose(codes, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
 def test_ista_on_image_patches_with_a_patch_dictionary():
     """A coherent dictionary (patches of the same image): the harder case."""
     from skimage import data

@@ -271,6 +271,21 @@ def test_lasso_and_ista_match_cpu(rng, dtype):
     assert gap.max() < (1e-5 if dtype == np.float32 else 1e-8)
 
 
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 1e30), (np.float32, 1e-25), (np.float64, 1e250)])
+def test_ista_at_extreme_scales_matches_cpu(rng, dtype, scale):
+    """ista rescales x D and D by powers of two before the solver on either backend: codes(s x, D, s alpha)
+    = s codes(x, D, alpha) at scales whose squares overflow or underflow."""
+    d = rng.standard_normal((24, 16))
+    d /= np.linalg.norm(d, axis=0)
+    x = rng.standard_normal((40, 24))
+    unit = fa.ista(x, d, 0.2, n_iter=2000)
+    xs, ds = (x * scale).astype(dtype), d.astype(dtype)
+    tol = 1e-6 if dtype == np.float32 else 1e-13  # (FISTA's codes are as exact as its stopping rule)
+    codes = cp.asnumpy(fa.ista(cp.asarray(xs), cp.asarray(ds), 0.2 * scale, n_iter=5000, tol=tol))
+    assert codes.dtype == dtype and np.isfinite(codes).all()
+    np.testing.assert_allclose(codes / scale, unit, rtol=0, atol=1e-4 if dtype == np.float32 else 1e-9)
+
+
 def test_empty_inputs_behave_as_on_the_cpu():
     empty = cp.zeros((0, 5), cp.float32)
     assert np.isnan(float(fa.mse(empty, empty))) and float(fa.mse(empty, empty, reduction="sum")) == 0
