@@ -2,6 +2,7 @@
 or CuPy): the Gaussian window of the structural losses (computed once on the host, in float64), the
 2x2 average pooling of MS-SSIM with its adjoint, and the products of the sparse codes."""
 import itertools
+import math
 
 import numpy as np
 
@@ -72,3 +73,11 @@ def avg_pool_adjoint(g, pads, out, scale):
         view[...] = share
     out *= scale.astype(out.dtype).reshape((p,) + (1,) * len(spatial))
     out += padded[(slice(None),) + tuple(slice(q, q + n) for q, n in zip(pads, spatial))]
+
+
+def power_of_two_scale(largest, within=2.0 ** 16):
+    """The power of two t with t * largest in [1/2, 1) where ``largest`` is finite, positive and outside
+    [1 / within, within]; else 1. Scaling by it changes no digit (short of float32's or float64's ends)."""
+    if not 0 < largest < math.inf or 1 / within <= largest <= within:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(largest)[1])

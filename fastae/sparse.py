@@ -15,7 +15,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._arrays import Call, check_number, contiguous, is_number, on_device
-from ._neutral import rows_times
+from ._neutral import power_of_two_scale, rows_times
 from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
@@ -204,7 +204,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
         # LASSO is equivariant: codes(x, D, alpha) = (u / v) codes(v x, u D, u v alpha). Powers of two u, v bring
         # D's entries and x D's into a range where no square in the solvers overflows or underflows (finite data
         # gave NaN or silently wrong codes from |x| ~ 1e20 in float32, 1e200 in float64); they change no digit.
-        u = _power_of_two(_largest(xp, d))
+        u = power_of_two_scale(_largest(xp, d), SCALE_RANGE)
         d = _times(xp, d, u)
         b, gram = rows_times(signals, d), contiguous(d.T @ d)
         off, tolerance = _off_identity(gram, xp)
@@ -232,14 +232,6 @@ SCALE_RANGE = 2.0 ** 16  # ista rescales D, and x D, whose largest magnitude lie
 def _largest(xp, a):
     """max |a| (NaN if a holds one; 0 if empty), without a temporary of a's size."""
     return max(float(xp.max(a)), -float(xp.min(a))) if a.size else 0.0
-
-
-def _power_of_two(largest):
-    """The power of two t with t * largest in [1/2, 1) where ``largest`` is finite, positive and outside
-    [1 / SCALE_RANGE, SCALE_RANGE]; else 1."""
-    if not 0 < largest < math.inf or 1 / SCALE_RANGE <= largest <= SCALE_RANGE:
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(largest)[1])
 
 
 def _times(xp, a, t):

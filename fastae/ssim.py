@@ -14,6 +14,8 @@ of their three axes (3-D SSIM, as pytorch-msssim and kornia's ssim3d). ``window`
 Gaussian of win_size and sigma by a caller's own 1-D window (odd length); ``eps`` enters as
 kornia's: SSIM = a b / (c d + eps). ``target_grad=True`` (with ``grad=True``) also returns the
 gradient in the target: ``LossGrads(loss, grad, target_grad)``. The gradient is exact.
+Any finite data_range works alike: SSIM is unchanged when images and data_range are multiplied
+together, so one far from 1 is brought near it by a power of two before the moments are taken.
 
 The 2-D images with zero padding and eps = 0 run the fused streaming kernel
 (both gradients in one pass, on the CPU and on CUDA); everything else runs the general path
@@ -26,7 +28,7 @@ import warnings
 import numpy as np
 
 from ._arrays import Call, check_choice, check_number, check_target_grad, contiguous, is_number, on_device
-from ._neutral import gaussian_window, pool_pads
+from ._neutral import gaussian_window, pool_pads, power_of_two_scale
 from ._ssim_map import ssim_map as _general_map
 from .pointwise import LossGrad, LossGrads
 
@@ -84,6 +86,15 @@ class _Images:
         self.y = contiguous(t).reshape((-1,) + self.spatial)
         self.xp = self.call.xp
         self.backend = self.call.backend
+        # SSIM is the same for (t x, t y, t data_range): a data_range far from 1 is brought into [1/2, 1) by a
+        # power of two t (exact), so that no moment or constant overflows or underflows (float32 gave NaN from
+        # data_range 1e30, float64 from 1e-200; C1 raised OverflowError from 1e200); every gradient is then
+        # taken times t (``unit``). The images as given stay in given_x, given_y.
+        self.given_x, self.given_y = self.x, self.y
+        self.unit = power_of_two_scale(self.data_range) if self.x.dtype in (np.float32, np.float64) else 1.0
+        if self.unit != 1:
+            self.x, self.y = ((a * self.xp.float64(self.unit)).astype(a.dtype) for a in (self.x, self.y))
+            self.data_range *= self.unit
         self.pad = 0 if padding == "valid" else self.win_size // 2
         check_choice(small, "small", ("raise", "skip"))
         # small="skip": an axis shorter than the window is not smoothed (pytorch-msssim's behaviour)
@@ -106,7 +117,7 @@ class _Images:
 
     def out(self, out):
         """The gradient buffer as planes (see Call.out: a stand-in when ``out`` overlaps the images)."""
-        return self.call.out(out, reads=(self.x, self.y)).reshape(self.x.shape)
+        return self.call.out(out, reads=(self.given_x, self.given_y)).reshape(self.x.shape)
 
     def deliver(self, g, out):
         return self.call.deliver(g.reshape(self.shape), out)
@@ -213,7 +224,7 @@ def _ssim(images, sign, offset, grad, out, target_grad=False):
     n_pos = images.positions(*images.spatial)
     tg = _target_buffer(images, grad, target_grad)
     g = images.out(out) if grad else None
-    scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos)
+    scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos * images.unit)
     per_plane = images.planes(images.x, images.y, False, scales, g, target_grad=tg) / n_pos
     return _result(images, images.reduce(per_plane, sign, offset), g, out, tg)
 
@@ -255,6 +266,8 @@ def ssim_map(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k
                              f"{images.shape[:-images.dims] + out_spatial}")
         w = contiguous(w).reshape((-1,) + out_spatial)
     value, gx, gy = images.map(images.x, images.y, weights=w, grad_x=w is not None, grad_y=w is not None)
+    if w is not None and images.unit != 1:
+        gx, gy = gx * gx.dtype.type(images.unit), gy * gy.dtype.type(images.unit)
 
     def back(a, shape):  # in the images' dtype
         out = images.xp.empty(shape, images.x.dtype)
@@ -287,8 +300,14 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     g = images.out(out) if grad else None
     n = images.x.size
     scale = alpha / n if n else 0.0
-    scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos)
-    per_plane, pixel_sum = images.planes(images.x, images.y, False, scales, g, target_grad=tg, pixel=(pixel, scale))
+    scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos * images.unit)
+    if images.unit == 1:  # the pixel loss in the SSIM's pass
+        per_plane, pixel_sum = images.planes(images.x, images.y, False, scales, g, target_grad=tg,
+                                             pixel=(pixel, scale))
+    else:  # the pixel loss on the images as given, then the SSIM on the rescaled ones (see _Images)
+        _, pixel_sum, _ = images.backend.pointwise(pixel, {}, "identity", 0.0, images.given_x, images.given_y, None,
+                                                   g, None, scale, 1.0, target_grad=tg)
+        per_plane = images.planes(images.x, images.y, False, scales, g, True, tg)
     per_plane = per_plane / n_pos
     pixel_mean = pixel_sum / n if n else np.nan
     value = images.call.back(images.xp.asarray(alpha * pixel_mean + (1.0 - alpha) * (1.0 - mean(per_plane)),
@@ -355,7 +374,7 @@ def ms_ssim(pred, target, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2
     for level in range(levels - 1, -1, -1):  # coarse to fine: this level's term, plus the pooled-up rest
         with np.errstate(divide="ignore", invalid="ignore"):
             d_value = xp.where(values[level] > 0, w[level] * per_plane / values[level], 0.0)
-        scale = images.plane_weight() * d_value
+        scale = images.plane_weight() * images.unit * d_value
         for which, here in enumerate(grads[level]):
             if here is None:
                 continue
@@ -448,5 +467,10 @@ def ms_ssim_l1_loss(pred, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_rang
     gx += back * sign
     if target_grad:
         gy -= back * sign
+    if images.unit != 1:  # (see _Images)
+        gx *= dtype(images.unit)
+        if target_grad:
+            gy *= dtype(images.unit)
+    if target_grad:
         return LossGrads(value, images.call.back(gx.reshape(images.shape)), images.call.back(gy.reshape(images.shape)))
     return LossGrad(value, images.call.back(gx.reshape(images.shape)))

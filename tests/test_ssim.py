@@ -538,3 +538,34 @@ def test_flop_peak_counts_the_multiply_adds_it_times():
         chains = [u * a + 0.5 for u in chains]
     np.testing.assert_allclose(out, (chains[0] + chains[1]) + (chains[2] + chains[3]), rtol=1e-5)
     assert flop_peak(1, seconds=0.02) > 1.0
+
+
+RANGES = {np.float32: [1e-30, 1e-10, 1e10, 1e30], np.float64: [1e-250, 1e-100, 1e100, 1e250]}
+STRUCTURAL = [("ssim", {}), ("ssim", {"padding": "same"}), ("ssim", {"padding": "reflect"}),
+              ("mixed_loss", {"alpha": 0.3}), ("ms_ssim", {}), ("ms_ssim_l1_loss", {})]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name, options", STRUCTURAL, ids=["valid", "same", "reflect", "mixed", "ms_ssim", "ms_l1"])
+def test_the_structural_losses_are_the_same_at_any_data_range(rng, dtype, name, options):
+    """SSIM(s x, s y; data_range s) = SSIM(x, y; 1), both gradients times 1/s (the mixed loss's L1 term times
+    s): so at any finite s, though the moments of s x and the constants (k s)^2 leave float32 from s ~ 1e19
+    (NaN from 1e30) and float64 below 1e-154 (NaN from 1e-200; C1 raised OverflowError from 1e200)."""
+    shape = (1, 1, 170, 165) if name == "ms_ssim" else (2, 3, 24, 27)
+    x, y = image_pair(rng, shape, np.float64)
+    fn = getattr(fa, name)
+    unit = fn(x, y, data_range=1.0, grad=True, target_grad=True, **options)
+    if name == "ssim" and not options:  # (the unit problem itself against the peer)
+        assert_close(unit.loss, torch_reference(ssim_reference, x, y, data_range=1.0)[0], np.float64)
+    for s in RANGES[dtype]:
+        value, grad, target_grad = fn((x * s).astype(dtype), (y * s).astype(dtype), data_range=s, grad=True,
+                                      target_grad=True, **options)
+        assert grad.dtype == dtype and np.isfinite(grad).all() and np.isfinite(target_grad).all()
+        expected = [unit.loss, unit.grad / s, unit.target_grad / s]
+        if name == "mixed_loss":  # alpha |x - y| / n scales with s, its gradient does not
+            l1, l1_grad = fa.l1(x, y, grad=True)
+            expected = [unit.loss + 0.3 * l1 * (s - 1), (unit.grad - 0.3 * l1_grad) / s + 0.3 * l1_grad,
+                        (unit.target_grad + 0.3 * l1_grad) / s - 0.3 * l1_grad]
+        for got, want, what in zip((value, grad, target_grad), expected, ("value", "grad", "target_grad")):
+            scale = np.abs(want).max()
+            assert_close(np.asarray(got, np.float64) / scale, want / scale, dtype, what, 1e-4)

@@ -60,8 +60,9 @@ def fake_cupy():
     cupy.ndarray = FakeArray
     for name in ("empty", "zeros", "ones", "full", "asarray", "where", "stack", "sum", "log", "eye", "abs",
                  "matmul", "maximum", "prod", "isnan", "isfinite", "broadcast_to", "empty_like", "count_nonzero",
-                 "may_share_memory", "nonzero", "ascontiguousarray", "zeros_like", "sign", "repeat"):
+                 "may_share_memory", "nonzero", "ascontiguousarray", "zeros_like", "sign", "repeat", "max", "min"):
         setattr(cupy, name, (lambda f: lambda *a, **k: _fake(f(*a, **k)))(getattr(np, name)))
+    cupy.float64 = np.float64
     cupy.linalg = types.SimpleNamespace(eigvalsh=lambda a: _fake(np.linalg.eigvalsh(a)))
     cupy.cuda = types.SimpleNamespace(Device=_Device, ExternalStream=None)
     return cupy
