@@ -176,7 +176,7 @@ def parser():
     train.add_argument("--code-activation", choices=list(ACTIVATIONS), default=DEFAULTS["code_activation"],
                        help="activation of the code layer (sigmoid with --sparsity kl)")
     train.add_argument("--output-activation", choices=list(ACTIVATIONS), default=DEFAULTS["output_activation"],
-                       help="activation of the output, fused into the loss")
+                       help="activation of the output, fused into the loss (sigmoid with --loss bce)")
     train.add_argument("--center", action=argparse.BooleanOptionalAction, default=DEFAULTS["center"],
                        help="centre the inputs on the training mean and start the output there")
     train.add_argument("--schedule", choices=list(SCHEDULES), default=DEFAULTS["schedule"],
@@ -195,6 +195,11 @@ def parser():
 CONV_ONLY = ("--crop", "--device", "--peer-loss", "--micro-batches")
 DENSE_ONLY = ("--tied", "--sparsity", "--hidden", "--activation", "--code-activation", "--output-activation",
               "--center", "--no-center", "--schedule", "--bias-init", "--weight-decay", "--data")
+
+
+def _given(flag, argv):
+    """Whether ``flag`` is among the command's arguments (``argv``, or the process's when None)."""
+    return any(a == flag or a.startswith(flag + "=") for a in (sys.argv[1:] if argv is None else argv))
 
 
 def _check_conv(sub, args, argv):
@@ -243,9 +248,19 @@ def main(argv=None):
                 if args.code_activation != "sigmoid":
                     sub.error("argument --code-activation: --sparsity kl needs codes in (0, 1): sigmoid")
             args.code_activation = "sigmoid"
+        if args.loss == "bce" and args.model == "dense":  # (its outputs must be probabilities)
+            if _given("--output-activation", argv) and args.output_activation != "sigmoid":
+                sub.error("argument --output-activation: --loss bce needs outputs in [0, 1]: sigmoid")
+            args.output_activation = "sigmoid"
     if args.command == "pareto" and not args.alphas:
         sub.error("argument --alphas: give at least one alpha")
     if args.command in ("train", "pareto"):
+        try:  # (before the job: a directory that cannot be made would fail it at its end)
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as e:
+            sub.error(f"argument --out: cannot make the directory {args.out!r}: {e.strerror}")
+        if not os.access(args.out, os.W_OK | os.X_OK):
+            sub.error(f"argument --out: cannot write into {args.out!r}")
         args.epochs = args.epochs or (10 if args.quick else 30)
         args.code = args.code or (8 if getattr(args, "model", "dense") == "conv" else DEFAULTS["code"])
         from . import train as train_module

@@ -1,6 +1,7 @@
 """Hostile input: aliasing buffers, exotic autograd modes, autocast, broken dictionaries and saved
 models, malformed command lines. Each case gives the right number or a clear error; no input is
 destroyed, no command prints a traceback, nothing allocates what the caller's sizes forbid."""
+import json
 import os
 import subprocess
 import sys
@@ -315,6 +316,8 @@ BAD_FLAGS = [
     (["train", "--model", "conv", "--hidden", "64"], "--hidden"), (["train", "--micro-batches", "2"], "--micro-batches"),
     (["pareto", "--alphas", "0,a"], "--alphas"), (["bench", "--size", "2^x"], "--size"),
     (["bench", "--threads", "0"], "--threads"),
+    (["train", "--loss", "bce", "--output-activation", "tanh"], "--output-activation"),
+    (["train", "--out", "/dev/null/out"], "--out"), (["pareto", "--out", "/dev/null/out"], "--out"),
 ]
 
 
@@ -335,6 +338,13 @@ def test_several_bad_flags_each_get_their_line(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and [line.split(":")[2].strip() for line in err] == \
         ["argument --epochs", "argument --lr", "argument --out"]
+
+
+def test_loss_bce_trains_on_sigmoid_outputs_by_default(tmp_path, capsys):
+    """--loss bce alone made the dense model's identity outputs meet BCE: a ValueError traceback mid-training."""
+    assert cli(["train", "--loss", "bce", "--quick", "--epochs", "1", "--data", "digits", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["output_activation"] == "sigmoid" and np.isfinite(metrics["final"]["val_psnr"])
 
 
 def test_help_describes_every_flag_with_its_default():
