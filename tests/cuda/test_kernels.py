@@ -196,6 +196,23 @@ def test_identical_images_give_exactly_one_and_a_zero_gradient(rng, dtype):
             assert float(value) == 1.0 and not bool(grad.any())
 
 
+@pytest.mark.parametrize("dtype,data_range", [(np.float32, 1e30), (np.float32, 1e-30), (np.float64, 1e-250)])
+def test_ssim_and_mixed_loss_at_extreme_data_ranges_match_cpu(rng, dtype, data_range):
+    """The device kernels see the images brought near 1 by a power of two (see fastae.ssim._Images): values as
+    at data_range 1, gradients times 1 / data_range (and the mixed loss's L1 term on the images as given)."""
+    x = rng.random((2, 3, 27, 30))
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
+    xs, ys = (x * data_range).astype(dtype), (y * data_range).astype(dtype)
+    for fn, options in ((fa.ssim_loss, {}), (fa.ssim_loss, {"padding": "same"}), (fa.mixed_loss, {"alpha": 0.3})):
+        value, grad, target_grad = fn(cp.asarray(xs), cp.asarray(ys), data_range=data_range, grad=True,
+                                      target_grad=True, **options)
+        expected = fn(xs, ys, data_range=data_range, grad=True, target_grad=True, **options)
+        assert np.isfinite(cp.asnumpy(grad)).all()
+        for got, want in zip((value, grad, target_grad), expected):
+            got, want = np.asarray(cp.asnumpy(got), np.float64), np.asarray(want, np.float64)
+            assert_close(got / np.abs(want).max(), want / np.abs(want).max(), dtype)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ms_ssim_matches_cpu(rng, dtype):
     x = rng.random((2, 3, 181, 171)).astype(dtype)
