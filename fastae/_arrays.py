@@ -70,8 +70,12 @@ def _cupy():
 
 def as_array(x, kind):
     """A NumPy (CPU) or CuPy (CUDA) view of ``x``, no copy. bfloat16 tensors are
-    viewed as int16 (CuPy has no bfloat16): the kernels read their bits."""
-    if kind == "numpy" or kind == "cupy":
+    viewed as int16 (CuPy has no bfloat16): the kernels read their bits. A NumPy
+    array of the other byte order (``'>f4'`` here) is read through a native copy:
+    the compiled kernels take native floats only (see Call.out for buffers)."""
+    if kind == "numpy":
+        return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+    if kind == "cupy":
         return x
     if kind in ("torch", "torch_cuda") and x.is_neg():  # DLPack would drop torch's lazy negation
         x = x.detach().resolve_neg()
@@ -233,6 +237,9 @@ class Call:
         """
         if out is None:
             return self.empty()
+        if isinstance(out, np.ndarray) and not out.dtype.isnative:
+            raise ValueError(f"{name} has the other byte order ({out.dtype.str!r}): the kernels write native floats; "
+                             f"pass an array of {self.dtype_name}")
         if self.kind in ("torch", "torch_cuda") and kind_of(out, name) == self.kind and out.is_neg():
             raise ValueError(f"{name} is a lazily negated torch view (its negative bit is set): writes into it "
                              "cannot land; pass a tensor of its own")

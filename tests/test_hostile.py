@@ -276,6 +276,32 @@ def test_a_bad_thread_count_falls_back_with_a_warning():
     assert "NUMBA_NUM_THREADS='abc' is not an integer" in done.stderr
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arrays_of_the_other_byte_order_are_read_and_refused_as_buffers(rng, dtype):
+    """Big-endian arrays ('>f4' here) met the compiled kernels as a Numba TypingError ('non-precise type
+    pyobject'). They are read through a native copy (the same results, bit for bit, the inputs untouched);
+    as a buffer to write, out is refused, naming it."""
+    x, y = (rng.random((2, 3, 20, 21)).astype(dtype) for _ in range(2))
+    swapped = np.dtype(dtype).newbyteorder(">" if np.little_endian else "<")
+    xs, ys = x.astype(swapped), y.astype(swapped)
+    before = xs.copy()
+    d = rng.standard_normal((21, 9)).astype(dtype)
+    calls = [lambda a, b: fa.mse(a, b, grad=True), lambda a, b: fa.bce(a, b, activation="sigmoid", grad=True),
+             lambda a, b: fa.ssim_loss(a, b, grad=True, target_grad=True),
+             lambda a, b: fa.mixed_loss(a, b, alpha=0.2, grad=True), lambda a, b: fa.soft_threshold(a, 0.3, grad=True),
+             lambda a, b: fa.ista(a.reshape(-1, 21)[:7], d.astype(a.dtype), 0.1)]
+    for call in calls:
+        for got, want in zip(_parts(call(xs, ys)), _parts(call(x, y))):
+            assert got.dtype.isnative and np.array_equal(got, want)
+    np.testing.assert_array_equal(xs, before)
+    with pytest.raises(ValueError, match="out has the other byte order"):
+        fa.mse(x, y, grad=True, out=np.empty(x.shape, swapped))
+
+
+def _parts(result):
+    return [np.asarray(part) for part in (result if isinstance(result, tuple) else (result,))]
+
+
 # ---------------------------------------------------------------- models
 def test_models_refuse_what_they_cannot_do(tmp_path, rng):
     x = rng.random((40, 16)).astype(np.float32)
