@@ -33,6 +33,9 @@ def kind_of(x, name):
     if cupy is not None and isinstance(x, cupy.ndarray):
         return "cupy"
     if isinstance(x, np.ndarray):
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(f"{name} is a numpy.ma.MaskedArray: fastae would ignore its mask; pass {name}.filled(...) "
+                            f"(and the mask as weight=, where the loss takes one)")
         return "numpy"
     tensor = _torch_tensor_type()
     if tensor is not None and isinstance(x, tensor):
@@ -72,8 +75,11 @@ def as_array(x, kind):
     """A NumPy (CPU) or CuPy (CUDA) view of ``x``, no copy. bfloat16 tensors are
     viewed as int16 (CuPy has no bfloat16): the kernels read their bits. A NumPy
     array of the other byte order (``'>f4'`` here) is read through a native copy:
-    the compiled kernels take native floats only (see Call.out for buffers)."""
+    the compiled kernels take native floats only (see Call.out for buffers); a
+    subclass (np.memmap, np.matrix) is viewed as a plain ndarray."""
     if kind == "numpy":
+        if type(x) is not np.ndarray:
+            x = x.view(np.ndarray)
         return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
     if kind == "cupy":
         return x

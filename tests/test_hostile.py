@@ -298,6 +298,25 @@ def test_arrays_of_the_other_byte_order_are_read_and_refused_as_buffers(rng, dty
         fa.mse(x, y, grad=True, out=np.empty(x.shape, swapped))
 
 
+def test_array_subclasses_are_read_as_arrays_and_masked_ones_refused(rng, tmp_path):
+    """np.memmap and np.matrix met the kernels as Numba typing errors, and a masked array would have had its mask
+    ignored: subclasses are read (and a memmap written as out) as plain arrays; a masked one is refused,
+    naming the argument."""
+    x, y = (rng.random((2, 3, 20, 21)).astype(np.float32) for _ in range(2))
+    mapped = np.memmap(tmp_path / "x", dtype=np.float32, mode="w+", shape=x.shape)
+    mapped[...] = x
+    out = np.memmap(tmp_path / "g", dtype=np.float32, mode="w+", shape=x.shape)
+    value, grad = fa.ssim_loss(mapped, y, grad=True, out=out)
+    want = fa.ssim_loss(x, y, grad=True)
+    assert grad is out and value == want.loss and np.array_equal(np.asarray(out), want.grad)
+    m, t = np.matrix(x[0, 0]), np.matrix(y[0, 0])
+    assert np.array_equal(fa.l1(m, t, grad=True).grad, fa.l1(x[0, 0], y[0, 0], grad=True).grad)
+    masked = np.ma.array(x, mask=x > 0.5)
+    for args, name in (((masked, y), "pred"), ((x, masked), "target")):
+        with pytest.raises(TypeError, match=f"{name} is a numpy.ma.MaskedArray: fastae would ignore its mask"):
+            fa.mse(*args)
+
+
 def _parts(result):
     return [np.asarray(part) for part in (result if isinstance(result, tuple) else (result,))]
 
