@@ -8,6 +8,7 @@ in the caller's array type, on its device.
 """
 import contextlib
 import functools
+import math
 import numbers
 import sys
 
@@ -154,13 +155,22 @@ def is_number(value):
 
 def check_number(value, name, *, positive=False, nonnegative=False):
     """A finite real number (positive or non-negative when asked); returns it as a float."""
-    if not is_number(value):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or (positive and value <= 0) or (nonnegative and value < 0):
+    if type(value) is not float:  # (the usual case first: a call checks several, ~1 us each otherwise)
+        if not is_number(value):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = check_finite_or_nan(value, name)
+    if not math.isfinite(value) or (positive and value <= 0) or (nonnegative and value < 0):
         kind = "positive " if positive else "non-negative " if nonnegative else ""
         raise ValueError(f"{name} must be a {kind}finite number, got {value}")
     return value
+
+
+def check_finite_or_nan(value, name):
+    """A real number as a float, NaN and infinities too (they propagate), but not an int beyond float's range."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number, got an integer of {value.bit_length()} bits") from None
 
 
 def address(a):
@@ -217,7 +227,7 @@ class Call:
         if weight is None:
             return None
         if is_number(weight):
-            return float(weight)
+            return check_finite_or_nan(weight, "weight")
         w = self.like_pred(weight, "weight", shape=False)
         try:
             full = self.xp.broadcast_to(w, self.pred.shape)

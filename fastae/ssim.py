@@ -103,7 +103,7 @@ class _Images:
         if self.skip:
             warnings.warn(f"ssim: images of {'x'.join(map(str, self.spatial))} are smaller than the window "
                           f"({self.win_size}) along axes {self.skip}: not smoothed along them", stacklevel=4)
-        self.positions(*self.spatial)  # sizes are checked before anything is allocated
+        self.n_pos = self.positions(*self.spatial)  # (sizes are checked before anything is allocated)
         if self.win_size > max(2 * max(self.spatial) + 1, SMALL_WINDOW):
             raise ValueError(f"win_size={self.win_size} is more than twice the {'x'.join(map(str, self.spatial))} "
                              "images: its ends would see nothing but padding")
@@ -221,7 +221,7 @@ def _target_buffer(images, grad, target_grad):
 
 
 def _ssim(images, sign, offset, grad, out, target_grad=False):
-    n_pos = images.positions(*images.spatial)
+    n_pos = images.n_pos
     tg = _target_buffer(images, grad, target_grad)
     g = images.out(out) if grad else None
     scales = images.full(images.x.shape[0], sign * images.plane_weight() / n_pos * images.unit)
@@ -295,7 +295,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     check_choice(pixel, "pixel", ("l1", "mse"))
     images = _Images(pred, target, data_range, win_size, sigma, k1, k2, padding, "mean", window, eps)
-    n_pos = images.positions(*images.spatial)
+    n_pos = images.n_pos
     tg = _target_buffer(images, grad, target_grad)
     g = images.out(out) if grad else None
     n = images.x.size

@@ -317,6 +317,16 @@ def test_array_subclasses_are_read_as_arrays_and_masked_ones_refused(rng, tmp_pa
             fa.mse(*args)
 
 
+def test_an_integer_beyond_floats_range_is_a_named_error(rng):
+    """float(10**400) raised OverflowError ('int too large to convert to float'), naming nothing."""
+    x = rng.random((1, 1, 16, 16))
+    for call, name in ((lambda: fa.ssim(x, x, data_range=10 ** 400), "data_range"),
+                       (lambda: fa.mse(x, x, weight=-10 ** 400), "weight"),
+                       (lambda: fa.soft_threshold(x, 10 ** 400), "lam")):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number, got an integer of 1329 bits"):
+            call()
+
+
 def _parts(result):
     return [np.asarray(part) for part in (result if isinstance(result, tuple) else (result,))]
 

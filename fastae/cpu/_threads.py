@@ -146,7 +146,9 @@ def run_pulled(kernel, n_tasks, threads):
     the tasks to be finished. A task's result depends on the task alone, so results are bit-identical for
     any thread count."""
     queue = np.zeros(2, np.int64)
-    threads = min(num_threads(), threads, n_tasks)
+    threads = min(threads, n_tasks)
+    if threads > 1:  # (reading the environment costs a short call a microsecond or two)
+        threads = min(num_threads(), threads)
     if threads <= 1:
         kernel(queue)
         return
