@@ -16,6 +16,7 @@ raises, as do forward-mode AD and the ``torch.func`` transforms. Under
 import contextlib
 import functools
 import inspect
+import numbers
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 import fastae as _fa
 from fastae._table import LOSSES
+from fastae._arrays import is_number
 from fastae.pointwise import loss_params
 
 # ---------------------------------------------------------------- the operators
@@ -257,7 +259,7 @@ def _pointwise_loss(loss, input, target, reduction, weight, activation, negative
     input, target, dtype = _float32_on_cpu(input, target)
     if dtype is not None and isinstance(weight, Tensor) and weight.dtype == dtype:
         weight = weight.float()
-    value, _, _ = _pointwise(input, target, weight, loss, reduction, activation, float(negative_slope),
+    value, _, _ = _pointwise(input, target, weight, loss, reduction, activation, _real(negative_slope, "negative_slope"),
                              list(checked.values()), _needs_grad(input), _needs_grad(target))
     return value if dtype is None else value.to(dtype)
 
@@ -302,7 +304,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
 
 def _penalty_of(kind, z, coefficient):
     _check(z)
-    value, _ = _penalty(z, kind, float(coefficient), _needs_grad(z))
+    value, _ = _penalty(z, kind, _real(coefficient, "alpha" if kind == "l1_penalty" else "lam"), _needs_grad(z))
     return value
 
 
@@ -321,10 +323,10 @@ def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_
                      small="raise"):
     _check(input, target)
     input, target, dtype = _float32_on_cpu(input, target)
-    value, _, _ = _structural(input, target, kind, reduction, float(data_range), int(win_size), float(sigma),
-                              float(k1), float(k2), padding, float(alpha), pixel,
-                              None if weights is None else [float(w) for w in weights], _window(window),
-                              float(eps), small, _needs_grad(input), _needs_grad(target))
+    value, _, _ = _structural(input, target, kind, reduction, _real(data_range, "data_range"), _win_size(win_size),
+                              _real(sigma, "sigma"), _real(k1, "k1"), _real(k2, "k2"), padding, _real(alpha, "alpha"),
+                              pixel, None if weights is None else _reals(weights, "weights"), _window(window),
+                              _real(eps, "eps"), small, _needs_grad(input), _needs_grad(target))
     return value if dtype is None else value.to(dtype)
 
 
@@ -337,13 +339,40 @@ def _float32_on_cpu(input, target):
     return input, target, None
 
 
+def _real(value, name):
+    """A number for the custom ops' schema (a one-element tensor's value too), as the library takes numbers:
+    anything else (None, a string) is a TypeError naming the argument; its range the library checks."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if not is_number(value):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:  # (an int beyond float's range)
+        raise ValueError(f"{name} must be a finite number, got an integer of {value.bit_length()} bits") from None
+
+
+def _reals(values, name):
+    """A sequence of numbers as a list of floats (see _real)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of real numbers, got {type(values).__name__}")
+    return [_real(v, name) for v in values]
+
+
+def _win_size(value):
+    """win_size as an int; 11.5 or '11' refused as the library refuses them (int() took them)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"win_size must be a positive odd integer, got {value!r}")
+    return int(value)
+
+
 def _window(window):
     """A caller's 1-D window as a list of floats (a tensor's values, any shape with one axis longer than 1)."""
     if window is None:
         return None
     if isinstance(window, Tensor):
         window = window.detach().to("cpu", torch.float64).reshape(-1).tolist()
-    return [float(w) for w in window]
+    return _reals(window, "window")
 
 
 def ssim(input, target, data_range=1.0, reduction="mean", *, win_size=11, sigma=1.5, k1=0.01, k2=0.03,
@@ -366,8 +395,8 @@ def ssim_map(input, target, data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, 
     """The per-pixel SSIM map (kornia's ``metrics.ssim``), differentiable in both images."""
     _check(input, target)
     input, target, dtype = _float32_on_cpu(input, target)
-    value = _ssim_map(input, target, float(data_range), int(win_size), float(sigma), float(k1), float(k2), padding,
-                      _window(window), float(eps))
+    value = _ssim_map(input, target, _real(data_range, "data_range"), _win_size(win_size), _real(sigma, "sigma"),
+                      _real(k1, "k1"), _real(k2, "k2"), padding, _window(window), _real(eps, "eps"))
     return value if dtype is None else value.to(dtype)
 
 
@@ -383,8 +412,8 @@ def ms_ssim_l1_loss(input, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_ran
     """The MS-SSIM + L1 loss of Zhao et al., as kornia's MS_SSIMLoss (see fastae.ms_ssim_l1_loss)."""
     _check(input, target)
     input, target, dtype = _float32_on_cpu(input, target)
-    value = _ms_ssim_l1(input, target, [float(s) for s in sigmas], float(data_range), float(k1), float(k2),
-                        float(alpha), float(compensation), reduction)
+    value = _ms_ssim_l1(input, target, _reals(sigmas, "sigmas"), _real(data_range, "data_range"), _real(k1, "k1"),
+                        _real(k2, "k2"), _real(alpha, "alpha"), _real(compensation, "compensation"), reduction)
     return value if dtype is None else value.to(dtype)
 
 
@@ -398,7 +427,7 @@ def mixed_loss(input, target, alpha, pixel="l1", data_range=1.0, *, win_size=11,
 def soft_threshold(input, lam):
     """sign(x) max(|x| - lam, 0); ``lam`` a number or a tensor broadcastable to input."""
     _check(input, lam=lam)
-    lam = lam if isinstance(lam, Tensor) else torch.tensor(float(lam), dtype=input.dtype, device=input.device)
+    lam = lam if isinstance(lam, Tensor) else torch.tensor(_real(lam, "lam"), dtype=input.dtype, device=input.device)
     codes, _ = _soft_threshold(input, lam, _needs_grad(input))
     return codes
 
@@ -406,7 +435,7 @@ def soft_threshold(input, lam):
 def kl_sparsity(h, rho, beta=1.0):
     """beta * sum_j KL(rho || mean_i h_ij) for sigmoid activations h (n, k)."""
     _check(h)
-    value, _ = _kl_sparsity(h, float(rho), float(beta), _needs_grad(h))
+    value, _ = _kl_sparsity(h, _real(rho, "rho"), _real(beta, "beta"), _needs_grad(h))
     return value
 
 

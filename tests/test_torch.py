@@ -308,3 +308,31 @@ def test_the_target_gradient_is_computed_only_when_asked(monkeypatch):
     ft.ssim(x.requires_grad_(), t)
     ft.ssim(x, t.requires_grad_())
     assert calls == [(False, False), (True, False), (True, True)]
+
+
+BAD_NUMBERS = [
+    (lambda x, y: ft.ssim(x, y, data_range=None), TypeError, "data_range must be a real number, got NoneType"),
+    (lambda x, y: ft.ssim(x, y, data_range="255"), TypeError, "data_range must be a real number, got str"),
+    (lambda x, y: ft.ssim(x, y, data_range=10 ** 400), ValueError, "data_range must be a finite number"),
+    (lambda x, y: ft.ssim(x, y, win_size=11.5), ValueError, "win_size must be a positive odd integer, got 11.5"),
+    (lambda x, y: ft.ssim(x, y, win_size="11"), ValueError, "win_size must be a positive odd integer, got '11'"),
+    (lambda x, y: ft.ssim(x, y, window=[1, "a", 1]), TypeError, "window must be a real number, got str"),
+    (lambda x, y: ft.mixed_loss(x, y, alpha=None), TypeError, "alpha must be a real number, got NoneType"),
+    (lambda x, y: ft.ms_ssim_l1_loss(x, y, sigmas=3), TypeError, "sigmas must be a sequence of real numbers"),
+    (lambda x, y: ft.l1_penalty(x, None), TypeError, "alpha must be a real number, got NoneType"),
+    (lambda x, y: ft.kl_sparsity(x.sigmoid().flatten(1), None), TypeError, "rho must be a real number, got NoneType"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_NUMBERS, ids=range(len(BAD_NUMBERS)))
+def test_numbers_are_checked_as_the_library_checks_them(call, error, message):
+    """fastae.torch turned its numbers into floats and ints before the library saw them: int(11.5) took a
+    win_size of 11.5 as 11 and float('255') a string, None and 10**400 failed inside float() naming nothing."""
+    x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    with pytest.raises(error, match=message):
+        call(x, y)
+
+
+def test_a_one_element_tensor_is_a_number():
+    x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    assert ft.ssim(x, y, data_range=torch.tensor(2.0)) == ft.ssim(x, y, data_range=2.0)
