@@ -128,7 +128,8 @@ class _Images:
 
     def positions(self, *spatial):
         """Valid output positions of a plane; ValueError when there are none."""
-        if self.pad == 0 and min(n for i, n in enumerate(spatial) if i not in self.skip) < self.win_size:
+        if self.pad == 0 and min((n for i, n in enumerate(spatial) if i not in self.skip), default=self.win_size) \
+                < self.win_size:
             raise ValueError(f"images of {'x'.join(map(str, spatial))} are smaller than the window "
                              f"({self.win_size}) with padding='valid'; use padding='same' or a smaller win_size")
         return math.prod(self.out_shape(*spatial))

@@ -101,8 +101,11 @@ def test_pytorch_msssim_filters_each_channel_with_its_own_window(rng, dtype, sha
         fp.ssim(x, y, win=torch.cat([win, win[:1] * 2]))
 
 
-def test_pytorch_msssim_small_images_are_not_smoothed_along_short_axes(rng):
-    x, y = pair(rng, (2, 3, 8, 30), torch.float64)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 30), (2, 3, 8, 9), (1, 2, 6, 7, 8)])
+def test_pytorch_msssim_small_images_are_not_smoothed_along_short_axes(rng, shape):
+    """Images shorter than the window along some axes, or all (then SSIM is taken pixel by pixel: it was
+    'min() arg is an empty sequence')."""
+    x, y = pair(rng, shape, torch.float64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ours = both(lambda a, b: fp.ssim(a, b, data_range=1.0), x, y)

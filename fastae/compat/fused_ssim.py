@@ -15,7 +15,7 @@ allowed_padding = ["same", "valid"]
 
 
 def _fused(img1, img2, padding, train):
-    assert padding in allowed_padding
+    assert padding in allowed_padding, f"padding must be one of {allowed_padding}, got {padding!r}"  # (fused-ssim's check)
     if not train:
         with torch.no_grad():
             return ft.ssim(img1, img2, padding=padding)
