@@ -158,6 +158,9 @@ def test_pytorch_msssim_errors(rng):
         fp.ssim(x[0, 0], y[0, 0])
     with pytest.raises(AssertionError, match="Image size should be larger than 160"):
         fp.ms_ssim(x, y)
+    for fn in (fp.ssim, pm.ssim):  # (ours was an IndexError)
+        with pytest.raises(ValueError, match="not enough values to unpack"):
+            fn(x, y, K=(0.01,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

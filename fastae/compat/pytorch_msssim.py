@@ -53,7 +53,8 @@ def ssim(X: Tensor, Y: Tensor, data_range: float = 255, size_average: bool = Tru
     """SSIM of X and Y (valid filtering): the mean over images and channels (``size_average``), else one
     value per image; ``nonnegative_ssim`` clamps each channel's SSIM at 0."""
     win_size, groups = _prepare(X, Y, win_size, win, win_sigma)
-    values = [ft.ssim(_planes(x), _planes(y), data_range, "none", win_size=win_size, sigma=win_sigma, k1=K[0], k2=K[1],
+    k1, k2 = K  # (pytorch-msssim unpacks K: a K of another length is its ValueError)
+    values = [ft.ssim(_planes(x), _planes(y), data_range, "none", win_size=win_size, sigma=win_sigma, k1=k1, k2=k2,
                       window=window, small="skip").reshape(x.shape[:2]) for x, y, window in groups]
     per_channel = values[0] if len(values) == 1 else torch.cat(values, dim=1)
     if nonnegative_ssim:
@@ -70,7 +71,8 @@ def ms_ssim(X: Tensor, Y: Tensor, data_range: float = 255, size_average: bool = 
     assert smaller_side > (win_size - 1) * (2 ** 4), \
         "Image size should be larger than %d due to the 4 downsamplings in ms-ssim" % ((win_size - 1) * (2 ** 4))
     reduction = "mean" if size_average and len(groups) == 1 else "none"
-    values = [ft.ms_ssim(x, y, data_range, reduction, win_size=win_size, sigma=win_sigma, k1=K[0], k2=K[1],
+    k1, k2 = K
+    values = [ft.ms_ssim(x, y, data_range, reduction, win_size=win_size, sigma=win_sigma, k1=k1, k2=k2,
                          weights=weights, window=window, small="skip") for x, y, window in groups]
     if len(groups) == 1:
         return values[0]
