@@ -75,6 +75,30 @@ def test_bad_configurations():
         Autoencoder(16, 4, loss="mixed", image_shape=(4, 4))
     with pytest.raises(ValueError, match="output_activation='sigmoid'"):
         Autoencoder(16, 4, loss="bce", output_activation="tanh")
+    # sizes, dtype and alpha (k=0 and alpha with loss='mse' were taken; hidden=[-1] was NumPy's
+    # 'negative dimensions are not allowed')
+    for kwargs, error, message in (({"k": 0}, ValueError, "k must be a positive integer, got 0"),
+                                   ({"d": 16.0}, ValueError, "d must be a positive integer, got 16.0"),
+                                   ({"hidden": [8, -1]}, ValueError, "hidden sizes must be positive integers, got -1"),
+                                   ({"dtype": np.float16}, TypeError, "dtype must be float32 or float64"),
+                                   ({"loss": "mse", "alpha": 0.3}, ValueError, "loss='mixed' only")):
+        with pytest.raises(error, match=message):
+            Autoencoder(**{"d": 16, "k": 4, **kwargs})
+
+
+def test_inputs_of_the_wrong_width_name_the_argument(rng):
+    """A batch of the wrong width was NumPy's matmul message ('mismatch in its core dimension'), an empty
+    one trained on nothing."""
+    model = Autoencoder(16, 4, loss="mse")
+    for call, message in ((lambda: model.reconstruct(rng.random((3, 15))), r"x must have shape \(n, 16\)"),
+                          (lambda: model.decode(rng.random((3, 5))), r"z must have shape \(n, 4\)"),
+                          (lambda: model.loss(rng.random((2, 3, 16))), r"x must have shape \(n, 16\)"),
+                          (lambda: model.fit(np.zeros((0, 16)), progress=False), "x must hold rows to train on"),
+                          (lambda: model.fit(rng.random((8, 16)), validation=rng.random((2, 9)), progress=False),
+                           r"validation must have shape \(n, 16\)")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert model.reconstruct(rng.random(16)).shape == (16,)
 
 
 def test_hierarchical_reconstructs_coarse_before_fine(rng):

@@ -85,6 +85,15 @@ class Autoencoder:
     def __init__(self, d, k, *, hidden=(), activation="relu", output_activation="sigmoid", tied=False,
                  loss="bce", alpha=None, image_shape=None, weight_decay=0.0, sparsity=None, bias_init=0.0,
                  seed=0, dtype=np.float32, code_activation=None, center=False):
+        for name, value in (("d", d), ("k", k), *(("hidden", h) for h in hidden)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{'hidden sizes' if name == 'hidden' else name} must be positive integers, "
+                                 f"got {value!r}" if name == "hidden" else f"{name} must be a positive integer, "
+                                 f"got {value!r}")
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype).name}")
+        if alpha is not None and loss != "mixed":
+            raise ValueError(f"alpha weighs the pixel term of loss='mixed' only (loss is {loss!r})")
         if code_activation is None:
             code_activation = "sigmoid" if sparsity is not None and sparsity[0] == "kl" else activation
         if any(a not in ACTIVATIONS for a in (activation, output_activation, code_activation)):
@@ -161,11 +170,18 @@ class Autoencoder:
                 hs.append(_act(self.config["activation"], a))
         return hs, pre
 
+    def _rows(self, x, width, name="x"):
+        """x as the model's dtype, checked to hold rows of ``width`` values ((n, width) or (width,))."""
+        x = np.asarray(x, self.dtype)
+        if x.ndim not in (1, 2) or x.shape[-1] != width:
+            raise ValueError(f"{name} must have shape (n, {width}) or ({width},), got {x.shape}")
+        return x
+
     def encode(self, x):
-        return self._encode(np.asarray(x, self.dtype))[0][-1]
+        return self._encode(self._rows(x, self.config["d"]))[0][-1]
 
     def decode(self, z):
-        logits = self._decode(np.asarray(z, self.dtype))[1][-1]
+        logits = self._decode(self._rows(z, self.config["k"], "z"))[1][-1]
         return _act(self.config["output_activation"], logits)
 
     def reconstruct(self, x):
@@ -192,7 +208,7 @@ class Autoencoder:
 
     def loss(self, x):
         """The training objective on x: reconstruction loss plus penalties."""
-        x = np.asarray(x, self.dtype)
+        x = self._rows(x, self.config["d"])
         hs, _ = self._encode(x)
         logits = self._decode(hs[-1])[1][-1]
         total = float(self._loss(logits, x, False)) + self._code_penalty(hs[-1], None)
@@ -256,7 +272,7 @@ class Autoencoder:
     def dead_units(self, x):
         """Per encoder layer of (leaky) ReLUs, the units whose input is never positive on x: a dead ReLU
         passes no gradient, a leaky one only its small negative slope."""
-        _, pre = self._encode(np.asarray(x, self.dtype))
+        _, pre = self._encode(self._rows(x, self.config["d"]))
         n = len(self.enc_w)
         return [int((a.max(axis=0) <= 0).sum()) for i, a in enumerate(pre)
                 if (self.code_activation if i == n - 1 else self.config["activation"]) in ("relu", "leaky_relu")]
@@ -275,6 +291,11 @@ class Autoencoder:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        x = self._rows(x, self.config["d"])
+        if len(x) == 0 or x.ndim == 1:
+            raise ValueError(f"x must hold rows to train on, got shape {x.shape}")
+        if validation is not None:
+            validation = self._rows(validation, self.config["d"], "validation")
         with one_blas_thread():
             return self._fit(x, epochs, batch_size, lr, optimizer, validation, progress, seed, on_epoch, schedule)
 
