@@ -116,6 +116,15 @@ def test_hierarchical_reconstructs_coarse_before_fine(rng):
     np.testing.assert_allclose(model.reconstruct(x), x, atol=0.5)
     with pytest.raises(ValueError, match="orthonormal"):
         HierarchicalAutoencoder(coarse, coarse)
+    # weights, gains, steps, lr and the width of x are checked, naming each (negative or NaN weights, steps=0
+    # and lr=NaN were taken; a wrong width was NumPy's matmul message)
+    for make, message in ((lambda: HierarchicalAutoencoder(coarse, fine, fine_weight=float("nan")), "fine_weight"),
+                          (lambda: HierarchicalAutoencoder(coarse, fine, coarse_weight=-1), "coarse_weight"),
+                          (lambda: HierarchicalAutoencoder(coarse, fine, gains=(0, 0, 0)), "gains"),
+                          (lambda: model.fit(x, steps=0), "steps"), (lambda: model.fit(x, lr=float("nan")), "lr"),
+                          (lambda: model.reconstruct(x[:, :15]), r"x must have shape \(n, 16\)")):
+        with pytest.raises(ValueError, match=message):
+            make()
 
 
 def test_datasets_are_split_by_image_and_in_range():

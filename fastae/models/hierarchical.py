@@ -1,4 +1,7 @@
 """The hierarchical autoencoder of the theory notes: coarse and fine parts."""
+import math
+import numbers
+
 import numpy as np
 
 
@@ -26,11 +29,21 @@ class HierarchicalAutoencoder:
         if off > 1e-6:
             raise ValueError(f"[coarse_basis, fine_basis] must have orthonormal columns: |B^T B - I| = {off:.3g}")
         self.coarse, self.fine = c, f
-        self.weights = (float(coarse_weight), float(fine_weight))
+        self.weights = (_real(coarse_weight, "coarse_weight", 0.0), _real(fine_weight, "fine_weight", 0.0))
         self.gains = np.array(gains, dtype=np.float64)
+        if self.gains.shape != (2,) or not np.isfinite(self.gains).all():
+            raise ValueError(f"gains must be two finite numbers (coarse, fine), got {gains!r}")
+
+    def _rows(self, x):
+        """x as float64 rows of the bases' d values ((n, d) or (d,))."""
+        x = np.asarray(x, np.float64)
+        d = self.coarse.shape[0]
+        if x.ndim not in (1, 2) or x.shape[-1] != d:
+            raise ValueError(f"x must have shape (n, {d}) or ({d},), got {x.shape}")
+        return x
 
     def encode(self, x):
-        x = np.asarray(x, np.float64)
+        x = self._rows(x)
         return x @ self.coarse, x @ self.fine
 
     def decode(self, zc, zf):
@@ -42,7 +55,7 @@ class HierarchicalAutoencoder:
     def scale_errors(self, x):
         """Mean squared reconstruction error of the coarse and of the fine part."""
         zc, zf = self.encode(x)
-        r = np.asarray(x, np.float64) - self.decode(zc, zf)
+        r = self._rows(x) - self.decode(zc, zf)
         return float(np.mean(np.sum((r @ self.coarse) ** 2, axis=1))), float(np.mean(np.sum((r @ self.fine) ** 2, axis=1)))
 
     def loss_and_grad(self, x):
@@ -58,9 +71,23 @@ class HierarchicalAutoencoder:
 
     def fit(self, x, steps=100, lr=0.1):
         """Gradient descent on the gains; returns the per-step (coarse, fine) errors."""
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        lr = _real(lr, "lr", 0.0, open_low=True)
+        x = self._rows(x)
         history = []
         for _ in range(steps):
             _, grad = self.loss_and_grad(x)
             self.gains -= lr * grad
             history.append(self.scale_errors(x))
         return history
+
+
+def _real(value, name, low, open_low=False):
+    """A finite number at least ``low`` (above it with ``open_low``), as a float; else a named error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (open_low and value == low):
+        raise ValueError(f"{name} must be a finite number {'above' if open_low else 'at least'} {low:g}, got {value}")
+    return value
