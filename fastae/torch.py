@@ -342,6 +342,8 @@ def _float32_on_cpu(input, target):
 def _real(value, name):
     """A number for the custom ops' schema (a one-element tensor's value too), as the library takes numbers:
     anything else (None, a string) is a TypeError naming the argument; its range the library checks."""
+    if isinstance(value, float):  # (first: torch.compile's traced constants answer isinstance, not type())
+        return value
     if isinstance(value, Tensor) and value.numel() == 1:
         value = value.item()
     if not is_number(value):
@@ -370,7 +372,7 @@ def _window(window):
     """A caller's 1-D window as a list of floats (a tensor's values, any shape with one axis longer than 1)."""
     if window is None:
         return None
-    if isinstance(window, Tensor):
+    if isinstance(window, Tensor):  # (under torch.compile a graph break: its values may change between calls)
         window = window.detach().to("cpu", torch.float64).reshape(-1).tolist()
     return _reals(window, "window")
 

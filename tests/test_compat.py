@@ -299,3 +299,23 @@ def test_kornia_dtypes_and_half_precision_pixel_losses(rng):
         assert value.dtype == dtype and a.grad.dtype == b.grad.dtype == dtype
         torch.testing.assert_close(value, F.mse_loss(a.float(), b.float()).to(dtype))
         torch.testing.assert_close(b.grad, -a.grad)
+
+
+def test_pytorch_msssim_compiles_and_never_keeps_a_stale_window(rng):
+    """ssim and ms_ssim without win compile without a graph break (the default window's values were read
+    with tolist(), which torch.compile cannot trace: fullgraph=True failed); a win given to the compiled
+    function, or a module's win changed in place, is read on every call (a graph break), never kept."""
+    x, y = pair(rng, (2, 3, 32, 33), torch.float64)
+    compiled = torch.compile(lambda a, b: fp.ssim(a, b, data_range=1.0), fullgraph=True)
+    torch.testing.assert_close(compiled(x, y), fp.ssim(x, y, data_range=1.0), rtol=0, atol=1e-15)
+    big, other = pair(rng, (1, 1, 170, 165), torch.float64)
+    compiled = torch.compile(lambda a, b: fp.ms_ssim(a, b, data_range=1.0), fullgraph=True)
+    torch.testing.assert_close(compiled(big, other), fp.ms_ssim(big, other, data_range=1.0), rtol=0, atol=1e-15)
+    with_win = torch.compile(lambda a, b, w: fp.ssim(a, b, data_range=1.0, win=w))
+    for win in (torch.rand(3, 1, 1, 11, dtype=torch.float64), torch.rand(3, 1, 1, 11, dtype=torch.float64)):
+        torch.testing.assert_close(with_win(x, y, win), pm.ssim(x, y, data_range=1.0, win=win))
+    module = fp.SSIM(data_range=1.0, channel=3)
+    compiled = torch.compile(module)
+    compiled(x, y)
+    module.win.mul_(1.5)
+    torch.testing.assert_close(compiled(x, y), pm.ssim(x, y, data_range=1.0, win=module.win))

@@ -7,6 +7,8 @@ as pytorch-msssim does, an axis shorter than the window left unsmoothed with a w
 to both images. The Gaussian window is pytorch-msssim's own (computed in float32, then cast to the
 images' dtype), so float64 results agree to rounding. ``win`` (C, 1, ..., win_size) filters each
 channel with its own row, as pytorch-msssim's grouped convolution does (one pass when the rows are alike).
+Under torch.compile, ssim and ms_ssim without ``win`` trace whole (fullgraph=True); a ``win`` (the modules'
+too) is read on every call, a graph break, so that a changed window is never a stale constant.
 """
 import functools
 from typing import List, Optional, Tuple, Union
@@ -33,7 +35,9 @@ def _prepare(X, Y, win_size, win, win_sigma):
         raise ValueError("Window size should be odd.")
     if win is None:
         return win_size, [(X, Y, _gaussian(win_size, win_sigma))]
-    rows = win.detach().reshape(win.shape[0], -1).tolist()  # (compared as floats: torch.equal cost ~15 us a call)
+    # (compared as floats: torch.equal cost ~15 us a call; under torch.compile a graph break, as win's values may
+    # change between calls)
+    rows = win.detach().reshape(win.shape[0], -1).tolist()
     if all(row == rows[0] for row in rows):
         return win_size, [(X, Y, rows[0])]
     if len(rows) != X.shape[1]:
@@ -80,8 +84,15 @@ def ms_ssim(X: Tensor, Y: Tensor, data_range: float = 255, size_average: bool = 
     return per_image.mean() if size_average else per_image
 
 
-@functools.lru_cache(maxsize=16)
+@torch.compiler.assume_constant_result
 def _gaussian(win_size, win_sigma):
+    """pytorch-msssim's default window's values (see _cached_gaussian): a constant under torch.compile (a
+    function of two numbers alone), so that ssim and ms_ssim without win compile without a graph break."""
+    return _cached_gaussian(win_size, win_sigma)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_gaussian(win_size, win_sigma):
     """The values of pytorch-msssim's window (float32), once per size and sigma: building it costs a call on
     a small image ~0.1 ms, which pytorch-msssim pays every time."""
     return tuple(_window(win_size, win_sigma, 1, 1).reshape(-1).tolist())
