@@ -85,11 +85,12 @@ class Autoencoder:
     def __init__(self, d, k, *, hidden=(), activation="relu", output_activation="sigmoid", tied=False,
                  loss="bce", alpha=None, image_shape=None, weight_decay=0.0, sparsity=None, bias_init=0.0,
                  seed=0, dtype=np.float32, code_activation=None, center=False):
-        for name, value in (("d", d), ("k", k), *(("hidden", h) for h in hidden)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{'hidden sizes' if name == 'hidden' else name} must be positive integers, "
-                                 f"got {value!r}" if name == "hidden" else f"{name} must be a positive integer, "
-                                 f"got {value!r}")
+        for name, value in (("d", d), ("k", k)):
+            if not _positive_integer(value):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for value in hidden:
+            if not _positive_integer(value):
+                raise ValueError(f"hidden sizes must be positive integers, got {value!r}")
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype).name}")
         if alpha is not None and loss != "mixed":
@@ -287,7 +288,7 @@ class Autoencoder:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if not _positive_integer(value):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
@@ -371,6 +372,10 @@ class Autoencoder:
                                      f"needs {p.dtype} {p.shape}")
                 p[...] = stored
         return model
+
+
+def _positive_integer(value):
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
 
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}
