@@ -25,8 +25,10 @@ from torch import Tensor, nn
 
 import fastae as _fa
 from fastae._table import LOSSES
-from fastae._arrays import is_number
-from fastae.pointwise import loss_params
+from fastae._arrays import check_choice, is_number
+from fastae._table import ACTIVATIONS
+from fastae.pointwise import REDUCTIONS, loss_params
+from fastae.ssim import PADDINGS
 
 # ---------------------------------------------------------------- the operators
 
@@ -255,6 +257,7 @@ def _needs_grad(input):
 # ---------------------------------------------------------------- functional API
 def _pointwise_loss(loss, input, target, reduction, weight, activation, negative_slope, **params):
     _check(input, target, weight=weight)
+    _choices(reduction=(reduction, REDUCTIONS), activation=(activation, _ACTIVATION_NAMES))
     checked = loss_params(loss, params, LOSSES[loss].torch)
     input, target, dtype = _float32_on_cpu(input, target)
     if dtype is not None and isinstance(weight, Tensor) and weight.dtype == dtype:
@@ -322,6 +325,8 @@ def _structural_loss(kind, input, target, reduction="mean", data_range=1.0, win_
                      k2=0.03, padding="valid", alpha=0.0, pixel="l1", weights=None, window=None, eps=0.0,
                      small="raise"):
     _check(input, target)
+    _choices(reduction=(reduction, ("mean", "none")), padding=(padding, PADDINGS), pixel=(pixel, ("l1", "mse")),
+             small=(small, ("raise", "skip")))
     input, target, dtype = _float32_on_cpu(input, target)
     value, _, _ = _structural(input, target, kind, reduction, _real(data_range, "data_range"), _win_size(win_size),
                               _real(sigma, "sigma"), _real(k1, "k1"), _real(k2, "k2"), padding, _real(alpha, "alpha"),
@@ -337,6 +342,16 @@ def _float32_on_cpu(input, target):
         # (under autocast the result stays float32, as torch.nn.functional's losses)
         return input.float(), target.float(), None if torch.is_autocast_enabled("cpu") else input.dtype
     return input, target, None
+
+
+_ACTIVATION_NAMES = tuple(ACTIVATIONS)
+
+
+def _choices(**given):
+    """Each string option among its choices (name=(value, choices)), checked before the custom ops, whose
+    schemas would refuse a non-string with the dispatcher's message ('Expected a value of type str')."""
+    for name, (value, choices) in given.items():
+        check_choice(value, name, choices)
 
 
 def _real(value, name):
@@ -396,6 +411,7 @@ def ssim_map(input, target, data_range=1.0, *, win_size=11, sigma=1.5, k1=0.01, 
              window=None, eps=0.0):
     """The per-pixel SSIM map (kornia's ``metrics.ssim``), differentiable in both images."""
     _check(input, target)
+    _choices(padding=(padding, PADDINGS))
     input, target, dtype = _float32_on_cpu(input, target)
     value = _ssim_map(input, target, _real(data_range, "data_range"), _win_size(win_size), _real(sigma, "sigma"),
                       _real(k1, "k1"), _real(k2, "k2"), padding, _window(window), _real(eps, "eps"))
@@ -413,6 +429,7 @@ def ms_ssim_l1_loss(input, target, *, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_ran
                     alpha=0.025, compensation=200.0, reduction="mean"):
     """The MS-SSIM + L1 loss of Zhao et al., as kornia's MS_SSIMLoss (see fastae.ms_ssim_l1_loss)."""
     _check(input, target)
+    _choices(reduction=(reduction, ("mean", "sum", "none")))
     input, target, dtype = _float32_on_cpu(input, target)
     value = _ms_ssim_l1(input, target, _reals(sigmas, "sigmas"), _real(data_range, "data_range"), _real(k1, "k1"),
                         _real(k2, "k2"), _real(alpha, "alpha"), _real(compensation, "compensation"), reduction)

@@ -336,3 +336,23 @@ def test_numbers_are_checked_as_the_library_checks_them(call, error, message):
 def test_a_one_element_tensor_is_a_number():
     x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     assert ft.ssim(x, y, data_range=torch.tensor(2.0)) == ft.ssim(x, y, data_range=2.0)
+
+
+BAD_OPTIONS = [
+    (lambda x, y: ft.mse_loss(x, y, reduction=None), "reduction must be one of 'mean', 'sum', 'none', 'batchmean'"),
+    (lambda x, y: ft.l1_loss(x, y, activation=None), "activation must be one of 'identity'"),
+    (lambda x, y: ft.ssim(x, y, padding=None), "padding must be one of 'valid', 'same', 'reflect'; got None"),
+    (lambda x, y: ft.ssim_loss(x, y, reduction="sum"), "reduction must be one of 'mean', 'none'; got 'sum'"),
+    (lambda x, y: ft.ssim_map(x, y, padding=1), "padding must be one of"),
+    (lambda x, y: ft.mixed_loss(x, y, alpha=0.5, pixel=None), "pixel must be one of 'l1', 'mse'; got None"),
+    (lambda x, y: ft.ms_ssim_l1_loss(x, y, reduction=None), "reduction must be one of 'mean', 'sum', 'none'"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD_OPTIONS, ids=range(len(BAD_OPTIONS)))
+def test_string_options_are_checked_before_the_custom_ops(call, message):
+    """A non-string option (reduction=None) met the custom ops' schemas first: a RuntimeError from the
+    dispatcher ('Expected a value of type str for argument reduction'). Now the library's ValueError."""
+    x, y = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=message):
+        call(x, y)
