@@ -182,6 +182,9 @@ def _piece_sums(pred, target, weight, loss, fields, activation, negative_slope):
     """The float64 sum of w * loss over each piece of SUM_PIECE elements of a flat block (pieces from its
     start), as the in-memory kernel sums its chunks; ValueError where a value leaves the loss's domain."""
     call = Call(pred)
+    pred, target = call.pred, call.like_pred(target, "target")  # (native views: see _arrays.as_array)
+    if weight is not None and not is_number(weight):
+        weight = call.like_pred(weight, "weight", shape=False)
     piece = call.backend.SUM_PIECE or max(pred.size, 1)
     sums = np.empty(-(-pred.size // piece))
     for i in range(sums.size):

@@ -124,6 +124,19 @@ def test_pixel_loss_with_activation_and_params(client, rng):
     np.testing.assert_array_equal(fd.huber(blocks(x, 9), y, delta=0.3, reduction="sum").compute(), expected)
 
 
+def test_blocks_of_the_other_byte_order_equal_native_ones(rng):
+    """Big-endian blocks reached the kernels raw in the pixel losses' sums (a Numba TypingError)."""
+    x = rng.uniform(0.05, 0.95, (6, 2, 9, 11)).astype(np.float32)
+    y = rng.uniform(0, 1, x.shape).astype(np.float32)
+    weight = rng.uniform(0, 2, x.shape).astype(np.float32)
+    swapped = x.dtype.newbyteorder(">" if sys.byteorder == "little" else "<")
+    for loss in ("mse", "bce"):
+        expected = getattr(fa, loss)(x, y, weight=weight)
+        got = getattr(fd, loss)(blocks(x.astype(swapped), 2), blocks(y.astype(swapped), 3),
+                                weight=blocks(weight.astype(swapped), 4))
+        np.testing.assert_array_equal(got.compute(), expected)
+
+
 def test_lazy_and_checked_at_once(rng):
     x = da.from_array(rng.standard_normal((10, 8)), chunks=5)
     D = dictionary(rng, 8, 12, np.float64)
