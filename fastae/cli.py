@@ -224,6 +224,21 @@ def _check_conv(sub, args, argv):
         sub.exit(2, "".join(f"{sub.prog}: error: {line}\n" for line in lines))
 
 
+def _check_cuda_bench(sub):
+    """bench --cuda needs torch with a CUDA device and CuPy: one error line otherwise (it was a traceback)."""
+    try:
+        import torch
+    except ImportError:
+        sub.error("argument --cuda: needs PyTorch with CUDA (pip install 'fastae[torch]')")
+    if not torch.cuda.is_available():
+        sub.error("argument --cuda: torch sees no CUDA device")
+    from . import cuda
+    try:
+        cuda.cupy()
+    except ImportError:
+        sub.error("argument --cuda: needs CuPy (pip install 'fastae[cuda]')")
+
+
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
@@ -267,6 +282,7 @@ def main(argv=None):
         (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
         return 0
     if args.cuda:
+        _check_cuda_bench(sub)
         from . import bench_cuda
         bench_cuda.main(repeats=args.repeats or 7)
     else:

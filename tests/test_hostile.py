@@ -373,10 +373,12 @@ BAD_FLAGS = [
     (["bench", "--threads", "0"], "--threads"),
     (["train", "--loss", "bce", "--output-activation", "tanh"], "--output-activation"),
     (["train", "--out", "/dev/null/out"], "--out"), (["pareto", "--out", "/dev/null/out"], "--out"),
+    pytest.param(["bench", "--cuda"], "--cuda", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                         reason="a CUDA device: bench --cuda runs")),
 ]
 
 
-@pytest.mark.parametrize("argv,flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+@pytest.mark.parametrize("argv,flag", BAD_FLAGS, ids=[" ".join(getattr(case, "values", case)[0]) for case in BAD_FLAGS])
 def test_every_bad_flag_is_one_line_and_exit_status_2(capsys, argv, flag):
     with pytest.raises(SystemExit) as stop:
         cli(argv)
