@@ -86,15 +86,6 @@ class _Images:
         self.y = contiguous(t).reshape((-1,) + self.spatial)
         self.xp = self.call.xp
         self.backend = self.call.backend
-        # SSIM is the same for (t x, t y, t data_range): a data_range far from 1 is brought into [1/2, 1) by a
-        # power of two t (exact), so that no moment or constant overflows or underflows (float32 gave NaN from
-        # data_range 1e30, float64 from 1e-200; C1 raised OverflowError from 1e200); every gradient is then
-        # taken times t (``unit``). The images as given stay in given_x, given_y.
-        self.given_x, self.given_y = self.x, self.y
-        self.unit = power_of_two_scale(self.data_range) if self.x.dtype in (np.float32, np.float64) else 1.0
-        if self.unit != 1:
-            self.x, self.y = ((a * self.xp.float64(self.unit)).astype(a.dtype) for a in (self.x, self.y))
-            self.data_range *= self.unit
         self.pad = 0 if padding == "valid" else self.win_size // 2
         check_choice(small, "small", ("raise", "skip"))
         # small="skip": an axis shorter than the window is not smoothed (pytorch-msssim's behaviour)
@@ -112,6 +103,16 @@ class _Images:
                              f"{self.pad} a side, got {'x'.join(map(str, self.spatial))}")
         self.window = _gaussian_window(self.win_size, self.sigma) if window is None else window
         self.general = self.dims == 3 or padding == "reflect" or self.eps > 0 or bool(self.skip)
+        # SSIM is the same for (t x, t y, t data_range): a data_range far from 1 is brought into [1/2, 1) by a
+        # power of two t (exact), so that no moment or constant overflows or underflows (float32 gave NaN from
+        # data_range 1e30, float64 from 1e-200; C1 raised OverflowError from 1e200); every gradient is then
+        # taken times t (``unit``). The images as given stay in given_x, given_y. (Last: a call that fails its
+        # checks allocates nothing.)
+        self.given_x, self.given_y = self.x, self.y
+        self.unit = power_of_two_scale(self.data_range) if self.x.dtype in (np.float32, np.float64) else 1.0
+        if self.unit != 1:
+            self.x, self.y = ((a * self.xp.float64(self.unit)).astype(a.dtype) for a in (self.x, self.y))
+            self.data_range *= self.unit
         self.c1 = (self.k1 * self.data_range) ** 2
         self.c2 = (self.k2 * self.data_range) ** 2
 
