@@ -76,8 +76,13 @@ def avg_pool_adjoint(g, pads, out, scale):
 
 
 def power_of_two_scale(largest, within=2.0 ** 16):
-    """The power of two t with t * largest in [1/2, 1) where ``largest`` is finite, positive and outside
-    [1 / within, within]; else 1. Scaling by it changes no digit (short of float32's or float64's ends)."""
+    """to_unit(largest) where ``largest`` is finite, positive and outside [1 / within, within]; else 1.
+    Scaling by it changes no digit (short of float32's or float64's ends)."""
     if not 0 < largest < math.inf or 1 / within <= largest <= within:
         return 1.0
+    return to_unit(largest)
+
+
+def to_unit(largest):
+    """The power of two t with t * largest in [1/2, 1) (``largest`` finite and positive)."""
     return math.ldexp(1.0, -math.frexp(largest)[1])

@@ -205,8 +205,7 @@ def _given(flag, argv):
 def _check_conv(sub, args, argv):
     """--model conv: one line for each flag of the dense model given, for a loss it does not take, for a
     crop that is no multiple of 8, for --device cuda without a device, and when torch is missing."""
-    lines = [f"argument {flag}: applies to --model dense only" for flag in DENSE_ONLY
-             if any(a == flag or a.startswith(flag + "=") for a in argv)]
+    lines = [f"argument {flag}: applies to --model dense only" for flag in DENSE_ONLY if _given(flag, argv)]
     if args.loss not in CONV_LOSSES:
         lines.append(f"argument --loss: --model conv takes {', '.join(CONV_LOSSES)}; got {args.loss!r}")
     if args.micro_batches & (args.micro_batches - 1):
@@ -250,7 +249,7 @@ def main(argv=None):
             _check_conv(sub, args, given)
         else:
             lines = [f"argument {flag}: applies to --model conv only (the dense model trains on NumPy, on the CPU)"
-                     for flag in CONV_ONLY if any(a == flag or a.startswith(flag + "=") for a in given)]
+                     for flag in CONV_ONLY if _given(flag, given)]
             if lines:
                 sub.exit(2, "".join(f"{sub.prog}: error: {line}\n" for line in lines))
     if args.command == "train":

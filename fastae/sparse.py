@@ -7,7 +7,6 @@
 - For any dictionary D, ``ista`` solves the same problem by (accelerated)
   proximal gradient descent, batched over signals.
 """
-import math
 import numbers
 import warnings
 from collections import namedtuple
@@ -15,7 +14,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._arrays import Call, check_number, contiguous, is_number, on_device
-from ._neutral import power_of_two_scale, rows_times
+from ._neutral import power_of_two_scale, rows_times, to_unit
 from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
@@ -268,9 +267,9 @@ def _groups_of_like_size(xp, signals, live, b, largest, d):
         w = 1.0
         if key == 1:  # (x w in [1/2, 1): x w d stays finite)
             x = signals[index]
-            w = math.ldexp(1.0, -math.frexp(_largest(xp, x))[1])
+            w = to_unit(_largest(xp, x))
             products = rows_times(_times(xp, x, w), d)
-        v = 1.0 if key == 0 else math.ldexp(1.0, -math.frexp(_largest(xp, products))[1])
+        v = 1.0 if key == 0 else to_unit(_largest(xp, products))
         groups.append((index, contiguous(_times(xp, products, v)), w * v))
     return groups
 

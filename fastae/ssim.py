@@ -164,9 +164,10 @@ class _Images:
         (loss, scale): the pixel loss's gradient times scale added, in the same pass where the backend
         can (SSIM_PIXEL), and (per-plane sums, the pixel loss's float64 total) returned."""
         fused = not (self.general or self.skip)
-        if pixel is not None and not (fused and self.backend.SSIM_PIXEL):  # the pointwise pass first
-            _, total, _ = self.backend.pointwise(pixel[0], {}, "identity", 0.0, x, y, None, grad, None, pixel[1],
-                                                 1.0, target_grad=target_grad)
+        if pixel is not None and not (fused and self.backend.SSIM_PIXEL and self.unit == 1):
+            # the pointwise pass first, on the images as given (x, y may be rescaled: see unit)
+            _, total, _ = self.backend.pointwise(pixel[0], {}, "identity", 0.0, self.given_x, self.given_y, None, grad,
+                                                 None, pixel[1], 1.0, target_grad=target_grad)
             return self.planes(x, y, use_cs, scales, grad, True, target_grad), total
         if fused:
             args = (x, y, self.window, self.pad, self.c1, self.c2, use_cs, scales, grad, accumulate, target_grad)
@@ -303,13 +304,7 @@ def mixed_loss(pred, target, *, alpha, pixel="l1", data_range=1.0, win_size=11, 
     n = images.x.size
     scale = alpha / n if n else 0.0
     scales = images.full(images.x.shape[0], -(1.0 - alpha) * images.plane_weight() / n_pos * images.unit)
-    if images.unit == 1:  # the pixel loss in the SSIM's pass
-        per_plane, pixel_sum = images.planes(images.x, images.y, False, scales, g, target_grad=tg,
-                                             pixel=(pixel, scale))
-    else:  # the pixel loss on the images as given, then the SSIM on the rescaled ones (see _Images)
-        _, pixel_sum, _ = images.backend.pointwise(pixel, {}, "identity", 0.0, images.given_x, images.given_y, None,
-                                                   g, None, scale, 1.0, target_grad=tg)
-        per_plane = images.planes(images.x, images.y, False, scales, g, True, tg)
+    per_plane, pixel_sum = images.planes(images.x, images.y, False, scales, g, target_grad=tg, pixel=(pixel, scale))
     per_plane = per_plane / n_pos
     pixel_mean = pixel_sum / n if n else np.nan
     value = images.call.back(images.xp.asarray(alpha * pixel_mean + (1.0 - alpha) * (1.0 - mean(per_plane)),

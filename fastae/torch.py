@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 import fastae as _fa
 from fastae._table import LOSSES
-from fastae._arrays import check_choice, is_number
+from fastae._arrays import check_choice, check_finite_or_nan, is_number
 from fastae._table import ACTIVATIONS
 from fastae.pointwise import REDUCTIONS, loss_params
 from fastae.ssim import PADDINGS
@@ -363,10 +363,7 @@ def _real(value, name):
         value = value.item()
     if not is_number(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        return float(value)
-    except OverflowError:  # (an int beyond float's range)
-        raise ValueError(f"{name} must be a finite number, got an integer of {value.bit_length()} bits") from None
+    return check_finite_or_nan(value, name)
 
 
 def _reals(values, name):

@@ -76,7 +76,8 @@ def pca_baseline(train_x, val_x, k, shape):
 def build(config, shape):
     d = int(np.prod(shape))
     return Autoencoder(d, config["code"], hidden=config["hidden"], tied=config["tied"], loss=config["loss"],
-                       alpha=config["alpha"] if config["loss"] == "mixed" else None, image_shape=shape, sparsity=config["sparsity"],
+                       alpha=config["alpha"] if config["loss"] == "mixed" else None, image_shape=shape,
+                       sparsity=config["sparsity"],
                        weight_decay=config["weight_decay"], seed=config["seed"], bias_init=config["bias_init"],
                        activation=config["activation"], code_activation=config["code_activation"],
                        output_activation=config["output_activation"], center=config["center"])

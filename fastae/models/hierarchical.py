@@ -1,8 +1,9 @@
 """The hierarchical autoencoder of the theory notes: coarse and fine parts."""
-import math
 import numbers
 
 import numpy as np
+
+from fastae._arrays import check_number
 
 
 class HierarchicalAutoencoder:
@@ -29,7 +30,8 @@ class HierarchicalAutoencoder:
         if off > 1e-6:
             raise ValueError(f"[coarse_basis, fine_basis] must have orthonormal columns: |B^T B - I| = {off:.3g}")
         self.coarse, self.fine = c, f
-        self.weights = (_real(coarse_weight, "coarse_weight", 0.0), _real(fine_weight, "fine_weight", 0.0))
+        self.weights = (check_number(coarse_weight, "coarse_weight", nonnegative=True),
+                        check_number(fine_weight, "fine_weight", nonnegative=True))
         self.gains = np.array(gains, dtype=np.float64)
         if self.gains.shape != (2,) or not np.isfinite(self.gains).all():
             raise ValueError(f"gains must be two finite numbers (coarse, fine), got {gains!r}")
@@ -73,7 +75,7 @@ class HierarchicalAutoencoder:
         """Gradient descent on the gains; returns the per-step (coarse, fine) errors."""
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        lr = _real(lr, "lr", 0.0, open_low=True)
+        lr = check_number(lr, "lr", positive=True)
         x = self._rows(x)
         history = []
         for _ in range(steps):
@@ -81,13 +83,3 @@ class HierarchicalAutoencoder:
             self.gains -= lr * grad
             history.append(self.scale_errors(x))
         return history
-
-
-def _real(value, name, low, open_low=False):
-    """A finite number at least ``low`` (above it with ``open_low``), as a float; else a named error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or (open_low and value == low):
-        raise ValueError(f"{name} must be a finite number {'above' if open_low else 'at least'} {low:g}, got {value}")
-    return value
