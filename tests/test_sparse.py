@@ -279,6 +279,34 @@ def test_ista_steps_follow_the_reference_iteration(rng, accelerated):
         np.testing.assert_allclose(codes, fista_reference(x, D, 0.2, n_steps, accelerated), atol=1e-5)
 
 
+@pytest.mark.parametrize("guess", ["empty", "random", "every_atom"])
+def test_exact_solve_walks_to_the_optimum_from_a_poor_guess(rng, guess):
+    """The CPU backend's exact solve (behind FISTA's polish and coordinate
+    descent) walks from a support guess to the optimum by active-set steps:
+    from no atom it must add each of the ~20 the optimum uses, from every atom
+    drop ~28, from a random guess both (a few corrections cannot)."""
+    from fastae.cpu.sparse import solve_on_support
+    D = dictionary(rng, 64, 48)
+    alpha = 0.2
+    for x in signals(rng, D, 5, density=0.4):
+        b, gram = D.T @ x, D.T @ D
+        k = gram.shape[0]
+        support = {"empty": np.zeros(0, np.int64), "every_atom": np.arange(k),
+                   "random": rng.permutation(k)[:20]}[guess]
+        m = support.size
+        sign = np.where(b[support] > 0, 1.0, -1.0) if guess != "random" else rng.choice([-1.0, 1.0], m)
+        padded = lambda a, dtype=np.float64: np.concatenate([a, np.zeros(k - m, dtype)])  # noqa: E731
+        support, sign, at = padded(support, np.int64), padded(sign), padded(0.01 * sign[:m])
+        u, y, x_s, residual = np.empty((k, k)), np.empty(k), np.empty(k), np.empty(k)
+        exact, size = solve_on_support(gram, b, alpha / 2, alpha / 2 * (1 + 1e-8), support, sign, m, at, u, y, x_s,
+                                       residual, np.zeros(k, np.bool_))
+        assert exact
+        z = np.zeros(k)
+        z[support[:size]] = x_s[:size]
+        assert optimality_gap(x[None], D, z[None], alpha) < 1e-10
+        assert 10 <= size <= 30
+
+
 def test_ista_with_duplicate_atoms_converges_by_iterating(rng):
     """Two equal atoms make G_SS singular on supports holding both: the polish
     cannot solve those signals, which then converge by the float64 iterations."""

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from ._math import like
-from ._threads import one_blas_thread, run_chunks, run_tasks
+from ._threads import next_task, one_blas_thread, run_chunks, run_pulled, run_tasks, take_task
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 from .._neutral import rows_times
 
@@ -97,9 +97,10 @@ def add_atom(gram, b, half_alpha, support, sign, m, l, y):
 
 
 @njit(**KERNEL_OPTIONS)
-def factor_support(gram, b, half_alpha, support, sign, m, l, y):
-    """``add_atom`` for the m atoms of the support in turn."""
-    for p in range(m):
+def factor_support(gram, b, half_alpha, support, sign, first, m, l, y):
+    """``add_atom`` for atoms ``first`` to m - 1 of the support in turn (rows before ``first`` are kept: row p of
+    the factor depends on atoms 0 .. p alone)."""
+    for p in range(first, m):
         if not add_atom(gram, b, half_alpha, support, sign, p, l, y):
             return False
     return True
@@ -118,35 +119,51 @@ def back_substitute(l, y, m, x):
 
 
 @njit(**KERNEL_OPTIONS)
-def solve_on_support(gram, b, half_alpha, limit, support, sign, m, u, y, x, residual, member):
-    """The exact optimum from a guess of the support S and signs s: x solves
-    G_SS x = b_S - alpha/2 s_S. When x keeps the signs and every other atom
-    satisfies |b_j - (G x)_j| <= ``limit`` (alpha/2 and a rounding slack), x
-    is the minimiser (the optimality conditions). Otherwise the guess is
-    corrected, at most SUPPORT_FIXES times: atoms whose sign flipped leave
-    (a new factorisation), or else the atom violating its condition most
-    joins with the sign of its residual (the factor grows by a column).
-    Returns the support size of the optimum (support[:m], x[:m]), or -1."""
+def solve_on_support(gram, b, half_alpha, limit, support, sign, m, at, u, y, x, residual, member):
+    """The exact optimum, by an active-set walk from a guess: the support S
+    and signs s of a point ``at`` (at[p] the code of atom support[p]).
+    x solves G_SS x = b_S - alpha/2 s_S, the minimiser of the objective on
+    the orthant of s. If x leaves the orthant, the point moves towards x as
+    far as the first code that reaches zero, and that atom leaves S (the
+    objective falls all the way: it is convex, its minimum on the segment's
+    line lies at x). If x keeps the signs and every other atom satisfies
+    |b_j - (G x)_j| <= ``limit`` (alpha/2 and a rounding slack), x is the
+    minimiser (the optimality conditions); else the atom violating its
+    condition most joins S with the sign of its residual, and the walk goes
+    on from x. An atom that joins extends the Cholesky factor of G_SS by a
+    row, one that leaves refactors the rows after its own. Returns the
+    (True, support size of the optimum: support[:m], x[:m]), or after
+    SUPPORT_STEPS steps, or where G_SS is singular, (False, the size of the
+    support where the walk stopped): its point is at[:m], whose objective is
+    at most the guess's."""
     k = gram.shape[0]
-    factored = factor_support(gram, b, half_alpha, support, sign, m, u, y)
-    for _ in range(SUPPORT_FIXES + 1):
-        if not factored:
-            return -1
+    if not factor_support(gram, b, half_alpha, support, sign, 0, m, u, y):
+        return False, m
+    for _ in range(SUPPORT_STEPS):
         back_substitute(u, y, m, x)
-        kept = 0
-        for p in range(m):  # drop the atoms whose sign flipped
-            if x[p] * sign[p] > 0:
-                support[kept], sign[kept] = support[p], sign[p]
-                kept += 1
-        if kept < m:
-            m = kept
-            factored = factor_support(gram, b, half_alpha, support, sign, m, u, y)
+        t, leaving = 1.0, -1
+        for p in range(m):  # the first code on the way to x that reaches zero
+            if not x[p] * sign[p] > 0:
+                d = at[p] - x[p]
+                tp = at[p] / d if d != 0 else 0.0
+                tp = max(tp, 0.0)  # (a code rounded past zero leaves at once)
+                if tp < t or leaving < 0:
+                    t, leaving = min(tp, 1.0), p
+        if leaving >= 0:
+            for p in range(leaving):
+                at[p] += t * (x[p] - at[p])
+            for p in range(leaving, m - 1):
+                support[p], sign[p], at[p] = support[p + 1], sign[p + 1], at[p + 1] + t * (x[p + 1] - at[p + 1])
+            m -= 1
+            if not factor_support(gram, b, half_alpha, support, sign, leaving, m, u, y):
+                return False, m
             continue
         for j in range(k):
             residual[j] = b[j]
         for q in range(m):
             sq, xq = support[q], x[q]
             member[sq] = True
+            at[q] = xq
             for j in range(k):
                 residual[j] -= gram[sq, j] * xq
         worst, excess = -1, limit
@@ -156,14 +173,15 @@ def solve_on_support(gram, b, half_alpha, limit, support, sign, m, u, y, x, resi
         for q in range(m):
             member[support[q]] = False
         if worst < 0:
-            return m
-        support[m], sign[m] = worst, 1.0 if residual[worst] > 0 else -1.0  # the worst violator joins
-        factored = add_atom(gram, b, half_alpha, support, sign, m, u, y)
+            return True, m
+        support[m], sign[m], at[m] = worst, 1.0 if residual[worst] > 0 else -1.0, 0.0  # the worst violator joins
+        if not add_atom(gram, b, half_alpha, support, sign, m, u, y):
+            return False, m
         m += 1
-    return -1
+    return False, m
 
 
-SUPPORT_FIXES = 5  # corrections of a support guess per attempt at the exact optimum
+SUPPORT_STEPS = 64  # steps of the active-set walk per attempt at the exact optimum
 ITERATING, CONVERGED, SOLVED = 0, 1, 2  # a signal's state in the batch
 
 
@@ -212,9 +230,11 @@ def fista_rows(y, gy, b, z, step, thr, tol2, t, change, state):
 
 
 @njit(**KERNEL_OPTIONS)
-def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step, state, rows, codes, first, stop):
+def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step, state, rows, codes, solved, queue):
     """Jump to the exact optimum where FISTA is close to the support: on the
-    iterating rows ``first`` to ``stop`` whose ``change`` is under ``below``.
+    iterating rows whose ``change`` is under ``below``, in tasks of
+    POLISH_ROWS rows that this thread takes from ``queue`` (see
+    _threads.run_pulled); solved[t] counts the rows task t solved.
     Row r of the batch is signal ``rows[r]`` of ``b`` (all n signals) and of
     ``codes``; ``b`` and ``gram`` are float64 whatever the iterates' dtype.
 
@@ -222,9 +242,8 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     on the support solves G_SS x = b_S - alpha/2 s_S. When x keeps the signs
     and every other coordinate satisfies |b_j - (G x)_j| <= alpha/2 (within
     ``slack``, relative), x is the minimiser (the optimality conditions):
-    it is written into ``codes[rows[r]]`` and the row becomes SOLVED; the
-    count of such rows is returned (``solve_on_support``, which also corrects
-    a wrong guess a few times). ``tried`` keeps a signature of each row's last failed sign
+    it is written into ``codes[rows[r]]`` and the row becomes SOLVED
+    (``solve_on_support``, which walks on from a wrong guess). ``tried`` keeps a signature of each row's last failed sign
     pattern, so that a pattern is tried once, and ``retry`` the FISTA step
     from which the row may be tried again: an attempt on m atoms waits
     m^3 / (2 k^2) steps, about what its factorisation costs (m^3 / 6 scalar
@@ -236,11 +255,25 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     u = np.empty((k, k))  # the Cholesky factor of G_SS
     y = np.empty(k)  # U^-T (b_S - alpha/2 s_S)
     x = np.empty(k)  # the solution on the support
+    at = np.empty(k)  # the codes on the support, where the walk starts
     residual = np.empty(k)  # b - G x
     support = np.empty(k, np.int64)
     sign = np.empty(k)
     member = np.zeros(k, np.bool_)
     limit = half_alpha * slack
+    task = take_task(queue)
+    while task < solved.size:
+        solved[task] = _polish_task(z, b, gram, half_alpha, limit, change, below, tried, retry, step, state, rows,
+                                    codes, task * POLISH_ROWS, min(n, (task + 1) * POLISH_ROWS), u, y, x, at,
+                                    residual, support, sign, member)
+        task = next_task(queue)
+
+
+@njit(inline="always")
+def _polish_task(z, b, gram, half_alpha, limit, change, below, tried, retry, step, state, rows, codes, first, stop, u,
+                 y, x, at, residual, support, sign, member):
+    """polish_rows on the rows ``first`` to ``stop``: the count solved."""
+    n, k = z.shape
     solved = 0
     for r in range(first, stop):
         if state[r] != ITERATING or not change[r] <= below or step < retry[r]:
@@ -249,7 +282,7 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
         signature = np.uint64(m)
         for j in range(k):
             if z[r, j] != 0:
-                support[m] = j
+                support[m], at[m] = j, z[r, j]
                 sign[m] = 1.0 if z[r, j] > 0 else -1.0
                 m += 1
                 signature = signature * np.uint64(1000003) + np.uint64(2 * j + (z[r, j] > 0) + 1)
@@ -257,8 +290,9 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
             continue
         tried[r] = signature
         retry[r] = step + m * m * m // (2 * k * k)
-        m = solve_on_support(gram, b[rows[r]], half_alpha, limit, support, sign, m, u, y, x, residual, member)
-        if m >= 0:
+        exact, m = solve_on_support(gram, b[rows[r]], half_alpha, limit, support, sign, m, at, u, y, x, residual,
+                                    member)
+        if exact:
             row = codes[rows[r]]
             row[:] = 0
             for p in range(m):
@@ -342,18 +376,12 @@ POLISH_THREADS_FROM = 4e6  # operations of factorisation from which the polish i
 
 
 def _polish(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows, codes, parallel):
-    """polish_rows over the batch in tasks of POLISH_ROWS rows (over fastae's threads if ``parallel``); the
-    count solved."""
-    if not parallel:
-        return polish_rows(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows, codes,
-                           0, z.shape[0])
+    """polish_rows over the batch (over fastae's threads if ``parallel``, each in one call that takes tasks as
+    it comes free); the count solved."""
     tasks = -(-z.shape[0] // POLISH_ROWS)
     solved = np.zeros(tasks, np.int64)
-
-    def run(task):
-        solved[task] = polish_rows(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows,
-                                   codes, task * POLISH_ROWS, min((task + 1) * POLISH_ROWS, z.shape[0]))
-    run_tasks(run, tasks)
+    run_pulled(lambda queue: polish_rows(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state,
+                                         rows, codes, solved, queue), tasks, tasks if parallel else 1)
     return int(solved.sum())
 
 
@@ -471,12 +499,12 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, first, stop):
     # One workspace, laid out alike in every call: where small vectors and the matrices land apart, a
     # loop's loads may wait on its stores to an address 4 KiB away (measured: 1.5x the time, by process).
     pitch = k + 8
-    work = np.empty(2 * k * pitch + 10 * pitch)
+    work = np.empty(2 * k * pitch + 11 * pitch)
     gs = work[:k * pitch].reshape(k, pitch)
     u = work[k * pitch:2 * k * pitch].reshape(k, pitch)
-    vectors = work[2 * k * pitch:].reshape(10, pitch)
+    vectors = work[2 * k * pitch:].reshape(11, pitch)
     z, c, x, y, residual, sign = vectors[0, :k], vectors[1, :k], vectors[2, :k], vectors[3, :k], vectors[4, :k], vectors[5, :k]
-    zs, cs, inverse_s, threshold_s = vectors[6, :k], vectors[7, :k], vectors[8, :k], vectors[9, :k]
+    zs, cs, inverse_s, threshold_s, at = vectors[6, :k], vectors[7, :k], vectors[8, :k], vectors[9, :k], vectors[10, :k]
     support, guess = np.empty(k, np.int64), np.empty(k, np.int64)
     member = np.zeros(k, np.bool_)
     limit, tol2 = half_alpha * slack, tol * tol
@@ -492,16 +520,18 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, first, stop):
             settled = not moved > tol2 * size  # (NaN codes too: no sweep mends them)
             if (settled or signature == last) and signature != tried:
                 tried = signature
-                guess[:m] = support[:m]
-                solved = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, u, y, x, residual, member)
-                if solved >= 0:
+                for p in range(m):
+                    guess[p], at[p] = support[p], z[support[p]]
+                solved, m = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, at, u, y, x, residual,
+                                             member)
+                if solved:
                     row[:] = 0.0
-                    for p in range(solved):
+                    for p in range(m):
                         row[guess[p]] = x[p]
                     done = True
                     break
-                for p in range(m):  # (the solve reordered the signs)
-                    sign[p] = 1.0 if z[support[p]] > 0 else -1.0
+                if not settled:  # on from where the walk stopped: its objective is no higher
+                    _move_to(z, c, br, gram, guess, at, m, support)
             if settled:
                 row[:] = z
                 done = True
@@ -512,6 +542,19 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, first, stop):
             row[:] = z
             unfinished += 1
     return unfinished
+
+
+@njit(**KERNEL_OPTIONS)
+def _move_to(z, c, b, gram, atoms, values, m, support):
+    """z = the point with codes values[:m] at atoms[:m] (listed in support[:m]), c = b - G z."""
+    z[:] = 0.0
+    for i in range(z.size):
+        c[i] = b[i]
+    for p in range(m):
+        j, v = atoms[p], values[p]
+        z[j], support[p] = v, j
+        for i in range(z.size):
+            c[i] -= v * gram[j, i]
 
 
 ROWS_PER_TASK = 16  # signals per parallel task
