@@ -529,6 +529,3 @@ def test_run_tasks_runs_every_task_once_on_each_thread_count(monkeypatch):
         seen = []
         run_tasks(seen.append, 57)
         assert sorted(seen) == list(range(57))
-        seen = []
-        run_tasks(seen.append, 5, parallel=False)
-        assert seen == list(range(5))

@@ -74,11 +74,11 @@ def _thread_pool():
     return _pool
 
 
-def run_tasks(kernel, n_tasks, parallel=True):
+def run_tasks(kernel, n_tasks):
     """Call ``kernel(task)`` for every task in ``range(n_tasks)``, each thread taking the next task as it
     comes free, so that a thread on a busy core takes fewer (for tasks whose results do not depend on
-    which thread runs them). ``parallel=False``: all in the calling thread."""
-    threads = min(num_threads(), n_tasks) if parallel else 1
+    which thread runs them)."""
+    threads = min(num_threads(), n_tasks)
     if threads <= 1:
         for task in range(n_tasks):
             kernel(task)

@@ -4,13 +4,12 @@
 ``l |x|``: the closed-form LASSO code for an orthonormal dictionary and the
 step of coordinate descent on any other.
 """
-import contextlib
 
 import numpy as np
 from numba import njit
 
 from ._math import like
-from ._threads import next_task, one_blas_thread, run_chunks, run_pulled, run_tasks, take_task
+from ._threads import next_task, one_blas_thread, run_chunks, run_pulled, take_task
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 from .._neutral import rows_times
 
@@ -243,8 +242,8 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     and every other coordinate satisfies |b_j - (G x)_j| <= alpha/2 (within
     ``slack``, relative), x is the minimiser (the optimality conditions):
     it is written into ``codes[rows[r]]`` and the row becomes SOLVED
-    (``solve_on_support``, which walks on from a wrong guess). ``tried`` keeps a signature of each row's last failed sign
-    pattern, so that a pattern is tried once, and ``retry`` the FISTA step
+    (``solve_on_support``, which walks on from a wrong guess). ``tried``
+    keeps a signature of each row's last failed sign pattern, so that a pattern is tried once, and ``retry`` the FISTA step
     from which the row may be tried again: an attempt on m atoms waits
     m^3 / (2 k^2) steps, about what its factorisation costs (m^3 / 6 scalar
     operations, against 2 k^2 per row and step in a matrix product that runs
@@ -328,14 +327,12 @@ class _Batch:
         return _Batch(rows, z.astype(dtype), y.astype(dtype), t, tried, np.zeros(rows.size, np.int64))
 
 
-def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes, blas):
+def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
     """At most ``n_iter`` FISTA steps on ``batch`` in its dtype, polishing
     every few steps in float64; solved signals go straight into ``codes``.
     At the first polish, if the supports then promise more than
     POLISH_THREADS_FROM operations of factorisation (m^3 / 6 per signal), the
-    polish goes over fastae's threads from then on, and BLAS (the context
-    stack ``blas``) down to one thread: its idle workers spin for some 100 ms
-    after a product, on the core the polish needs. Returns the steps taken,
+    polish goes over fastae's threads from then on. Returns the steps taken,
     the signals converged (in pieces) and those still iterating when the
     steps ran out."""
     dtype = batch.z.dtype
@@ -359,8 +356,6 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes, bla
         if i % POLISH_EVERY == 0:
             if parallel is None:
                 parallel = float((np.count_nonzero(batch.z, axis=1) ** 3.0).sum()) / 6 >= POLISH_THREADS_FROM
-                if parallel:
-                    blas.enter_context(one_blas_thread())
             finished += _polish(batch.z, b64, gram64, half_alpha, slack, change, POLISH_BELOW, batch.tried,
                                 batch.retry, i, state, batch.rows, codes, parallel)
         if finished * 4 >= m:  # set the finished signals aside: the products shrink
@@ -397,6 +392,10 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     the SIMD width): the polish works in float64 from the float32 iterates'
     signs and is exact, and the signals it has not solved once their float32
     codes settle (to ``SCOUT_TOL``) go on in float64 from where they are.
+    BLAS runs on one thread throughout: the products are small (k^2 per
+    signal), and its idle workers spin for some 100 ms after each, on the
+    cores the polish and the next step need (2000 signals, 48 atoms: 7.0 ms
+    a call with BLAS on both cores, 6.3 ms on one; dense codes 15.4 / 11.3).
     """
     n, k = b.shape
     codes = np.empty((n, k), b.dtype)  # every row is written: solved, converged or out of steps
@@ -404,12 +403,12 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
     batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64), np.zeros(n, np.int64))
     scout = b.dtype == np.float64
-    with contextlib.ExitStack() as blas:
+    with one_blas_thread():
         steps, left, unfinished = _iterate(batch, b64, gram64, step, thr, n_iter,
-                                           max(tol, SCOUT_TOL) if scout else tol, accelerated, codes, blas)
+                                           max(tol, SCOUT_TOL) if scout else tol, accelerated, codes)
         if scout:
             _, left, unfinished = _iterate(_Batch.join(left + [unfinished], np.float64), b64, gram64, step, thr,
-                                           n_iter - steps, tol, accelerated, codes, blas)
+                                           n_iter - steps, tol, accelerated, codes)
     for part in left + [unfinished]:
         codes[part.rows] = part.z
     return codes, unfinished.rows.size
@@ -477,10 +476,14 @@ def active_sweeps(z, c, b, gram, inverse, threshold, support, m, gs, zs, cs, inv
 
 ACTIVE_SWEEPS = 10  # passes over the support between full sweeps, at most ...
 ACTIVE_TOL = 1e-4  # ... until they change the codes by at most this, relatively
+
+
 @njit(**KERNEL_OPTIONS)
-def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, first, stop):
-    """LASSO codes for signals ``first`` to ``stop``: argmin_z ||x - D z||^2 +
-    alpha ||z||_1 from b = x D (n, k) and G = D^T D (float64), into ``codes``.
+def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue):
+    """LASSO codes argmin_z ||x - D z||^2 + alpha ||z||_1 from b = x D (n, k)
+    and G = D^T D (float64), into ``codes``, for the signals of the tasks
+    (ROWS_PER_TASK signals each) this thread takes from ``queue`` (see
+    _threads.run_pulled).
 
     Per signal, from z = 0: a full coordinate-descent sweep, then sweeps over
     its support alone, repeated. When a full sweep leaves the support and
@@ -489,7 +492,8 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, first, stop):
     (``solve_on_support``; once per sign pattern). A signal is done when
     solved so, or when a full sweep changes its codes by at most ``tol``
     (NaN codes, from a non-finite signal, at once). At most
-    ``n_iter`` full sweeps; returns the count of signals not done by then.
+    ``n_iter`` full sweeps; unfinished[t] counts task t's signals not done
+    by then.
     """
     k = gram.shape[0]
     inverse, threshold = np.empty(k), np.empty(k)
@@ -503,45 +507,50 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, first, stop):
     gs = work[:k * pitch].reshape(k, pitch)
     u = work[k * pitch:2 * k * pitch].reshape(k, pitch)
     vectors = work[2 * k * pitch:].reshape(11, pitch)
-    z, c, x, y, residual, sign = vectors[0, :k], vectors[1, :k], vectors[2, :k], vectors[3, :k], vectors[4, :k], vectors[5, :k]
-    zs, cs, inverse_s, threshold_s, at = vectors[6, :k], vectors[7, :k], vectors[8, :k], vectors[9, :k], vectors[10, :k]
+    z, c, x, y, residual, sign = vectors[0, :k], vectors[1, :k], vectors[2, :k], vectors[3, :k], vectors[4, :k], \
+        vectors[5, :k]
+    zs, cs, inverse_s, threshold_s, at = vectors[6, :k], vectors[7, :k], vectors[8, :k], vectors[9, :k], \
+        vectors[10, :k]
     support, guess = np.empty(k, np.int64), np.empty(k, np.int64)
     member = np.zeros(k, np.bool_)
     limit, tol2 = half_alpha * slack, tol * tol
-    unfinished = 0
-    for r in range(first, stop):
-        br, row = b[r], codes[r]
-        z[:] = 0.0
-        c[:] = br
-        last, tried = np.uint64(0), np.uint64(0)
-        done = False
-        for _ in range(n_iter):
-            moved, size, m, signature = full_sweep(z, c, gram, inverse, threshold, support, sign)
-            settled = not moved > tol2 * size  # (NaN codes too: no sweep mends them)
-            if (settled or signature == last) and signature != tried:
-                tried = signature
-                for p in range(m):
-                    guess[p], at[p] = support[p], z[support[p]]
-                solved, m = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, at, u, y, x, residual,
-                                             member)
-                if solved:
-                    row[:] = 0.0
+    task = take_task(queue)
+    while task < unfinished.size:
+        first, stop, count = task * ROWS_PER_TASK, min(b.shape[0], (task + 1) * ROWS_PER_TASK), 0
+        for r in range(first, stop):
+            br, row = b[r], codes[r]
+            z[:] = 0.0
+            c[:] = br
+            last, tried = np.uint64(0), np.uint64(0)
+            done = False
+            for _ in range(n_iter):
+                moved, size, m, signature = full_sweep(z, c, gram, inverse, threshold, support, sign)
+                settled = not moved > tol2 * size  # (NaN codes too: no sweep mends them)
+                if (settled or signature == last) and signature != tried:
+                    tried = signature
                     for p in range(m):
-                        row[guess[p]] = x[p]
+                        guess[p], at[p] = support[p], z[support[p]]
+                    solved, m = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, at, u, y, x, residual,
+                                                 member)
+                    if solved:
+                        row[:] = 0.0
+                        for p in range(m):
+                            row[guess[p]] = x[p]
+                        done = True
+                        break
+                    if not settled:  # on from where the walk stopped: its objective is no higher
+                        _move_to(z, c, br, gram, guess, at, m, support)
+                if settled:
+                    row[:] = z
                     done = True
                     break
-                if not settled:  # on from where the walk stopped: its objective is no higher
-                    _move_to(z, c, br, gram, guess, at, m, support)
-            if settled:
+                last = signature
+                active_sweeps(z, c, br, gram, inverse, threshold, support, m, gs, zs, cs, inverse_s, threshold_s)
+            if not done:
                 row[:] = z
-                done = True
-                break
-            last = signature
-            active_sweeps(z, c, br, gram, inverse, threshold, support, m, gs, zs, cs, inverse_s, threshold_s)
-        if not done:
-            row[:] = z
-            unfinished += 1
-    return unfinished
+                count += 1
+        unfinished[task] = count
+        task = next_task(queue)
 
 
 @njit(**KERNEL_OPTIONS)
@@ -563,7 +572,8 @@ THREADS_FROM = 1 << 18  # n k^2 from which the signals spread over fastae's thre
 
 def coordinate_descent(b, gram, alpha, n_iter, tol):
     """``lasso_rows`` over all signals, in tasks over fastae's threads (taken
-    as threads come free, so that a thread on a busy core takes fewer). Each
+    as threads come free, so that a thread on a busy core takes fewer; one
+    call per thread, no GIL between tasks). Each
     signal is solved alone: the codes depend neither on the batch nor on the
     threads."""
     n, k = b.shape
@@ -572,12 +582,8 @@ def coordinate_descent(b, gram, alpha, n_iter, tol):
     slack = 1 + np.sqrt(np.finfo(np.float64).eps)  # (the check runs in float64 on the problem as given)
     tasks = -(-n // ROWS_PER_TASK)
     unfinished = np.zeros(tasks, np.int64)
-
-    def run(task):
-        first = task * ROWS_PER_TASK
-        unfinished[task] = lasso_rows(b64, gram64, alpha / 2, n_iter, tol, slack, codes, first,
-                                      min(first + ROWS_PER_TASK, n))
-    run_tasks(run, tasks, parallel=n * k * k >= THREADS_FROM)
+    run_pulled(lambda queue: lasso_rows(b64, gram64, alpha / 2, n_iter, tol, slack, codes, unfinished, queue), tasks,
+               tasks if n * k * k >= THREADS_FROM else 1)
     return codes, int(unfinished.sum())
 
 
