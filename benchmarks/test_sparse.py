@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastae as fa
+from fastae.bench import LASSO_REGIMES
 
 N = 1 << 24
 
@@ -40,14 +41,14 @@ def test_three_streams(benchmark, data, who):
         benchmark(fa.l2_penalty, c, 1e-6, accumulate_into=g)
 
 
-REGIMES = list(range(6))
+REGIMES = list(range(LASSO_REGIMES))
 
 
 @pytest.mark.parametrize("who", ["sklearn lasso_cd", "fastae ista"])
 @pytest.mark.parametrize("regime", REGIMES)
 def test_ista(benchmark, regime, who):
     """Each regime of fastae.bench.lasso_problems (planted, dense Gaussian, Gaussian, DCT patches,
-    overcomplete, all-zero) against scikit-learn's sparse_encode(lasso_cd, n_jobs=1)."""
+    overcomplete, all-zero, overcomplete with a small alpha) against scikit-learn's sparse_encode(lasso_cd, n_jobs=1)."""
     sparse_encode = pytest.importorskip("sklearn.decomposition").sparse_encode
     from fastae.bench import lasso_problems
     name, x, d, alpha = lasso_problems()[regime]

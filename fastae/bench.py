@@ -156,8 +156,12 @@ def dct_dictionary(size=8):
     return np.kron(c, c).T
 
 
+LASSO_REGIMES = 7
+
+
 def lasso_problems(n=2000, seed=0):
-    """(name, signals, dictionary (d, k), alpha): the regimes users meet, none built to suit a solver."""
+    """(name, signals, dictionary (d, k), alpha): the regimes users meet, none built to suit a solver
+    (LASSO_REGIMES of them)."""
     rng = np.random.default_rng(seed)
 
     def unit(a):
@@ -179,7 +183,10 @@ def lasso_problems(n=2000, seed=0):
             ("Gaussian signals", gaussian, d48, 2.0),
             ("image patches, orthonormal DCT", patches, dct_dictionary(), 0.05),
             ("overcomplete, 256 atoms", gaussian, d256, 0.5),
-            ("all-zero codes (alpha above 2 max |D^T x|)", gaussian, d48, zero_alpha)]
+            ("all-zero codes (alpha above 2 max |D^T x|)", gaussian, d48, zero_alpha),
+            # the hardest seen: ~63 of 256 atoms active in 64 dimensions, G_SS nearly singular (a quarter of the
+            # signals: scikit-learn takes ~3 ms each)
+            ("overcomplete, small alpha", gaussian[:n // 4], d256, 0.1)]
 
 
 def lasso_objective(x, d, alpha, z):

@@ -177,12 +177,14 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
 
     An orthonormal D is solved in closed form, and the signals with
     |x D|_inf <= alpha / 2 (zero codes) by that one product. On the CPU the
-    others are solved one by one, spread over the threads, by coordinate
-    descent on G = D^T D (full sweeps alternating with sweeps over the
-    support) and, once a sweep leaves the support and signs unchanged, a
-    linear solve on that support, which is the exact optimum when the
-    optimality conditions hold; a signal also stops when a sweep changes its
-    codes by at most ``tol`` relatively. ``n_iter`` bounds the full sweeps.
+    others go by G = D^T D's spectrum: where G is well conditioned, batched
+    FISTA finds each support; where it is singular or nearly (more atoms
+    than dimensions), coordinate descent on G, each signal alone (full
+    sweeps alternating with sweeps over the support). Both end in a linear
+    solve on the support, walked by active-set steps to the exact optimum
+    (the optimality conditions checked); a signal also stops when a step or
+    sweep changes its codes by at most ``tol`` relatively. ``n_iter`` bounds
+    the steps or full sweeps.
     On a CUDA device: batched FISTA (``accelerated=True``, with adaptive
     momentum restart) or ISTA, step 1 / L with L = 2 ||D||_2^2, stopping when
     every signal's relative change is under ``tol`` (checked every few

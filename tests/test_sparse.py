@@ -6,6 +6,7 @@ import torch
 
 import fastae as fa
 from conftest import assert_close
+from fastae.bench import LASSO_REGIMES
 
 DTYPES = [np.float32, np.float64]
 IDS = ["f32", "f64"]
@@ -471,7 +472,7 @@ def test_ista_finds_all_zero_codes_by_one_product(rng):
     assert optimality_gap(x, D, codes, alpha) < 1e-8
 
 
-@pytest.mark.parametrize("regime", range(6))
+@pytest.mark.parametrize("regime", range(LASSO_REGIMES))
 def test_ista_reaches_scikit_learns_objective_in_every_regime(regime):
     """The regimes of fastae bench (none built to suit a solver), 400 signals each."""
     from sklearn.decomposition import sparse_encode

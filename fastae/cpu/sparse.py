@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ._math import like
-from ._threads import next_task, one_blas_thread, run_chunks, run_pulled, take_task
+from ._threads import next_task, run_chunks, run_pulled, take_task
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 from .._neutral import rows_times
 
@@ -392,10 +392,8 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     the SIMD width): the polish works in float64 from the float32 iterates'
     signs and is exact, and the signals it has not solved once their float32
     codes settle (to ``SCOUT_TOL``) go on in float64 from where they are.
-    BLAS runs on one thread throughout: the products are small (k^2 per
-    signal), and its idle workers spin for some 100 ms after each, on the
-    cores the polish and the next step need (2000 signals, 48 atoms: 7.0 ms
-    a call with BLAS on both cores, 6.3 ms on one; dense codes 15.4 / 11.3).
+    (``ista`` holds BLAS to one thread throughout: its idle workers would
+    spin on the cores the polish and the next step need.)
     """
     n, k = b.shape
     codes = np.empty((n, k), b.dtype)  # every row is written: solved, converged or out of steps
@@ -403,12 +401,11 @@ def fista(b, gram, step, thr, n_iter, tol, accelerated):
     zeros = lambda: np.zeros((n, k), np.float32)  # noqa: E731
     batch = _Batch(np.arange(n), zeros(), zeros(), np.ones(n), np.zeros(n, np.uint64), np.zeros(n, np.int64))
     scout = b.dtype == np.float64
-    with one_blas_thread():
-        steps, left, unfinished = _iterate(batch, b64, gram64, step, thr, n_iter,
-                                           max(tol, SCOUT_TOL) if scout else tol, accelerated, codes)
-        if scout:
-            _, left, unfinished = _iterate(_Batch.join(left + [unfinished], np.float64), b64, gram64, step, thr,
-                                           n_iter - steps, tol, accelerated, codes)
+    steps, left, unfinished = _iterate(batch, b64, gram64, step, thr, n_iter, max(tol, SCOUT_TOL) if scout else tol,
+                                       accelerated, codes)
+    if scout:
+        _, left, unfinished = _iterate(_Batch.join(left + [unfinished], np.float64), b64, gram64, step, thr,
+                                       n_iter - steps, tol, accelerated, codes)
     for part in left + [unfinished]:
         codes[part.rows] = part.z
     return codes, unfinished.rows.size
