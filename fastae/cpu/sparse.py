@@ -70,7 +70,7 @@ def soft_threshold(c, lam, out, mask):
 
 
 @njit(**KERNEL_OPTIONS)
-def add_atom(gram, b, half_alpha, support, sign, m, l, y):
+def add_atom(gram, b, half_alpha, support, sign, m, l, y, floor=0.0):
     """Row m of the Cholesky factor L L^T = G_SS (lower, row by row, its
     diagonal inverted) for atom support[m] of sign sign[m], and y[m] of
     L y = b_S - alpha/2 sign_S: O(m^2) contiguous dot products. False when
@@ -88,7 +88,7 @@ def add_atom(gram, b, half_alpha, support, sign, m, l, y):
     for q in range(m):
         d -= row[q] * row[q]
         v -= row[q] * y[q]
-    if not d > 0:
+    if not d > floor * gram[j, j]:
         return False
     row[m] = 1.0 / np.sqrt(d)
     y[m] = v * row[m]
@@ -96,12 +96,30 @@ def add_atom(gram, b, half_alpha, support, sign, m, l, y):
 
 
 @njit(**KERNEL_OPTIONS)
-def factor_support(gram, b, half_alpha, support, sign, first, m, l, y):
-    """``add_atom`` for atoms ``first`` to m - 1 of the support in turn (rows before ``first`` are kept: row p of
-    the factor depends on atoms 0 .. p alone)."""
-    for p in range(first, m):
-        if not add_atom(gram, b, half_alpha, support, sign, p, l, y):
+def remove_atom(p, m, l, y):
+    """``add_atom``'s factor L (L L^T = G_SS, rows as it leaves them) and y
+    (L y = b_S - alpha/2 s_S) without atom p of the m, in O((m - p) m):
+    the rows after p move up one, each leaving an entry just above the
+    diagonal, which Givens rotations of neighbouring columns (c, c + 1)
+    take back into it; y turns with them (L Q Q^T y = L y), and its last
+    entry drops out. False if a diagonal comes out zero."""
+    for i in range(p, m - 1):
+        dst, src = l[i], l[i + 1]
+        for c in range(i + 1):
+            dst[c] = src[c]
+        dst[i + 1] = 1.0 / src[i + 1]  # (the old diagonal, as a value: the rotations work on values)
+    for c in range(p, m - 1):
+        a, b = l[c, c], l[c, c + 1]
+        r = np.sqrt(a * a + b * b)
+        if not r > 0:
             return False
+        cs, sn = a / r, b / r
+        for i in range(c, m - 1):
+            u, v = l[i, c], l[i, c + 1]
+            l[i, c], l[i, c + 1] = cs * u + sn * v, cs * v - sn * u
+        yc, yn = y[c], y[c + 1]
+        y[c], y[c + 1] = cs * yc + sn * yn, cs * yn - sn * yc
+        l[c, c] = 1.0 / r  # (stored inverted, as add_atom does)
     return True
 
 
@@ -130,14 +148,19 @@ def solve_on_support(gram, b, half_alpha, limit, support, sign, m, at, u, y, x, 
     minimiser (the optimality conditions); else the atom violating its
     condition most joins S with the sign of its residual, and the walk goes
     on from x. An atom that joins extends the Cholesky factor of G_SS by a
-    row, one that leaves refactors the rows after its own. Returns the
+    row, one that leaves is rotated out of it (``remove_atom``). Returns the
     (True, support size of the optimum: support[:m], x[:m]), or after
     SUPPORT_STEPS steps, or where G_SS is singular, (False, the size of the
     support where the walk stopped): its point is at[:m], whose objective is
-    at most the guess's."""
+    at most the guess's unless atoms were left out of the start: those on
+    which G_SS turns singular (or nearly: START_FLOOR)."""
     k = gram.shape[0]
-    if not factor_support(gram, b, half_alpha, support, sign, 0, m, u, y):
-        return False, m
+    kept = 0
+    for p in range(m):  # (an atom on which the guess's G_SS turns singular is left out of the start)
+        support[kept], sign[kept], at[kept] = support[p], sign[p], at[p]
+        if add_atom(gram, b, half_alpha, support, sign, kept, u, y, START_FLOOR):
+            kept += 1
+    m = kept
     for _ in range(SUPPORT_STEPS):
         back_substitute(u, y, m, x)
         t, leaving = 1.0, -1
@@ -153,9 +176,9 @@ def solve_on_support(gram, b, half_alpha, limit, support, sign, m, at, u, y, x, 
                 at[p] += t * (x[p] - at[p])
             for p in range(leaving, m - 1):
                 support[p], sign[p], at[p] = support[p + 1], sign[p + 1], at[p + 1] + t * (x[p + 1] - at[p + 1])
+            if not remove_atom(leaving, m, u, y):
+                return False, m - 1
             m -= 1
-            if not factor_support(gram, b, half_alpha, support, sign, leaving, m, u, y):
-                return False, m
             continue
         for j in range(k):
             residual[j] = b[j]
@@ -180,6 +203,7 @@ def solve_on_support(gram, b, half_alpha, limit, support, sign, m, at, u, y, x, 
     return False, m
 
 
+START_FLOOR = 1e-6  # an atom of the guess within this (sine squared) of the span of those before it is left out
 SUPPORT_STEPS = 64  # steps of the active-set walk per attempt at the exact optimum
 ITERATING, CONVERGED, SOLVED = 0, 1, 2  # a signal's state in the batch
 
@@ -508,7 +532,7 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue
         vectors[5, :k]
     zs, cs, inverse_s, threshold_s, at = vectors[6, :k], vectors[7, :k], vectors[8, :k], vectors[9, :k], \
         vectors[10, :k]
-    support, guess = np.empty(k, np.int64), np.empty(k, np.int64)
+    support, guess, kept = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64)
     member = np.zeros(k, np.bool_)
     limit, tol2 = half_alpha * slack, tol * tol
     task = take_task(queue)
@@ -527,16 +551,16 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue
                     tried = signature
                     for p in range(m):
                         guess[p], at[p] = support[p], z[support[p]]
-                    solved, m = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, at, u, y, x, residual,
-                                                 member)
+                    solved, walked = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, at, u, y, x,
+                                                      residual, member)
                     if solved:
                         row[:] = 0.0
-                        for p in range(m):
+                        for p in range(walked):
                             row[guess[p]] = x[p]
                         done = True
                         break
-                    if not settled:  # on from where the walk stopped: its objective is no higher
-                        _move_to(z, c, br, gram, guess, at, m, support)
+                    if not settled:  # on from where the walk stopped, if it ended lower
+                        m = _move_if_lower(z, c, br, gram, half_alpha, support, m, guess, at, walked, zs, cs, kept)
                 if settled:
                     row[:] = z
                     done = True
@@ -551,16 +575,37 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue
 
 
 @njit(**KERNEL_OPTIONS)
-def _move_to(z, c, b, gram, atoms, values, m, support):
-    """z = the point with codes values[:m] at atoms[:m] (listed in support[:m]), c = b - G z."""
-    z[:] = 0.0
+def _move_if_lower(z, c, b, gram, half_alpha, support, m, atoms, values, walked, z_before, c_before, support_before):
+    """z = the point with codes values[:walked] at atoms[:walked], c = b - G z, the support listed in
+    support[:walked], if its objective is lower than z's (a walk that left out atoms on which the guess's G_SS
+    was singular may end higher); else z, c and support[:m] as they were. The support size after."""
+    before = _objective(z, c, b, half_alpha)
     for i in range(z.size):
-        c[i] = b[i]
+        z_before[i], c_before[i] = z[i], c[i]
+        z[i], c[i] = 0.0, b[i]
     for p in range(m):
+        support_before[p] = support[p]
+    for p in range(walked):
         j, v = atoms[p], values[p]
         z[j], support[p] = v, j
         for i in range(z.size):
             c[i] -= v * gram[j, i]
+    if _objective(z, c, b, half_alpha) <= before:
+        return walked
+    for i in range(z.size):
+        z[i], c[i] = z_before[i], c_before[i]
+    for p in range(m):
+        support[p] = support_before[p]
+    return m
+
+
+@njit(inline="always")
+def _objective(z, c, b, half_alpha):
+    """||x - D z||^2 + alpha ||z||_1 less ||x||^2, from c = b - G z: z^T G z - 2 b^T z = -z^T (b + c)."""
+    total = 0.0
+    for i in range(z.size):
+        total += 2.0 * half_alpha * abs(z[i]) - z[i] * (b[i] + c[i])
+    return total
 
 
 ROWS_PER_TASK = 16  # signals per parallel task
