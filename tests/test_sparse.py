@@ -343,8 +343,9 @@ def test_ista_with_duplicate_atoms_converges_by_iterating(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_ista_propagates_nan_and_inf_per_signal(rng, dtype):
-    D = dictionary(rng, 20, 10, dtype)
+@pytest.mark.parametrize("atoms", [10, 40], ids=["fista", "coordinate_descent"])
+def test_ista_propagates_nan_and_inf_per_signal(rng, dtype, atoms):
+    D = dictionary(rng, 20, atoms, dtype)
     x = signals(rng, D, 6)
     x[1, 3], x[4, 0] = np.nan, -np.inf
     with warnings.catch_warnings():

@@ -188,12 +188,17 @@ def solve_on_support(gram, b, half_alpha, limit, support, sign, m, at, u, y, x, 
             at[q] = xq
             for j in range(k):
                 residual[j] -= gram[sq, j] * xq
-        worst, excess = -1, limit
+        worst, excess, finite = -1, limit, True
         for j in range(k):  # optimality of the zero coordinates
-            if not member[j] and abs(residual[j]) > excess:
-                worst, excess = j, abs(residual[j])
+            if not member[j]:
+                e = abs(residual[j])
+                if e > excess:
+                    worst, excess = j, e
+                finite = finite and e <= np.inf  # (NaN: a non-finite signal has no optimum to find)
         for q in range(m):
             member[support[q]] = False
+        if not finite:
+            return False, m
         if worst < 0:
             return True, m
         support[m], sign[m], at[m] = worst, 1.0 if residual[worst] > 0 else -1.0, 0.0  # the worst violator joins
@@ -267,8 +272,9 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     ``slack``, relative), x is the minimiser (the optimality conditions):
     it is written into ``codes[rows[r]]`` and the row becomes SOLVED
     (``solve_on_support``, which walks on from a wrong guess). ``tried``
-    keeps a signature of each row's last failed sign pattern, so that a pattern is tried once, and ``retry`` the FISTA step
-    from which the row may be tried again: an attempt on m atoms waits
+    keeps a signature of each row's last failed sign pattern, so that a
+    pattern is tried once, and ``retry`` the FISTA step from which the row
+    may be tried again: an attempt on m atoms waits
     m^3 / (2 k^2) steps, about what its factorisation costs (m^3 / 6 scalar
     operations, against 2 k^2 per row and step in a matrix product that runs
     some six times faster per operation), so that failures on large supports
