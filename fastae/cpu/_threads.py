@@ -34,19 +34,23 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 
 def num_threads():
-    """Threads the kernels use: ``NUMBA_NUM_THREADS`` (default: all cores). A value that is no positive
-    integer falls back to Numba's own choice with a warning, once, as Numba does."""
+    """Threads the kernels use: ``NUMBA_NUM_THREADS`` as the environment has it now (default: all cores,
+    Numba's NUMBA_DEFAULT_NUM_THREADS). Not ``numba.config.NUMBA_NUM_THREADS``: Numba rereads the environment
+    only when it compiles, so a value set for a while (``fastae bench``'s one-thread rows) stayed there after it
+    was unset, and every later call ran on one thread. A value that is no positive integer falls back to all
+    cores with a warning, once."""
     text = os.environ.get("NUMBA_NUM_THREADS")
+    cores = max(1, numba.config.NUMBA_DEFAULT_NUM_THREADS)
     if text is None:
-        return max(1, numba.config.NUMBA_NUM_THREADS)
+        return cores
     try:
         return max(1, int(text))
     except ValueError:
         if text not in _warned:
             _warned.add(text)
-            warnings.warn(f"NUMBA_NUM_THREADS={text!r} is not an integer: fastae uses "
-                          f"{numba.config.NUMBA_NUM_THREADS} threads", RuntimeWarning, stacklevel=3)
-        return max(1, numba.config.NUMBA_NUM_THREADS)
+            warnings.warn(f"NUMBA_NUM_THREADS={text!r} is not an integer: fastae uses {cores} threads",
+                          RuntimeWarning, stacklevel=3)
+        return cores
 
 
 _warned = set()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 from numba import njit
 
-from fastae.cpu._threads import next_task, run_chunks, run_pulled, take_task
+from fastae.cpu._threads import next_task, num_threads, run_chunks, run_pulled, take_task
 
 
 def test_run_chunks_covers_every_chunk_once_in_pieces_of_the_asked_size(monkeypatch):
@@ -20,6 +20,19 @@ def test_run_chunks_covers_every_chunk_once_in_pieces_of_the_asked_size(monkeypa
             assert [c for first, stop in pieces for c in range(first, stop)] == list(range(n_chunks))
             if len(pieces) > 1:
                 assert min(stop - first for first, stop in pieces) >= least, (threads, n_chunks, least)
+
+
+def test_the_thread_count_follows_the_environment_as_it_is_now(monkeypatch):
+    """A NUMBA_NUM_THREADS set for a while and compiled under (Numba rereads the environment when it
+    compiles) no longer holds once unset: all cores again. (It stayed: fastae bench's one-thread SSIM rows
+    left every later row of the report on one thread, its LASSO rows at half their speed.)"""
+    import numba
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    numba.config.reload_config()  # (what a compilation does)
+    assert num_threads() == 1
+    monkeypatch.delenv("NUMBA_NUM_THREADS")
+    assert num_threads() == max(1, numba.config.NUMBA_DEFAULT_NUM_THREADS)
+    numba.config.reload_config()
 
 
 def test_a_slow_thread_takes_fewer_pieces(monkeypatch):
