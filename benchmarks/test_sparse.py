@@ -48,7 +48,8 @@ REGIMES = list(range(LASSO_REGIMES))
 @pytest.mark.parametrize("regime", REGIMES)
 def test_ista(benchmark, regime, who):
     """Each regime of fastae.bench.lasso_problems (planted, dense Gaussian, Gaussian, DCT patches,
-    overcomplete, all-zero, overcomplete with a small alpha) against scikit-learn's sparse_encode(lasso_cd, n_jobs=1)."""
+    overcomplete, all-zero, overcomplete with a small alpha) against scikit-learn's
+    sparse_encode(lasso_cd, n_jobs=1)."""
     sparse_encode = pytest.importorskip("sklearn.decomposition").sparse_encode
     from fastae.bench import lasso_problems
     name, x, d, alpha = lasso_problems()[regime]

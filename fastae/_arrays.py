@@ -165,6 +165,18 @@ def check_number(value, name, *, positive=False, nonnegative=False):
     return value
 
 
+def is_positive_integer(value):
+    """An integer (Python's or NumPy's, not a bool) of at least 1."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= 1
+
+
+def check_positive_integer(value, name):
+    """A positive integer (see is_positive_integer), returned as an int; else a ValueError naming it."""
+    if not is_positive_integer(value):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def check_finite_or_nan(value, name):
     """A real number as a float, NaN and infinities too (they propagate), but not an int beyond float's range."""
     try:

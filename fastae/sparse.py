@@ -7,13 +7,12 @@
 - For any dictionary D, ``ista`` solves the same problem by (accelerated)
   proximal gradient descent, batched over signals.
 """
-import numbers
 import warnings
 from collections import namedtuple
 
 import numpy as np
 
-from ._arrays import Call, check_number, contiguous, is_number, on_device
+from ._arrays import Call, check_number, check_positive_integer, contiguous, is_number, on_device
 from ._neutral import power_of_two_scale, rows_times, to_unit
 from .pointwise import LossGrad
 
@@ -194,9 +193,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
     call, a, d = _signals_and_dictionary(x, D, "D")
     alpha = check_number(alpha, "alpha", nonnegative=True)
     tol = check_number(tol, "tol", nonnegative=True)
-    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
-    n_iter = int(n_iter)
+    n_iter = check_positive_integer(n_iter, "n_iter")
     xp = call.xp
     signals = a if a.ndim == 2 else a[None]
     n, k = signals.shape[0], d.shape[1]

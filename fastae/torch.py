@@ -24,9 +24,8 @@ import torch
 from torch import Tensor, nn
 
 import fastae as _fa
-from fastae._table import LOSSES
 from fastae._arrays import check_choice, check_finite_or_nan, is_number
-from fastae._table import ACTIVATIONS
+from fastae._table import ACTIVATIONS, LOSSES
 from fastae.pointwise import REDUCTIONS, loss_params
 from fastae.ssim import PADDINGS
 
@@ -262,8 +261,9 @@ def _pointwise_loss(loss, input, target, reduction, weight, activation, negative
     input, target, dtype = _float32_on_cpu(input, target)
     if dtype is not None and isinstance(weight, Tensor) and weight.dtype == dtype:
         weight = weight.float()
-    value, _, _ = _pointwise(input, target, weight, loss, reduction, activation, _real(negative_slope, "negative_slope"),
-                             list(checked.values()), _needs_grad(input), _needs_grad(target))
+    value, _, _ = _pointwise(input, target, weight, loss, reduction, activation,
+                             _real(negative_slope, "negative_slope"), list(checked.values()), _needs_grad(input),
+                             _needs_grad(target))
     return value if dtype is None else value.to(dtype)
 
 

@@ -15,7 +15,8 @@ allowed_padding = ["same", "valid"]
 
 
 def _fused(img1, img2, padding, train):
-    assert padding in allowed_padding, f"padding must be one of {allowed_padding}, got {padding!r}"  # (fused-ssim's check)
+    # (fused-ssim's own check, an assert)
+    assert padding in allowed_padding, f"padding must be one of {allowed_padding}, got {padding!r}"
     if not train:
         with torch.no_grad():
             return ft.ssim(img1, img2, padding=padding)

@@ -292,43 +292,44 @@ def polish_rows(z, b, gram, half_alpha, slack, change, below, tried, retry, step
     limit = half_alpha * slack
     task = take_task(queue)
     while task < solved.size:
-        solved[task] = _polish_task(z, b, gram, half_alpha, limit, change, below, tried, retry, step, state, rows,
-                                    codes, task * POLISH_ROWS, min(n, (task + 1) * POLISH_ROWS), u, y, x, at,
-                                    residual, support, sign, member)
+        count = 0
+        for r in range(task * POLISH_ROWS, min(n, (task + 1) * POLISH_ROWS)):
+            if state[r] != ITERATING or not change[r] <= below or step < retry[r]:
+                continue  # (NaN codes never qualify: they propagate)
+            m = 0
+            signature = np.uint64(m)
+            for j in range(k):
+                if z[r, j] != 0:
+                    support[m], at[m] = j, z[r, j]
+                    sign[m] = 1.0 if z[r, j] > 0 else -1.0
+                    m += 1
+                    signature = _signed(signature, j, z[r, j] > 0)
+            if signature == tried[r]:
+                continue
+            tried[r] = signature
+            retry[r] = step + m * m * m // (2 * k * k)
+            exact, m = solve_on_support(gram, b[rows[r]], half_alpha, limit, support, sign, m, at, u, y, x, residual,
+                                        member)
+            if exact:
+                _write_codes(codes[rows[r]], support, x, m)
+                state[r] = SOLVED
+                count += 1
+        solved[task] = count
         task = next_task(queue)
 
 
 @njit(inline="always")
-def _polish_task(z, b, gram, half_alpha, limit, change, below, tried, retry, step, state, rows, codes, first, stop, u,
-                 y, x, at, residual, support, sign, member):
-    """polish_rows on the rows ``first`` to ``stop``: the count solved."""
-    n, k = z.shape
-    solved = 0
-    for r in range(first, stop):
-        if state[r] != ITERATING or not change[r] <= below or step < retry[r]:
-            continue  # (NaN codes never qualify: they propagate)
-        m = 0
-        signature = np.uint64(m)
-        for j in range(k):
-            if z[r, j] != 0:
-                support[m], at[m] = j, z[r, j]
-                sign[m] = 1.0 if z[r, j] > 0 else -1.0
-                m += 1
-                signature = signature * np.uint64(1000003) + np.uint64(2 * j + (z[r, j] > 0) + 1)
-        if signature == tried[r]:
-            continue
-        tried[r] = signature
-        retry[r] = step + m * m * m // (2 * k * k)
-        exact, m = solve_on_support(gram, b[rows[r]], half_alpha, limit, support, sign, m, at, u, y, x, residual,
-                                    member)
-        if exact:
-            row = codes[rows[r]]
-            row[:] = 0
-            for p in range(m):
-                row[support[p]] = x[p]
-            state[r] = SOLVED
-            solved += 1
-    return solved
+def _signed(signature, j, positive):
+    """A signature of a support and its signs, extended by atom j of that sign (atoms in increasing order)."""
+    return signature * np.uint64(1000003) + np.uint64(2 * j + positive + 1)
+
+
+@njit(inline="always")
+def _write_codes(row, atoms, values, m):
+    """row = the codes with values[:m] at atoms[:m], zero elsewhere."""
+    row[:] = 0
+    for p in range(m):
+        row[atoms[p]] = values[p]
 
 
 POLISH_EVERY = 4  # FISTA steps between attempts at the exact optimum
@@ -463,7 +464,7 @@ def full_sweep(z, c, gram, inverse, threshold, support, sign):
             size += new * new
             support[m], sign[m] = j, 1.0 if new > 0 else -1.0
             m += 1
-            signature = signature * np.uint64(1000003) + np.uint64(2 * j + (new > 0) + 1)
+            signature = _signed(signature, j, new > 0)
     return moved, size, m, signature
 
 
@@ -538,7 +539,7 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue
         vectors[5, :k]
     zs, cs, inverse_s, threshold_s, at = vectors[6, :k], vectors[7, :k], vectors[8, :k], vectors[9, :k], \
         vectors[10, :k]
-    support, guess, kept = np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.int64)
+    support, guess = np.empty(k, np.int64), np.empty(k, np.int64)
     member = np.zeros(k, np.bool_)
     limit, tol2 = half_alpha * slack, tol * tol
     task = take_task(queue)
@@ -560,13 +561,11 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue
                     solved, walked = solve_on_support(gram, br, half_alpha, limit, guess, sign, m, at, u, y, x,
                                                       residual, member)
                     if solved:
-                        row[:] = 0.0
-                        for p in range(walked):
-                            row[guess[p]] = x[p]
+                        _write_codes(row, guess, x, walked)
                         done = True
                         break
                     if not settled:  # on from where the walk stopped, if it ended lower
-                        m = _move_if_lower(z, c, br, gram, half_alpha, support, m, guess, at, walked, zs, cs, kept)
+                        m = _move_if_lower(z, c, br, gram, half_alpha, support, m, guess, at, walked, zs, cs)
                 if settled:
                     row[:] = z
                     done = True
@@ -581,28 +580,25 @@ def lasso_rows(b, gram, half_alpha, n_iter, tol, slack, codes, unfinished, queue
 
 
 @njit(**KERNEL_OPTIONS)
-def _move_if_lower(z, c, b, gram, half_alpha, support, m, atoms, values, walked, z_before, c_before, support_before):
-    """z = the point with codes values[:walked] at atoms[:walked], c = b - G z, the support listed in
+def _move_if_lower(z, c, b, gram, half_alpha, support, m, atoms, values, walked, z_new, c_new):
+    """z = the point with codes values[:walked] at atoms[:walked], c = b - G z, its support listed in
     support[:walked], if its objective is lower than z's (a walk that left out atoms on which the guess's G_SS
-    was singular may end higher); else z, c and support[:m] as they were. The support size after."""
-    before = _objective(z, c, b, half_alpha)
+    was singular may end higher); else z, c and support[:m] as they are. The support size after. (z_new, c_new:
+    scratch.)"""
     for i in range(z.size):
-        z_before[i], c_before[i] = z[i], c[i]
-        z[i], c[i] = 0.0, b[i]
-    for p in range(m):
-        support_before[p] = support[p]
+        z_new[i], c_new[i] = 0.0, b[i]
     for p in range(walked):
         j, v = atoms[p], values[p]
-        z[j], support[p] = v, j
+        z_new[j] = v
         for i in range(z.size):
-            c[i] -= v * gram[j, i]
-    if _objective(z, c, b, half_alpha) <= before:
-        return walked
+            c_new[i] -= v * gram[j, i]
+    if _objective(z_new, c_new, b, half_alpha) > _objective(z, c, b, half_alpha):
+        return m
     for i in range(z.size):
-        z[i], c[i] = z_before[i], c_before[i]
-    for p in range(m):
-        support[p] = support_before[p]
-    return m
+        z[i], c[i] = z_new[i], c_new[i]
+    for p in range(walked):
+        support[p] = atoms[p]
+    return walked
 
 
 @njit(inline="always")

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 import fastae as fa
+from fastae._arrays import check_positive_integer, is_positive_integer
 from fastae.cpu._threads import one_blas_thread
 
 ACTIVATIONS = tuple(fa.ACTIVATIONS)
@@ -86,10 +87,9 @@ class Autoencoder:
                  loss="bce", alpha=None, image_shape=None, weight_decay=0.0, sparsity=None, bias_init=0.0,
                  seed=0, dtype=np.float32, code_activation=None, center=False):
         for name, value in (("d", d), ("k", k)):
-            if not _positive_integer(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_integer(value, name)
         for value in hidden:
-            if not _positive_integer(value):
+            if not is_positive_integer(value):
                 raise ValueError(f"hidden sizes must be positive integers, got {value!r}")
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype).name}")
@@ -288,8 +288,7 @@ class Autoencoder:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
         for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if not _positive_integer(value):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_integer(value, name)
         if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         x = self._rows(x, self.config["d"])
@@ -372,10 +371,6 @@ class Autoencoder:
                                      f"needs {p.dtype} {p.shape}")
                 p[...] = stored
         return model
-
-
-def _positive_integer(value):
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
 
 
 OPTIMIZERS = {"adam": Adam, "sgd": SGD}

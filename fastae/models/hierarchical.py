@@ -1,9 +1,7 @@
 """The hierarchical autoencoder of the theory notes: coarse and fine parts."""
-import numbers
-
 import numpy as np
 
-from fastae._arrays import check_number
+from fastae._arrays import check_number, check_positive_integer
 
 
 class HierarchicalAutoencoder:
@@ -73,8 +71,7 @@ class HierarchicalAutoencoder:
 
     def fit(self, x, steps=100, lr=0.1):
         """Gradient descent on the gains; returns the per-step (coarse, fine) errors."""
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        steps = check_positive_integer(steps, "steps")
         lr = check_number(lr, "lr", positive=True)
         x = self._rows(x)
         history = []
