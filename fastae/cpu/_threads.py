@@ -1,22 +1,29 @@
-"""Run a nogil Numba kernel over fixed chunks in a few Python threads.
+"""Run a nogil Numba kernel over fixed chunks in a few threads.
 
-The chunking is fixed by the data size alone; threads take pieces of
+The chunking is fixed by the data size alone; Python threads take pieces of
 consecutive chunks as they come free (``run_chunks``), or each thread makes one
-nogil call that takes chunks one by one from an atomic counter (``run_pulled``:
-no GIL changes hands between chunks), and write one partial result per chunk,
-which the caller combines in chunk order. Results are therefore bit-identical
-for any thread count. Threads (rather than Numba's ``prange``) keep compile times short:
-the parallel machinery is compiled once, here, in Python.
+nogil call that takes tasks one by one from an atomic counter (``run_pulled``,
+whose other threads are helpers that wait and work without ever taking the
+GIL), and write one partial result per chunk, which the caller combines in
+chunk order. Results are therefore bit-identical for any thread count. Our own
+threads rather than Numba's ``prange``: its workqueue layer aborts the process
+when two threads launch at once, and GNU OpenMP's when a forked child does.
 """
 import contextlib
+import hashlib
 import itertools
 import os
+import platform
+import sys
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _pool = None
@@ -25,9 +32,9 @@ PIECES_PER_THREAD = 4      # pieces of work per thread, taken as threads come fr
 
 
 def _forget_pool():
-    """A forked child inherits the pool object but not its threads: start afresh."""
-    global _pool
-    _pool = None
+    """A forked child inherits the pool and the helpers but not their threads: start afresh."""
+    global _pool, _helpers
+    _pool = _helpers = None
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -101,19 +108,25 @@ def run_tasks(kernel, n_tasks):
         f.result()
 
 
-@intrinsic
-def fetch_add(typingctx, queue, slot, value):
-    """queue[slot] += value, atomically (sequentially consistent); the value before (queue: int64 array)."""
-    if not (isinstance(queue, types.Array) and queue.dtype == types.int64 and isinstance(slot, types.Integer)
-            and isinstance(value, types.Integer)):
-        return None
+def _atomic(operation):
+    """An intrinsic f(words, slot, value): words[slot] = words[slot] <operation> value, atomically (sequentially
+    consistent), returning the value before (words: an int32 or int64 array)."""
+    def typer(typingctx, words, slot, value):
+        if not (isinstance(words, types.Array) and words.dtype in (types.int32, types.int64)
+                and isinstance(slot, types.Integer) and isinstance(value, types.Integer)):
+            return None
 
-    def codegen(context, builder, signature, args):
-        array = context.make_array(signature.args[0])(context, builder, args[0])
-        index = context.cast(builder, args[1], signature.args[1], types.intp)
-        amount = context.cast(builder, args[2], signature.args[2], types.int64)
-        return builder.atomic_rmw("add", builder.gep(array.data, [index]), amount, "seq_cst")
-    return types.int64(queue, slot, value), codegen
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            index = context.cast(builder, args[1], signature.args[1], types.intp)
+            amount = context.cast(builder, args[2], signature.args[2], words.dtype)
+            return builder.atomic_rmw(operation, builder.gep(array.data, [index]), amount, "seq_cst")
+        return words.dtype(words, slot, value), codegen
+    return intrinsic(typer)
+
+
+fetch_add = _atomic("add")    # fetch_add(words, slot, 0) reads words[slot] atomically
+exchange = _atomic("xchg")    # a store that no reordering crosses
 
 
 @njit(inline="always")
@@ -130,38 +143,280 @@ def next_task(queue):
     return take_task(queue)
 
 
+# ---------------------------------------------------------------- helpers that never take the GIL
+# run_pulled's other threads ("helpers") wait for work inside a nogil call and run each job there too: the
+# caller posts a job (the kernel's kind and the address of its arguments, on the caller's stack) and wakes
+# them with a system call, so that neither end of a short call waits on the GIL (a GIL hand-over costs ~50 us
+# here, and several hundred on a vCPU that had gone idle). After a job a helper stays awake for AWAKE,
+# yielding its core to any other thread, then sleeps in a futex: a loss called once per training step finds
+# it awake (as OpenMP runtimes keep theirs).
+SYSCALLS = {"x86_64": (202, 24, 228), "aarch64": (98, 124, 113)}.get(platform.machine())  # futex, yield, clock
+if not sys.platform.startswith("linux"):
+    SYSCALLS = None  # (no helpers: pool threads instead, see run_pulled)
+FUTEX, YIELD, CLOCK = SYSCALLS or (0, 0, 0)
+FUTEX_WAIT, FUTEX_WAKE = 128, 129  # (FUTEX_PRIVATE_FLAG: within this process)
+JOB, STARTED, FINISHED = 0, 1, 2   # a helper's words: the job posted (negative: closed), started, finished
+LINE = 16                          # words of a helper (a cache line each)
+KIND, ADDRESS, FAILED = 0, 1, 2    # the job's: its kernel and argument types, its arguments' address, raised
+MAX_HELPERS = 255
+SPINS = 1 << 12                    # looks at a word before yielding or sleeping (~10-50 us)
+AWAKE = 5_000_000                  # ns a helper stays awake after a job
+SLEEP = np.array([0, 100_000_000], np.int64)  # a futex wait's longest (timespec): a helper then returns to Python
+
+
+@intrinsic
+def _address(typingctx, array, index):
+    """The address of array[index], as an integer."""
+    if not (isinstance(array, types.Array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], signature.args[1], types.intp)
+        return builder.ptrtoint(builder.gep(data, [at]), ir.IntType(64))
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _syscall(typingctx, number, a, b, c, d):
+    """syscall(number, a, b, c, d) (Linux), integer arguments."""
+    if not all(isinstance(v, types.Integer) for v in (number, a, b, c, d)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        word = ir.IntType(64)
+        if SYSCALLS is None:
+            return word(-1)  # (never called: and no symbol "syscall" to link)
+        call = cgutils.get_or_insert_function(builder.module, ir.FunctionType(word, [word], var_arg=True), "syscall")
+        return builder.call(call, [context.cast(builder, v, t, types.int64) for v, t in zip(args, signature.args)]
+                            + [word(0)])
+    return types.int64(number, a, b, c, d), codegen
+
+
+@njit(inline="always")
+def futex(words, slot, operation, value):
+    """FUTEX_WAIT: sleep while words[slot] == value (SLEEP at most); FUTEX_WAKE: wake ``value`` threads asleep
+    on words[slot] (int32)."""
+    return _syscall(FUTEX, _address(words, slot), operation, value, _address(SLEEP, 0))
+
+
+@njit(inline="always")
+def _clock(scratch):
+    """CLOCK_MONOTONIC in ns (scratch: int64[2])."""
+    _syscall(CLOCK, 1, _address(scratch, 0), 0, 0)
+    return scratch[0] * 1_000_000_000 + scratch[1]
+
+
+@intrinsic
+def _address_of(typingctx, value):
+    """The address of a copy of ``value`` in the calling function's frame (alive until it returns)."""
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once(builder, context.get_value_type(signature.args[0]))
+        builder.store(args[0], slot)
+        return builder.ptrtoint(slot, ir.IntType(64))
+    return types.int64(value), codegen
+
+
+@intrinsic
+def _value_at(typingctx, address, like):
+    """A new reference to the value of ``like``'s type at ``address`` (see _address_of)."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        kind = signature.args[1]
+        value = builder.load(builder.inttoptr(args[0], context.get_value_type(kind).as_pointer()))
+        context.nrt.incref(builder, kind, value)
+        return value
+    return like(address, like), codegen
+
+
+@intrinsic
+def _kind(typingctx, function, arguments):
+    """A number for the kernel ``function`` with arguments of these types, the same in every process."""
+    python = function.dispatcher.py_func
+    text = f"{python.__module__}.{python.__qualname__}{arguments}"
+    number = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.int64, number)
+    return types.int64(function, arguments), codegen
+
+
 @njit(nogil=True, cache=True)
-def _all_done(queue, n_tasks, spins):
-    """Whether queue[1] (tasks finished) reaches n_tasks within ``spins`` looks (a few ns each)."""
-    for _ in range(spins):
-        if fetch_add(queue, 1, 0) >= n_tasks:
-            return True
-    return False
+def _park(words, helper, finished):
+    """Helper ``helper`` has finished job ``finished``: say so (waking a caller asleep on it), then wait for
+    a job: looking SPINS times, then yielding its core until AWAKE has passed, then asleep in the futex
+    (once: SLEEP at most). Returns the job, marked started, or ``finished`` if none came."""
+    line = helper * LINE
+    exchange(words, line + FINISHED, finished)
+    futex(words, line + FINISHED, FUTEX_WAKE, 1)
+    scratch = np.empty(2, np.int64)
+    looks, since = 0, 0
+    while True:
+        job = fetch_add(words, line + JOB, 0)
+        if job > 0 and job != finished:
+            exchange(words, line + STARTED, job)
+            return job
+        looks += 1
+        if looks == SPINS:
+            since = _clock(scratch)
+        elif looks > SPINS and _clock(scratch) - since < AWAKE:
+            _syscall(YIELD, 0, 0, 0, 0)  # (sched_yield)
+        elif looks > SPINS:
+            futex(words, line + JOB, FUTEX_WAIT, job)
+            if fetch_add(words, line + JOB, 0) == job:
+                return finished  # (unchanged: the wait timed out; a job closed meanwhile wakes it at once)
 
 
-SPINS = 1 << 14  # looks at the finished count before waiting on the threads themselves (~0.1-0.3 ms)
+@njit(inline="always")
+def pulled(function, args, words, jobs, helper, count, job, finished):
+    """``function(*args)`` in run_pulled's threads, inlined into one small function per kernel (the kernel's
+    ``_pulled``; so it is cached: a kernel passed as an argument is not). With helper < 0, the caller's part:
+    post job number ``job`` to ``count`` helpers, run the function, close the job and wait for every helper
+    that started it; returns (whether no one raised, 0). Else helper number ``helper``'s: run the started
+    ``job`` (unless it is ``finished``) if it is still open and of this kind, then wait for and run jobs of
+    this kind, until one of another kind comes or none for a while; returns (that job or ``finished``, the
+    last finished). A kernel's exceptions cannot cross threads: they are counted."""
+    kind = _kind(function, args)
+    if helper < 0:
+        if count > 0:
+            exchange(jobs, KIND, kind)
+            exchange(jobs, ADDRESS, _address_of(args))
+            exchange(jobs, FAILED, 0)
+        for h in range(count):
+            exchange(words, h * LINE + JOB, job)
+            futex(words, h * LINE + JOB, FUTEX_WAKE, 1)
+        ok = 1
+        if count == 0:  # (alone: its exceptions go to its caller)
+            function(*args)
+            return ok, 0
+        try:
+            function(*args)
+        except Exception:
+            ok = 0
+        for h in range(count):  # (closed: a helper that sees it now leaves it)
+            exchange(words, h * LINE + JOB, -job)
+        for h in range(count):  # (those that saw it open read the arguments here, in this frame)
+            looks = 0
+            while fetch_add(words, h * LINE + STARTED, 0) == job:
+                done = fetch_add(words, h * LINE + FINISHED, 0)
+                if done == job:
+                    break
+                looks += 1
+                if looks > SPINS:
+                    futex(words, h * LINE + FINISHED, FUTEX_WAIT, done)
+        if count > 0 and fetch_add(jobs, FAILED, 0) > 0:
+            ok = 0
+        return ok, 0
+    line = helper * LINE
+    while True:
+        if job != finished:
+            if fetch_add(words, line + JOB, 0) == job:  # (still open)
+                if fetch_add(jobs, KIND, 0) != kind:
+                    return job, finished
+                try:
+                    function(*_value_at(fetch_add(jobs, ADDRESS, 0), args))
+                except Exception:
+                    fetch_add(jobs, FAILED, 1)
+            finished = job
+        job = _park(words, helper, finished)
+        if job == finished:
+            return job, finished
 
 
-def run_pulled(kernel, n_tasks, threads):
-    """Call ``kernel(queue)`` in up to ``threads`` threads, the caller's among them, each in one nogil call
-    that takes tasks k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No GIL
-    changes hands between tasks (a hand-over costs ~0.1 ms here, as long as a small task), and the caller
-    does not wait for a pool thread that wakes too late to take any task: it waits, spinning briefly, for
-    the tasks to be finished. A task's result depends on the task alone, so results are bit-identical for
-    any thread count."""
-    queue = np.zeros(2, np.int64)
+def _witness(value):
+    """A small value of ``value``'s Numba type (arrays of 2**ndim elements at most): a helper compiles and
+    enters its kernel's server with it, holding none of the caller's arrays."""
+    if isinstance(value, np.ndarray):
+        shape = (2,) * value.ndim
+        if value.ndim and not value.flags.c_contiguous:
+            if value.flags.f_contiguous:
+                small = np.zeros(shape, value.dtype, order="F")
+            else:
+                small = np.zeros(shape[:-1] + (4,), value.dtype)[..., ::2]
+        else:
+            small = np.zeros(shape, value.dtype)
+        small.flags.writeable = value.flags.writeable
+        return small
+    if isinstance(value, tuple):
+        items = [_witness(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
+class _Helpers:
+    """The helper threads and their words (made at first use, and again in a forked child)."""
+
+    def __init__(self):
+        self.words = np.zeros(LINE * MAX_HELPERS, np.int32)
+        self.jobs = np.zeros(LINE, np.int64)
+        self.threads = []
+        self.kernel = None  # (the kernel's _pulled, its arguments) while a job is posted
+        self.lock = threading.Lock()  # one caller at a time; another runs its tasks alone meanwhile
+        self.posted = 0
+
+    def serve(self, helper):
+        finished = job = 0
+        while self is _helpers:  # (a forked child's: retire)
+            if job == finished:
+                job = _park(self.words, helper, finished)
+                if job == finished:
+                    continue
+            kernel = self.kernel
+            if kernel is None:  # (that job was closed since)
+                finished = job
+                continue
+            function, args = kernel
+            try:
+                job, finished = function(_witness(args), self.words, self.jobs, helper, 0, job, finished)
+            except Exception:  # (could not enter that kernel's server: the caller runs the job without this one)
+                finished = job
+
+    def run(self, function, args, helpers):
+        while len(self.threads) < helpers:
+            self.threads.append(threading.Thread(target=self.serve, args=(len(self.threads),), daemon=True,
+                                                 name=f"fastae-{len(self.threads)}"))
+            self.threads[-1].start()
+        self.posted = self.posted % (1 << 30) + 1
+        self.kernel = function, args
+        try:
+            ok, _ = function(args, self.words, self.jobs, -1, helpers, self.posted, 0)
+        finally:
+            self.kernel = None
+        return ok
+
+
+_helpers = None
+
+
+def run_pulled(function, args, n_tasks, threads):
+    """``kernel(*args)`` in up to ``threads`` threads, the caller's among them, ``function`` being the
+    kernel's ``_pulled`` (see pulled) and ``args`` holding a queue: each thread's kernel takes tasks
+    k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No thread waits on the
+    GIL, and a task's result depends on the task alone, so results are bit-identical for any thread count.
+    A call made while another thread's holds the helpers runs on its caller's thread alone."""
+    global _helpers
     threads = min(threads, n_tasks)
     if threads > 1:  # (reading the environment costs a short call a microsecond or two)
-        threads = min(num_threads(), threads)
-    if threads <= 1:
-        kernel(queue)
-        return
-    pool = _thread_pool()
-    futures = [pool.submit(kernel, queue) for _ in range(threads - 1)]
-    kernel(queue)
-    if not _all_done(queue, n_tasks, SPINS):
-        for future in futures:
-            future.result()
+        threads = min(num_threads(), threads, MAX_HELPERS + 1)
+    if _helpers is None:
+        _helpers = _Helpers()
+    helpers = _helpers
+    if threads > 1 and SYSCALLS is None:  # (no futex: pool threads, which take the GIL to start and to end)
+        futures = [_thread_pool().submit(function, args, helpers.words, helpers.jobs, -1, 0, 0, 0)
+                   for _ in range(threads - 1)]
+        ok = function(args, helpers.words, helpers.jobs, -1, 0, 0, 0)[0] and all(f.result()[0] for f in futures)
+    elif threads <= 1 or not helpers.lock.acquire(blocking=False):
+        ok = function(args, helpers.words, helpers.jobs, -1, 0, 0, 0)[0]
+    else:
+        try:
+            ok = helpers.run(function, args, threads - 1)
+        finally:
+            helpers.lock.release()
+    if not ok:
+        raise RuntimeError(f"{function.py_func.__qualname__.removesuffix('_pulled')}: the kernel raised in one of "
+                           "fastae's threads (out of memory?); with NUMBA_NUM_THREADS=1 its error is shown")
 
 
 def one_blas_thread():

@@ -8,7 +8,7 @@ from numba import njit
 from .. import _neutral
 from ._kernels import ELEMENT_OPTIONS
 from ._math import like
-from ._threads import next_task, run_pulled, take_task
+from ._threads import next_task, pulled, run_pulled, take_task
 
 
 @njit(inline="always")
@@ -76,9 +76,21 @@ def _spread(g, ph, pw, scale, out, queue):
         p = next_task(queue)
 
 
+@njit(**ELEMENT_OPTIONS)
+def _pool_pulled(args, words, jobs, helper, count, job, finished):
+    """_pool(*args) in fastae's threads (see _threads.pulled)."""
+    return pulled(_pool, args, words, jobs, helper, count, job, finished)
+
+
+@njit(**ELEMENT_OPTIONS)
+def _spread_pulled(args, words, jobs, helper, count, job, finished):
+    """_spread(*args) in fastae's threads (see _threads.pulled)."""
+    return pulled(_spread, args, words, jobs, helper, count, job, finished)
+
+
 def _thread_count(planes, size, work=1 << 18):
-    """Threads for ``planes`` of ``size`` pixels: one per ``work`` pixels (~0.2 ms; a pool thread wakes in
-    ~0.1 ms here)."""
+    """Threads for ``planes`` of ``size`` pixels: one per ``work`` pixels (~0.2 ms; smaller shares gained
+    nothing on MS-SSIM's coarser levels, measured: the pooling runs near memory speed)."""
     return max(1, planes * size // work)
 
 
@@ -88,7 +100,7 @@ def avg_pool(a, pads):
         return _neutral.avg_pool(a, pads)
     p, h, w = a.shape
     out = np.empty((p, (h + 2 * pads[0]) // 2, (w + 2 * pads[1]) // 2), a.dtype)
-    run_pulled(lambda queue: _pool(a, pads[0], pads[1], out, queue), p, _thread_count(p, h * w))
+    run_pulled(_pool_pulled, (a, pads[0], pads[1], out, np.zeros(2, np.int64)), p, _thread_count(p, h * w))
     return out
 
 
@@ -97,5 +109,5 @@ def avg_pool_adjoint(g, pads, out, scale):
     if g.ndim != 3 or not (g.flags.c_contiguous and out.flags.c_contiguous):
         return _neutral.avg_pool_adjoint(g, pads, out, scale)
     scale = np.ascontiguousarray(scale, out.dtype)
-    run_pulled(lambda queue: _spread(g, pads[0], pads[1], scale, out, queue), g.shape[0],
+    run_pulled(_spread_pulled, (g, pads[0], pads[1], scale, out, np.zeros(2, np.int64)), g.shape[0],
                _thread_count(g.shape[0], out.shape[1] * out.shape[2]))

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from ._math import like
-from ._threads import next_task, run_chunks, run_pulled, take_task
+from ._threads import next_task, pulled, run_chunks, run_pulled, take_task
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
 from .._neutral import rows_times
 
@@ -398,7 +398,13 @@ def _iterate(batch, b64, gram64, step, thr, n_iter, tol, accelerated, codes):
 
 
 POLISH_ROWS = 32  # rows per polishing task
-POLISH_THREADS_FROM = 4e6  # operations of factorisation from which the polish is worth a second thread
+POLISH_THREADS_FROM = 2e5  # operations of factorisation from which the polish is worth a second thread (~0.2 ms)
+
+
+@njit(**KERNEL_OPTIONS)
+def polish_rows_pulled(args, words, jobs, helper, count, job, finished):
+    """polish_rows(*args) in fastae's threads (see _threads.pulled)."""
+    return pulled(polish_rows, args, words, jobs, helper, count, job, finished)
 
 
 def _polish(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows, codes, parallel):
@@ -406,8 +412,8 @@ def _polish(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step
     it comes free); the count solved."""
     tasks = -(-z.shape[0] // POLISH_ROWS)
     solved = np.zeros(tasks, np.int64)
-    run_pulled(lambda queue: polish_rows(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state,
-                                         rows, codes, solved, queue), tasks, tasks if parallel else 1)
+    run_pulled(polish_rows_pulled, (z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows,
+                                codes, solved, np.zeros(2, np.int64)), tasks, tasks if parallel else 1)
     return int(solved.sum())
 
 
@@ -614,6 +620,12 @@ ROWS_PER_TASK = 16  # signals per parallel task
 THREADS_FROM = 1 << 18  # n k^2 from which the signals spread over fastae's threads
 
 
+@njit(**KERNEL_OPTIONS)
+def lasso_rows_pulled(args, words, jobs, helper, count, job, finished):
+    """lasso_rows(*args) in fastae's threads (see _threads.pulled)."""
+    return pulled(lasso_rows, args, words, jobs, helper, count, job, finished)
+
+
 def coordinate_descent(b, gram, alpha, n_iter, tol):
     """``lasso_rows`` over all signals, in tasks over fastae's threads (taken
     as threads come free, so that a thread on a busy core takes fewer; one
@@ -626,8 +638,8 @@ def coordinate_descent(b, gram, alpha, n_iter, tol):
     slack = 1 + np.sqrt(np.finfo(np.float64).eps)  # (the check runs in float64 on the problem as given)
     tasks = -(-n // ROWS_PER_TASK)
     unfinished = np.zeros(tasks, np.int64)
-    run_pulled(lambda queue: lasso_rows(b64, gram64, alpha / 2, n_iter, tol, slack, codes, unfinished, queue), tasks,
-               tasks if n * k * k >= THREADS_FROM else 1)
+    run_pulled(lasso_rows_pulled, (b64, gram64, alpha / 2, n_iter, tol, slack, codes, unfinished, np.zeros(2, np.int64)),
+               tasks, tasks if n * k * k >= THREADS_FROM else 1)
     return codes, int(unfinished.sum())
 
 

@@ -45,7 +45,7 @@ from .._neutral import sums_to_one
 from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, run, window
 from ._math import like
 from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _block, _element, _times
-from ._threads import next_task, run_chunks, run_pulled, take_task
+from ._threads import next_task, pulled, run_chunks, run_pulled, take_task
 
 BAND = 256          # output rows per task of a tall plane
 STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
@@ -53,9 +53,8 @@ STRIPS = 2          # strips a batch worth two threads is cut into at least (wid
 LANES = 8           # float32 columns in a vector (AVX2)
 SHIFT_ROWS = 16     # rows of a plane whose mean is its shift
 PIXEL_AT_ONCE = 1 << 19  # bytes of a strip's planes whose pixel loss a task takes before it reads them (in cache after)
-THREAD_WORK = 3 << 14  # padded positions per thread at least (~0.3 ms): in a shorter call a pool thread starts
-#   ~50 us late (it waits for the GIL the caller holds) and costs more than it brings (128x1x16^2 'same': 340-360
-#   us on two threads, 300 on one). Threads busy-waiting without the GIL gain only in unbroken streams of calls.
+THREAD_WORK = 1 << 13  # padded positions per thread at least (~25 us): a helper thread joins in a few us (see
+#   _threads.pulled); on 16 planes of 16^2 'same' (10816 positions) a second thread gains nothing, on 32 a sixth
 
 
 # ---------------------------------------------------------------- filters: one output row at a time
@@ -373,6 +372,12 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
         k = next_task(queue)
 
 
+@njit(**KERNEL_OPTIONS)
+def _tasks_pulled(args, words, jobs, helper, count, job, finished):
+    """_tasks(*args) in fastae's threads (see _threads.pulled)."""
+    return pulled(_tasks, args, words, jobs, helper, count, job, finished)
+
+
 @njit(inline="always")
 def _pixel_rows(pixel, x, y, grad, tgrad, p0, m, r0, r1):
     """Rows r0 .. r1 - 1 of planes p0 .. p0 + m - 1 (each plane's a contiguous run, whole planes one run): the
@@ -566,8 +571,9 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
         pixel = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), dtype.type(pixel[1])
     pixel_sums = np.zeros(tasks)
     positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
-    run_pulled(lambda queue: _tasks(x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
-                                    accumulate, m, bands, queue, tasks, sums, edges, pixel, pixel_sums),
+    queue = np.zeros(2, np.int64)
+    run_pulled(_tasks_pulled, (x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad, target_grad,
+                               accumulate, m, bands, queue, tasks, sums, edges, pixel, pixel_sums),
                tasks, threads=max(1, positions // THREAD_WORK))
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):

@@ -1,13 +1,16 @@
 """The CPU backend's threads: every chunk exactly once, in pieces of at least the asked size, whatever
 the thread count, and a slow thread taking fewer pieces than a fast one; tasks from the atomic counter
 each taken once and finished on return."""
+import sys
 import threading
 import time
 
 import numpy as np
-from numba import njit
+import pytest
+from numba import njit, typeof
 
-from fastae.cpu._threads import next_task, num_threads, run_chunks, run_pulled, take_task
+from fastae.cpu import _threads
+from fastae.cpu._threads import _witness, next_task, num_threads, pulled, run_chunks, run_pulled, take_task
 
 
 def test_run_chunks_covers_every_chunk_once_in_pieces_of_the_asked_size(monkeypatch):
@@ -63,15 +66,138 @@ def _pull(queue, n_tasks, seen, delay):
         k = next_task(queue)
 
 
+@njit(nogil=True)
+def _pull_pulled(args, words, jobs, helper, count, job, finished):
+    return pulled(_pull, args, words, jobs, helper, count, job, finished)
+
+
+@njit(nogil=True)
+def _mark(queue, n_tasks, marks, value):
+    """Another kernel (another kind of job): marks[k] = value for each task k taken."""
+    k = take_task(queue)
+    while k < n_tasks:
+        marks[k] = value
+        k = next_task(queue)
+
+
+@njit(nogil=True)
+def _mark_pulled(args, words, jobs, helper, count, job, finished):
+    return pulled(_mark, args, words, jobs, helper, count, job, finished)
+
+
+@njit(nogil=True)
+def _fail_at(queue, n_tasks, bad, delay):
+    """Raises when it takes task ``bad`` (after ``delay`` loops, so that a helper takes it now and then)."""
+    k = take_task(queue)
+    while k < n_tasks:
+        acc = 0.0
+        for i in range(delay):
+            acc = np.sqrt(acc + i)
+        if k == bad and acc >= 0:
+            raise ValueError("task failed")
+        k = next_task(queue)
+
+
+@njit(nogil=True)
+def _fail_at_pulled(args, words, jobs, helper, count, job, finished):
+    return pulled(_fail_at, args, words, jobs, helper, count, job, finished)
+
+
+def _pull_all(n_tasks, delay, threads=3):
+    seen = np.zeros(n_tasks, np.int64)
+    run_pulled(_pull_pulled, (np.zeros(2, np.int64), n_tasks, seen, delay), n_tasks, threads)
+    return seen
+
+
 def test_run_pulled_takes_every_task_once_and_returns_when_all_are_finished(monkeypatch):
     """Threads take tasks from the atomic counter: each task exactly once for 1, 2 or 3 threads, and
-    every task's result is written when run_pulled returns (the caller waits for the tasks taken, not for a
-    pool thread that woke too late to take one)."""
+    every task's result is written when run_pulled returns (the caller waits for every helper that started
+    the job, not for one that woke too late to take a task)."""
     for threads in ("1", "2", "3"):
         monkeypatch.setenv("NUMBA_NUM_THREADS", threads)
         for n_tasks, delay in ((1, 0), (7, 0), (64, 20000), (500, 100)):
-            seen = np.zeros(n_tasks, np.int64)
-            # (bound now: a pool thread that wakes after run_pulled returned calls this with its own, spent
-            # queue, and must not see the next case's arrays)
-            run_pulled(lambda queue, n=n_tasks, s=seen, d=delay: _pull(queue, n, s, d), n_tasks, threads=3)
-            assert (seen == 1).all(), (threads, n_tasks)
+            assert (_pull_all(n_tasks, delay) == 1).all(), (threads, n_tasks)
+        for pause in (0.0, 0.001, 0.02):  # (a helper awake, yielding, asleep)
+            time.sleep(pause)
+            assert (_pull_all(16, 5000) == 1).all(), (threads, pause)
+
+
+def test_the_helpers_serve_kernels_of_several_kinds_in_turn(monkeypatch):
+    """Jobs of another kernel, or of the same kernel with other argument types, between a kernel's jobs:
+    each runs its own function on its own arguments."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    for round_ in range(20):
+        assert (_pull_all(32, 2000) == 1).all()
+        marks = np.zeros(32, np.float32 if round_ % 2 else np.float64)
+        run_pulled(_mark_pulled, (np.zeros(2, np.int64), 32, marks, round_ + 1.0), 32, 3)
+        assert (marks == round_ + 1).all()
+        view = np.zeros(64, np.int64)[::2]  # (a strided array: another kind again)
+        run_pulled(_pull_pulled, (np.zeros(2, np.int64), 32, view, 2000), 32, 3)
+        assert (view == 1).all()
+
+
+def test_run_pulled_from_several_threads_at_once(monkeypatch):
+    """Callers in several Python threads: one at a time has the helpers, the others run alone; every
+    call's tasks are each taken once."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    failures = []
+
+    def caller():
+        for _ in range(30):
+            seen = _pull_all(24, 3000)
+            if not (seen == 1).all():
+                failures.append(seen)
+    callers = [threading.Thread(target=caller) for _ in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(60)
+    assert not any(t.is_alive() for t in callers) and not failures
+
+
+def test_a_kernel_that_raises(monkeypatch):
+    """Alone, the kernel's own exception; in threads, a RuntimeError naming the kernel (an exception cannot
+    cross from a helper's nogil call), and the helpers serve the next call as before."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    with pytest.raises(ValueError, match="task failed"):
+        run_pulled(_fail_at_pulled, (np.zeros(2, np.int64), 8, 5, 0), 8, 1)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    for bad in range(8):
+        with pytest.raises(RuntimeError, match="_fail_at.*NUMBA_NUM_THREADS=1"):
+            run_pulled(_fail_at_pulled, (np.zeros(2, np.int64), 8, bad, 20000), 8, 2)
+    assert (_pull_all(16, 2000, threads=2) == 1).all()
+
+
+def test_the_helpers_keep_no_reference_to_a_call_s_arrays(monkeypatch):
+    """After run_pulled returns, nothing of fastae's holds the arrays it was given (a helper enters its
+    kernel's server with small stand-ins of the same types)."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    seen = np.zeros(64, np.int64)
+    before = sys.getrefcount(seen)
+    run_pulled(_pull_pulled, (np.zeros(2, np.int64), 64, seen, 5000), 64, 2)
+    time.sleep(0.01)
+    assert (seen == 1).all() and sys.getrefcount(seen) == before
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.zeros((3, 4), np.float32),
+    lambda: np.zeros((3, 4), np.float64).T,
+    lambda: np.zeros((3, 8))[:, ::2],
+    lambda: np.broadcast_to(np.zeros(4, np.float32), (3, 4)),
+    lambda: np.zeros(5, np.int64)[::-1],
+    lambda: (np.zeros(3), None, (np.float32(1), np.float32(2)), 7, True),
+])
+def test_a_witness_has_its_value_s_numba_type(make):
+    value = make()
+    assert typeof(_witness(value)) == typeof(value)
+
+
+def test_without_futexes_pool_threads_take_the_tasks(monkeypatch):
+    """Where there is no futex (not Linux), run_pulled's other threads are pool threads: the same tasks,
+    each once, and a helper's exception raised as it was."""
+    monkeypatch.setattr(_threads, "SYSCALLS", None)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    for n_tasks, delay in ((1, 0), (7, 0), (64, 20000)):
+        assert (_pull_all(n_tasks, delay) == 1).all()
+    with pytest.raises(ValueError, match="task failed"):
+        run_pulled(_fail_at_pulled, (np.zeros(2, np.int64), 8, 7, 20000), 8, 3)
