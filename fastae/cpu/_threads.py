@@ -272,57 +272,54 @@ def _park(words, helper, finished):
 @njit(inline="always")
 def pulled(function, args, words, jobs, helper, count, job, finished):
     """``function(*args)`` in run_pulled's threads, inlined into one small function per kernel (the kernel's
-    ``_pulled``; so it is cached: a kernel passed as an argument is not). With helper < 0, the caller's part:
-    post job number ``job`` to ``count`` helpers, run the function, close the job and wait for every helper
-    that started it; returns (whether no one raised, 0). Else helper number ``helper``'s: run the started
-    ``job`` (unless it is ``finished``) if it is still open and of this kind, then wait for and run jobs of
-    this kind, until one of another kind comes or none for a while; returns (that job or ``finished``, the
-    last finished). A kernel's exceptions cannot cross threads: they are counted."""
+    ``_pulled``; so it is cached: a kernel passed as an argument is not), with one call of the kernel (LLVM
+    inlines it: each call would be compiled again). With helper < 0, the caller's part: post job number
+    ``job`` to ``count`` helpers, run the function, close the job and wait for every helper that started it;
+    returns (whether no one raised, 0). Else helper number ``helper``'s: run the started ``job`` (unless it
+    is ``finished``) if it is still open and of this kind, then wait for and run jobs of this kind, until one
+    of another kind comes or none for a while; returns (that job or ``finished``, the last finished). A
+    kernel's exceptions cannot cross threads: they are counted."""
     kind = _kind(function, args)
+    line = helper * LINE
     if helper < 0:
-        if count > 0:
-            exchange(jobs, KIND, kind)
-            exchange(jobs, ADDRESS, _address_of(args))
-            exchange(jobs, FAILED, 0)
+        exchange(jobs, KIND, kind)
+        exchange(jobs, ADDRESS, _address_of(args))
+        exchange(jobs, FAILED, 0)
         for h in range(count):
             exchange(words, h * LINE + JOB, job)
             futex(words, h * LINE + JOB, FUTEX_WAKE, 1)
-        ok = 1
-        if count == 0:  # (alone: its exceptions go to its caller)
-            function(*args)
-            return ok, 0
-        try:
-            function(*args)
-        except Exception:
-            ok = 0
-        for h in range(count):  # (closed: a helper that sees it now leaves it)
-            exchange(words, h * LINE + JOB, -job)
-        for h in range(count):  # (those that saw it open read the arguments here, in this frame)
-            looks = 0
-            while fetch_add(words, h * LINE + STARTED, 0) == job:
-                done = fetch_add(words, h * LINE + FINISHED, 0)
-                if done == job:
-                    break
-                looks += 1
-                if looks > SPINS:
-                    futex(words, h * LINE + FINISHED, FUTEX_WAIT, done)
-        if count > 0 and fetch_add(jobs, FAILED, 0) > 0:
-            ok = 0
-        return ok, 0
-    line = helper * LINE
     while True:
-        if job != finished:
-            if fetch_add(words, line + JOB, 0) == job:  # (still open)
-                if fetch_add(jobs, KIND, 0) != kind:
+        work = args
+        if helper >= 0:
+            if job == finished:
+                job = _park(words, helper, finished)
+                if job == finished:
                     return job, finished
-                try:
-                    function(*_value_at(fetch_add(jobs, ADDRESS, 0), args))
-                except Exception:
-                    fetch_add(jobs, FAILED, 1)
-            finished = job
-        job = _park(words, helper, finished)
-        if job == finished:
-            return job, finished
+            if fetch_add(words, line + JOB, 0) != job:  # (closed since)
+                finished = job
+                continue
+            if fetch_add(jobs, KIND, 0) != kind:
+                return job, finished
+            work = _value_at(fetch_add(jobs, ADDRESS, 0), args)
+        try:
+            function(*work)
+        except Exception:
+            fetch_add(jobs, FAILED, 1)
+        if helper < 0:
+            break
+        finished = job
+    for h in range(count):  # (closed: a helper that sees it now leaves it)
+        exchange(words, h * LINE + JOB, -job)
+    for h in range(count):  # (those that saw it open read the arguments here, in this frame)
+        looks = 0
+        while fetch_add(words, h * LINE + STARTED, 0) == job:
+            done = fetch_add(words, h * LINE + FINISHED, 0)
+            if done == job:
+                break
+            looks += 1
+            if looks > SPINS:
+                futex(words, h * LINE + FINISHED, FUTEX_WAIT, done)
+    return fetch_add(jobs, FAILED, 0) == 0, 0
 
 
 def _witness(value):
@@ -390,12 +387,12 @@ class _Helpers:
 _helpers = None
 
 
-def run_pulled(function, args, n_tasks, threads):
-    """``kernel(*args)`` in up to ``threads`` threads, the caller's among them, ``function`` being the
-    kernel's ``_pulled`` (see pulled) and ``args`` holding a queue: each thread's kernel takes tasks
-    k = take_task(queue), then k = next_task(queue) after each, until k >= n_tasks. No thread waits on the
-    GIL, and a task's result depends on the task alone, so results are bit-identical for any thread count.
-    A call made while another thread's holds the helpers runs on its caller's thread alone."""
+def run_pulled(kernel, pulled_kernel, args, n_tasks, threads):
+    """``kernel(*args)`` in up to ``threads`` threads, the caller's among them (``pulled_kernel``: its
+    _pulled, see pulled), ``args`` holding a queue: each thread's kernel takes tasks k = take_task(queue),
+    then k = next_task(queue) after each, until k >= n_tasks. No thread waits on the GIL, and a task's
+    result depends on the task alone, so results are bit-identical for any thread count. A call made while
+    another thread's holds the helpers runs on its caller's thread alone."""
     global _helpers
     threads = min(threads, n_tasks)
     if threads > 1:  # (reading the environment costs a short call a microsecond or two)
@@ -404,19 +401,21 @@ def run_pulled(function, args, n_tasks, threads):
         _helpers = _Helpers()
     helpers = _helpers
     if threads > 1 and SYSCALLS is None:  # (no futex: pool threads, which take the GIL to start and to end)
-        futures = [_thread_pool().submit(function, args, helpers.words, helpers.jobs, -1, 0, 0, 0)
-                   for _ in range(threads - 1)]
-        ok = function(args, helpers.words, helpers.jobs, -1, 0, 0, 0)[0] and all(f.result()[0] for f in futures)
-    elif threads <= 1 or not helpers.lock.acquire(blocking=False):
-        ok = function(args, helpers.words, helpers.jobs, -1, 0, 0, 0)[0]
-    else:
-        try:
-            ok = helpers.run(function, args, threads - 1)
-        finally:
-            helpers.lock.release()
+        futures = [_thread_pool().submit(kernel, *args) for _ in range(threads - 1)]
+        kernel(*args)
+        for future in futures:
+            future.result()
+        return
+    if threads <= 1 or not helpers.lock.acquire(blocking=False):
+        kernel(*args)  # (alone: its exceptions as they are)
+        return
+    try:
+        ok = helpers.run(pulled_kernel, args, threads - 1)
+    finally:
+        helpers.lock.release()
     if not ok:
-        raise RuntimeError(f"{function.py_func.__qualname__.removesuffix('_pulled')}: the kernel raised in one of "
-                           "fastae's threads (out of memory?); with NUMBA_NUM_THREADS=1 its error is shown")
+        raise RuntimeError(f"{kernel.py_func.__qualname__}: the kernel raised in one of fastae's threads (out of "
+                           "memory?); with NUMBA_NUM_THREADS=1 its error is shown")
 
 
 def one_blas_thread():

@@ -100,7 +100,7 @@ def avg_pool(a, pads):
         return _neutral.avg_pool(a, pads)
     p, h, w = a.shape
     out = np.empty((p, (h + 2 * pads[0]) // 2, (w + 2 * pads[1]) // 2), a.dtype)
-    run_pulled(_pool_pulled, (a, pads[0], pads[1], out, np.zeros(2, np.int64)), p, _thread_count(p, h * w))
+    run_pulled(_pool, _pool_pulled, (a, pads[0], pads[1], out, np.zeros(2, np.int64)), p, _thread_count(p, h * w))
     return out
 
 
@@ -109,5 +109,5 @@ def avg_pool_adjoint(g, pads, out, scale):
     if g.ndim != 3 or not (g.flags.c_contiguous and out.flags.c_contiguous):
         return _neutral.avg_pool_adjoint(g, pads, out, scale)
     scale = np.ascontiguousarray(scale, out.dtype)
-    run_pulled(_spread_pulled, (g, pads[0], pads[1], scale, out, np.zeros(2, np.int64)), g.shape[0],
+    run_pulled(_spread, _spread_pulled, (g, pads[0], pads[1], scale, out, np.zeros(2, np.int64)), g.shape[0],
                _thread_count(g.shape[0], out.shape[1] * out.shape[2]))

@@ -412,8 +412,9 @@ def _polish(z, b64, gram64, half_alpha, slack, change, below, tried, retry, step
     it comes free); the count solved."""
     tasks = -(-z.shape[0] // POLISH_ROWS)
     solved = np.zeros(tasks, np.int64)
-    run_pulled(polish_rows_pulled, (z, b64, gram64, half_alpha, slack, change, below, tried, retry, step, state, rows,
-                                codes, solved, np.zeros(2, np.int64)), tasks, tasks if parallel else 1)
+    run_pulled(polish_rows, polish_rows_pulled, (z, b64, gram64, half_alpha, slack, change, below, tried, retry, step,
+                                                 state, rows, codes, solved, np.zeros(2, np.int64)),
+               tasks, tasks if parallel else 1)
     return int(solved.sum())
 
 
@@ -638,7 +639,8 @@ def coordinate_descent(b, gram, alpha, n_iter, tol):
     slack = 1 + np.sqrt(np.finfo(np.float64).eps)  # (the check runs in float64 on the problem as given)
     tasks = -(-n // ROWS_PER_TASK)
     unfinished = np.zeros(tasks, np.int64)
-    run_pulled(lasso_rows_pulled, (b64, gram64, alpha / 2, n_iter, tol, slack, codes, unfinished, np.zeros(2, np.int64)),
+    run_pulled(lasso_rows, lasso_rows_pulled,
+               (b64, gram64, alpha / 2, n_iter, tol, slack, codes, unfinished, np.zeros(2, np.int64)),
                tasks, tasks if n * k * k >= THREADS_FROM else 1)
     return codes, int(unfinished.sum())
 

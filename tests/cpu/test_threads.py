@@ -105,7 +105,7 @@ def _fail_at_pulled(args, words, jobs, helper, count, job, finished):
 
 def _pull_all(n_tasks, delay, threads=3):
     seen = np.zeros(n_tasks, np.int64)
-    run_pulled(_pull_pulled, (np.zeros(2, np.int64), n_tasks, seen, delay), n_tasks, threads)
+    run_pulled(_pull, _pull_pulled, (np.zeros(2, np.int64), n_tasks, seen, delay), n_tasks, threads)
     return seen
 
 
@@ -129,10 +129,10 @@ def test_the_helpers_serve_kernels_of_several_kinds_in_turn(monkeypatch):
     for round_ in range(20):
         assert (_pull_all(32, 2000) == 1).all()
         marks = np.zeros(32, np.float32 if round_ % 2 else np.float64)
-        run_pulled(_mark_pulled, (np.zeros(2, np.int64), 32, marks, round_ + 1.0), 32, 3)
+        run_pulled(_mark, _mark_pulled, (np.zeros(2, np.int64), 32, marks, round_ + 1.0), 32, 3)
         assert (marks == round_ + 1).all()
         view = np.zeros(64, np.int64)[::2]  # (a strided array: another kind again)
-        run_pulled(_pull_pulled, (np.zeros(2, np.int64), 32, view, 2000), 32, 3)
+        run_pulled(_pull, _pull_pulled, (np.zeros(2, np.int64), 32, view, 2000), 32, 3)
         assert (view == 1).all()
 
 
@@ -160,11 +160,11 @@ def test_a_kernel_that_raises(monkeypatch):
     cross from a helper's nogil call), and the helpers serve the next call as before."""
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     with pytest.raises(ValueError, match="task failed"):
-        run_pulled(_fail_at_pulled, (np.zeros(2, np.int64), 8, 5, 0), 8, 1)
+        run_pulled(_fail_at, _fail_at_pulled, (np.zeros(2, np.int64), 8, 5, 0), 8, 1)
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
     for bad in range(8):
         with pytest.raises(RuntimeError, match="_fail_at.*NUMBA_NUM_THREADS=1"):
-            run_pulled(_fail_at_pulled, (np.zeros(2, np.int64), 8, bad, 20000), 8, 2)
+            run_pulled(_fail_at, _fail_at_pulled, (np.zeros(2, np.int64), 8, bad, 20000), 8, 2)
     assert (_pull_all(16, 2000, threads=2) == 1).all()
 
 
@@ -174,7 +174,7 @@ def test_the_helpers_keep_no_reference_to_a_call_s_arrays(monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
     seen = np.zeros(64, np.int64)
     before = sys.getrefcount(seen)
-    run_pulled(_pull_pulled, (np.zeros(2, np.int64), 64, seen, 5000), 64, 2)
+    run_pulled(_pull, _pull_pulled, (np.zeros(2, np.int64), 64, seen, 5000), 64, 2)
     time.sleep(0.01)
     assert (seen == 1).all() and sys.getrefcount(seen) == before
 
@@ -200,4 +200,4 @@ def test_without_futexes_pool_threads_take_the_tasks(monkeypatch):
     for n_tasks, delay in ((1, 0), (7, 0), (64, 20000)):
         assert (_pull_all(n_tasks, delay) == 1).all()
     with pytest.raises(ValueError, match="task failed"):
-        run_pulled(_fail_at_pulled, (np.zeros(2, np.int64), 8, 7, 20000), 8, 3)
+        run_pulled(_fail_at, _fail_at_pulled, (np.zeros(2, np.int64), 8, 7, 20000), 8, 3)
