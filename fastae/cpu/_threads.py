@@ -150,14 +150,15 @@ def next_task(queue):
 # here, and several hundred on a vCPU that had gone idle). After a job a helper stays awake for AWAKE,
 # yielding its core to any other thread, then sleeps in a futex: a loss called once per training step finds
 # it awake (as OpenMP runtimes keep theirs).
-SYSCALLS = {"x86_64": (202, 24, 228), "aarch64": (98, 124, 113)}.get(platform.machine())  # futex, yield, clock
+SYSCALLS = {"x86_64": (202, 24, 228, 309), "aarch64": (98, 124, 113, 168)}.get(platform.machine())
 if not sys.platform.startswith("linux"):
     SYSCALLS = None  # (no helpers: pool threads instead, see run_pulled)
-FUTEX, YIELD, CLOCK = SYSCALLS or (0, 0, 0)
+FUTEX, YIELD, CLOCK, GETCPU = SYSCALLS or (0, 0, 0, 0)
 FUTEX_WAIT, FUTEX_WAKE = 128, 129  # (FUTEX_PRIVATE_FLAG: within this process)
 JOB, STARTED, FINISHED = 0, 1, 2   # a helper's words: the job posted (negative: closed), started, finished
 LINE = 16                          # words of a helper (a cache line each)
-KIND, ADDRESS, FAILED = 0, 1, 2    # the job's: its kernel and argument types, its arguments' address, raised
+KIND, ADDRESS, FAILED, CPU = 0, 1, 2, 3  # the job's kernel and argument types, arguments' address, raises; the
+#                                         caller's CPU
 MAX_HELPERS = 255
 SPINS = 1 << 12                    # looks at a word before yielding or sleeping (~10-50 us)
 AWAKE = 5_000_000                  # ns a helper stays awake after a job
@@ -198,6 +199,14 @@ def futex(words, slot, operation, value):
     """FUTEX_WAIT: sleep while words[slot] == value (SLEEP at most); FUTEX_WAKE: wake ``value`` threads asleep
     on words[slot] (int32)."""
     return _syscall(FUTEX, _address(words, slot), operation, value, _address(SLEEP, 0))
+
+
+@njit(inline="always")
+def _cpu(scratch):
+    """The CPU this thread runs on (scratch: int64[2])."""
+    scratch[0] = 0
+    _syscall(GETCPU, _address(scratch, 0), 0, 0, 0)
+    return scratch[0]
 
 
 @njit(inline="always")
@@ -244,26 +253,31 @@ def _kind(typingctx, function, arguments):
 
 
 @njit(nogil=True, cache=True)
-def _park(words, helper, finished):
+def _park(words, jobs, helper, finished):
     """Helper ``helper`` has finished job ``finished``: say so (waking a caller asleep on it), then wait for
     a job: looking SPINS times, then yielding its core until AWAKE has passed, then asleep in the futex
-    (once: SLEEP at most). Returns the job, marked started, or ``finished`` if none came."""
+    (once: SLEEP at most). Returns the job, marked started, or ``finished`` if none came. On the CPU of the
+    last job's caller it sleeps at once: awake there, it would keep both on one core (the scheduler does not
+    move a thread that ran a moment ago), and woken, it is placed on an idle one."""
     line = helper * LINE
     exchange(words, line + FINISHED, finished)
     futex(words, line + FINISHED, FUTEX_WAKE, 1)
     scratch = np.empty(2, np.int64)
-    looks, since = 0, 0
+    looks, since, shared = 0, 0, _cpu(scratch) == fetch_add(jobs, CPU, 0)
     while True:
         job = fetch_add(words, line + JOB, 0)
         if job > 0 and job != finished:
             exchange(words, line + STARTED, job)
             return job
         looks += 1
+        if looks < SPINS and not shared:
+            continue
         if looks == SPINS:
             since = _clock(scratch)
-        elif looks > SPINS and _clock(scratch) - since < AWAKE:
+        if not shared and _clock(scratch) - since < AWAKE:
             _syscall(YIELD, 0, 0, 0, 0)  # (sched_yield)
-        elif looks > SPINS:
+            shared = _cpu(scratch) == fetch_add(jobs, CPU, 0)
+        else:
             futex(words, line + JOB, FUTEX_WAIT, job)
             if fetch_add(words, line + JOB, 0) == job:
                 return finished  # (unchanged: the wait timed out; a job closed meanwhile wakes it at once)
@@ -285,6 +299,7 @@ def pulled(function, args, words, jobs, helper, count, job, finished):
         exchange(jobs, KIND, kind)
         exchange(jobs, ADDRESS, _address_of(args))
         exchange(jobs, FAILED, 0)
+        exchange(jobs, CPU, _cpu(np.empty(2, np.int64)))
         for h in range(count):
             exchange(words, h * LINE + JOB, job)
             futex(words, h * LINE + JOB, FUTEX_WAKE, 1)
@@ -292,7 +307,7 @@ def pulled(function, args, words, jobs, helper, count, job, finished):
         work = args
         if helper >= 0:
             if job == finished:
-                job = _park(words, helper, finished)
+                job = _park(words, jobs, helper, finished)
                 if job == finished:
                     return job, finished
             if fetch_add(words, line + JOB, 0) != job:  # (closed since)
@@ -347,7 +362,7 @@ class _Helpers:
 
     def __init__(self):
         self.words = np.zeros(LINE * MAX_HELPERS, np.int32)
-        self.jobs = np.zeros(LINE, np.int64)
+        self.jobs = np.full(LINE, -1, np.int64)  # (CPU -1: none yet)
         self.threads = []
         self.kernel = None  # (the kernel's _pulled, its arguments) while a job is posted
         self.lock = threading.Lock()  # one caller at a time; another runs its tasks alone meanwhile
@@ -357,7 +372,7 @@ class _Helpers:
         finished = job = 0
         while self is _helpers:  # (a forked child's: retire)
             if job == finished:
-                job = _park(self.words, helper, finished)
+                job = _park(self.words, self.jobs, helper, finished)
                 if job == finished:
                     continue
             kernel = self.kernel
