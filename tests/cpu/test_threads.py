@@ -54,15 +54,22 @@ def test_a_slow_thread_takes_fewer_pieces(monkeypatch):
     assert taken[caller] > max(others, default=0)
 
 
+@njit(inline="always")
+def _spend(delay):
+    """``delay`` loops of work (a chain of square roots, ~10 ns each: a sum of i * 1e-9 was optimised away);
+    a non-negative number."""
+    acc = 0.0
+    for i in range(delay):
+        acc = np.sqrt(acc + i)
+    return acc
+
+
 @njit(nogil=True)
 def _pull(queue, n_tasks, seen, delay):
     """Take tasks until none is left, counting each in ``seen``, and spend ``delay`` loops on each."""
     k = take_task(queue)
     while k < n_tasks:
-        acc = 0.0
-        for i in range(delay):  # (a chain of square roots, ~10 ns each: a sum of i * 1e-9 was optimised away)
-            acc = np.sqrt(acc + i)
-        seen[k] += 1 + (acc < 0)
+        seen[k] += 1 + (_spend(delay) < 0)
         k = next_task(queue)
 
 
@@ -90,10 +97,7 @@ def _fail_at(queue, n_tasks, bad, delay):
     """Raises when it takes task ``bad`` (after ``delay`` loops, so that a helper takes it now and then)."""
     k = take_task(queue)
     while k < n_tasks:
-        acc = 0.0
-        for i in range(delay):
-            acc = np.sqrt(acc + i)
-        if k == bad and acc >= 0:
+        if _spend(delay) >= 0 and k == bad:
             raise ValueError("task failed")
         k = next_task(queue)
 
