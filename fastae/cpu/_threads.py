@@ -412,15 +412,15 @@ def run_pulled(kernel, pulled_kernel, args, n_tasks, threads):
     threads = min(threads, n_tasks)
     if threads > 1:  # (reading the environment costs a short call a microsecond or two)
         threads = min(num_threads(), threads, MAX_HELPERS + 1)
-    if _helpers is None:
-        _helpers = _Helpers()
-    helpers = _helpers
     if threads > 1 and SYSCALLS is None:  # (no futex: pool threads, which take the GIL to start and to end)
         futures = [_thread_pool().submit(kernel, *args) for _ in range(threads - 1)]
         kernel(*args)
         for future in futures:
             future.result()
         return
+    if threads > 1 and _helpers is None:
+        _helpers = _Helpers()
+    helpers = _helpers
     if threads <= 1 or not helpers.lock.acquire(blocking=False):
         kernel(*args)  # (alone: its exceptions as they are)
         return

@@ -571,9 +571,9 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
         pixel = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), dtype.type(pixel[1])
     pixel_sums = np.zeros(tasks)
     positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
-    queue = np.zeros(2, np.int64)
     run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad,
-                                       target_grad, accumulate, m, bands, queue, tasks, sums, edges, pixel, pixel_sums),
+                                       target_grad, accumulate, m, bands, np.zeros(2, np.int64), tasks, sums, edges,
+                                       pixel, pixel_sums),
                tasks, threads=max(1, positions // THREAD_WORK))
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
