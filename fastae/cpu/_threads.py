@@ -150,10 +150,12 @@ def next_task(queue):
 # here, and several hundred on a vCPU that had gone idle). After a job a helper stays awake for AWAKE,
 # yielding its core to any other thread, then sleeps in a futex: a loss called once per training step finds
 # it awake (as OpenMP runtimes keep theirs).
-SYSCALLS = {"x86_64": (202, 24, 228, 309), "aarch64": (98, 124, 113, 168)}.get(platform.machine())
+SYSCALLS = {"x86_64": (202, 24, 228, 309, 39, 204, 203),
+            "aarch64": (98, 124, 113, 168, 172, 123, 122)}.get(platform.machine())
 if not sys.platform.startswith("linux"):
     SYSCALLS = None  # (no helpers: pool threads instead, see run_pulled)
-FUTEX, YIELD, CLOCK, GETCPU = SYSCALLS or (0, 0, 0, 0)
+FUTEX, YIELD, CLOCK, GETCPU, GETPID, GETAFFINITY, SETAFFINITY = SYSCALLS or (0,) * 7
+CPU_WORDS = 16                     # words of a CPU mask (1024 CPUs)
 FUTEX_WAIT, FUTEX_WAKE = 128, 129  # (FUTEX_PRIVATE_FLAG: within this process)
 JOB, STARTED, FINISHED = 0, 1, 2   # a helper's words: the job posted (negative: closed), started, finished
 LINE = 16                          # words of a helper (a cache line each)
@@ -252,22 +254,48 @@ def _kind(typingctx, function, arguments):
     return types.int64(function, arguments), codegen
 
 
+@njit(inline="always")
+def _leave_caller(jobs, scratch, mask):
+    """Whether this thread runs on the CPU of the last job's caller after it tried to move off it, its affinity
+    set to the main thread's CPUs but that one (where there is another; scratch: int64[2], mask:
+    int64[CPU_WORDS]). On its caller's CPU a helper only slows it, and the scheduler, which puts a woken
+    thread beside the thread that woke it, kept the two together for whole runs (128x1x16^2 'same' on two
+    threads read as slow as on one in one full bench run of four, and 0.48-0.55 of the big batch's rate in
+    the others)."""
+    cpu = fetch_add(jobs, CPU, 0)
+    if cpu < 0 or _cpu(scratch) != cpu:
+        return False
+    for i in range(CPU_WORDS):
+        mask[i] = 0
+    if cpu >= 64 * CPU_WORDS or _syscall(GETAFFINITY, _syscall(GETPID, 0, 0, 0, 0), 8 * CPU_WORDS,
+                                         _address(mask, 0), 0) <= 0:
+        return True
+    mask[cpu // 64] &= ~(np.int64(1) << (cpu % 64))
+    others = 0
+    for i in range(CPU_WORDS):
+        others |= mask[i]
+    if others == 0 or _syscall(SETAFFINITY, 0, 8 * CPU_WORDS, _address(mask, 0), 0) != 0:
+        return True
+    return _cpu(scratch) == cpu
+
+
 @njit(nogil=True, cache=True)
 def _park(words, jobs, helper, finished):
     """Helper ``helper`` has finished job ``finished``: say so (waking a caller asleep on it), then wait for
     a job: looking SPINS times, then yielding its core until AWAKE has passed, then asleep in the futex
-    (once: SLEEP at most). Returns the job, marked started, or ``finished`` if none came. On the CPU of the
-    last job's caller it sleeps at once: awake there, it would keep both on one core (the scheduler does not
-    move a thread that ran a moment ago), and woken, it is placed on an idle one."""
+    (once: SLEEP at most). Returns the job, marked started, or ``finished`` if none came. Found on the CPU of
+    the job's caller, it moves off (see _leave_caller); where it cannot, it sleeps at once rather than keep
+    both on one core."""
     line = helper * LINE
     exchange(words, line + FINISHED, finished)
     futex(words, line + FINISHED, FUTEX_WAKE, 1)
-    scratch = np.empty(2, np.int64)
-    looks, since, shared = 0, 0, _cpu(scratch) == fetch_add(jobs, CPU, 0)
+    scratch, mask = np.empty(2, np.int64), np.empty(CPU_WORDS, np.int64)
+    looks, since, shared = 0, 0, _leave_caller(jobs, scratch, mask)
     while True:
         job = fetch_add(words, line + JOB, 0)
         if job > 0 and job != finished:
             exchange(words, line + STARTED, job)
+            _leave_caller(jobs, scratch, mask)  # (woken beside its caller)
             return job
         looks += 1
         if looks < SPINS and not shared:
@@ -276,7 +304,7 @@ def _park(words, jobs, helper, finished):
             since = _clock(scratch)
         if not shared and _clock(scratch) - since < AWAKE:
             _syscall(YIELD, 0, 0, 0, 0)  # (sched_yield)
-            shared = _cpu(scratch) == fetch_add(jobs, CPU, 0)
+            shared = _leave_caller(jobs, scratch, mask)
         else:
             futex(words, line + JOB, FUTEX_WAIT, job)
             if fetch_add(words, line + JOB, 0) == job:

@@ -1,6 +1,7 @@
 """The CPU backend's threads: every chunk exactly once, in pieces of at least the asked size, whatever
 the thread count, and a slow thread taking fewer pieces than a fast one; tasks from the atomic counter
 each taken once and finished on return."""
+import os
 import sys
 import threading
 import time
@@ -157,6 +158,33 @@ def test_run_pulled_from_several_threads_at_once(monkeypatch):
     for t in callers:
         t.join(60)
     assert not any(t.is_alive() for t in callers) and not failures
+
+
+@pytest.mark.skipif(_threads.SYSCALLS is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="helpers need Linux's futex, and moving needs two CPUs")
+def test_a_helper_on_its_caller_s_cpu_moves_off_it(monkeypatch):
+    """A helper held on the CPU of the thread that posts the jobs moves itself off it (its affinity: the
+    main thread's CPUs but that one), and the jobs' tasks are each taken once meanwhile."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    assert (_pull_all(16, 2000, threads=2) == 1).all()  # (the helper exists)
+    helper = next(t for t in threading.enumerate() if t.name == "fastae-0")
+    cpus = sorted(os.sched_getaffinity(0))
+    results = []
+
+    def caller():  # (a thread of its own, held on one CPU: the main thread's CPUs stay as they are)
+        os.sched_setaffinity(0, {cpus[0]})
+        os.sched_setaffinity(helper.native_id, {cpus[0]})
+        for _ in range(50):
+            results.append((_pull_all(16, 2000, threads=2) == 1).all())
+            time.sleep(0.001)
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join(60)
+    try:
+        assert all(results) and len(results) == 50
+        assert os.sched_getaffinity(helper.native_id) == set(cpus) - {cpus[0]}
+    finally:
+        os.sched_setaffinity(helper.native_id, set(cpus))
 
 
 def test_a_kernel_that_raises(monkeypatch):
