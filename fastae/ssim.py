@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from ._arrays import Call, check_choice, check_number, check_target_grad, contiguous, is_number, on_device
+from ._arrays import Call, check_choice, check_number, check_target_grad, contiguous, on_device
 from ._neutral import gaussian_window, pool_pads, power_of_two_scale
 from ._ssim_map import ssim_map as _general_map
 from .pointwise import LossGrad, LossGrads

@@ -255,26 +255,21 @@ def _kind(typingctx, function, arguments):
 
 
 @njit(inline="always")
-def _leave_caller(jobs, scratch, mask):
+def _leave_caller(jobs, scratch):
     """Whether this thread runs on the CPU of the last job's caller after it tried to move off it, its affinity
-    set to the main thread's CPUs but that one (where there is another; scratch: int64[2], mask:
-    int64[CPU_WORDS]). On its caller's CPU a helper only slows it, and the scheduler, which puts a woken
-    thread beside the thread that woke it, kept the two together for whole runs (128x1x16^2 'same' on two
-    threads read as slow as on one in one full bench run of four, and 0.48-0.55 of the big batch's rate in
-    the others)."""
+    set to the main thread's CPUs but that one (where there is another; scratch: int64[2]). On its caller's
+    CPU a helper only slows it, and the scheduler, which puts a woken thread beside the thread that woke it,
+    kept the two together for whole runs (128x1x16^2 'same' on two threads read as slow as on one in one full
+    bench run of four, and 0.48-0.55 of the big batch's rate in the others)."""
     cpu = fetch_add(jobs, CPU, 0)
     if cpu < 0 or _cpu(scratch) != cpu:
         return False
-    for i in range(CPU_WORDS):
-        mask[i] = 0
+    mask = np.zeros(CPU_WORDS, np.int64)  # (only here: a helper seldom shares its caller's CPU)
     if cpu >= 64 * CPU_WORDS or _syscall(GETAFFINITY, _syscall(GETPID, 0, 0, 0, 0), 8 * CPU_WORDS,
                                          _address(mask, 0), 0) <= 0:
         return True
     mask[cpu // 64] &= ~(np.int64(1) << (cpu % 64))
-    others = 0
-    for i in range(CPU_WORDS):
-        others |= mask[i]
-    if others == 0 or _syscall(SETAFFINITY, 0, 8 * CPU_WORDS, _address(mask, 0), 0) != 0:
+    if not mask.any() or _syscall(SETAFFINITY, 0, 8 * CPU_WORDS, _address(mask, 0), 0) != 0:
         return True
     return _cpu(scratch) == cpu
 
@@ -289,13 +284,13 @@ def _park(words, jobs, helper, finished):
     line = helper * LINE
     exchange(words, line + FINISHED, finished)
     futex(words, line + FINISHED, FUTEX_WAKE, 1)
-    scratch, mask = np.empty(2, np.int64), np.empty(CPU_WORDS, np.int64)
-    looks, since, shared = 0, 0, _leave_caller(jobs, scratch, mask)
+    scratch = np.empty(2, np.int64)
+    looks, since, shared = 0, 0, _leave_caller(jobs, scratch)
     while True:
         job = fetch_add(words, line + JOB, 0)
         if job > 0 and job != finished:
             exchange(words, line + STARTED, job)
-            _leave_caller(jobs, scratch, mask)  # (woken beside its caller)
+            _leave_caller(jobs, scratch)  # (woken beside its caller)
             return job
         looks += 1
         if looks < SPINS and not shared:
@@ -304,7 +299,7 @@ def _park(words, jobs, helper, finished):
             since = _clock(scratch)
         if not shared and _clock(scratch) - since < AWAKE:
             _syscall(YIELD, 0, 0, 0, 0)  # (sched_yield)
-            shared = _leave_caller(jobs, scratch, mask)
+            shared = _leave_caller(jobs, scratch)
         else:
             futex(words, line + JOB, FUTEX_WAIT, job)
             if fetch_add(words, line + JOB, 0) == job:
