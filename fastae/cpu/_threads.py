@@ -157,7 +157,8 @@ if not sys.platform.startswith("linux"):
 FUTEX, YIELD, CLOCK, GETCPU, GETPID, GETAFFINITY, SETAFFINITY = SYSCALLS or (0,) * 7
 CPU_WORDS = 16                     # words of a CPU mask (1024 CPUs)
 FUTEX_WAIT, FUTEX_WAKE = 128, 129  # (FUTEX_PRIVATE_FLAG: within this process)
-JOB, STARTED, FINISHED = 0, 1, 2   # a helper's words: the job posted (negative: closed), started, finished
+JOB, STARTED, FINISHED, WHERE, TID = 0, 1, 2, 3, 4  # a helper's words: the job posted (negative: closed),
+#                                                     started, finished; the CPU it last ran on, its thread id
 LINE = 16                          # words of a helper (a cache line each)
 KIND, ADDRESS, FAILED, CPU = 0, 1, 2, 3  # the job's kernel and argument types, arguments' address, raises; the
 #                                         caller's CPU
@@ -255,23 +256,32 @@ def _kind(typingctx, function, arguments):
 
 
 @njit(inline="always")
-def _leave_caller(jobs, scratch):
-    """Whether this thread runs on the CPU of the last job's caller after it tried to move off it, its affinity
-    set to the main thread's CPUs but that one (where there is another; scratch: int64[2]). On its caller's
-    CPU a helper only slows it, and the scheduler, which puts a woken thread beside the thread that woke it,
-    kept the two together for whole runs (128x1x16^2 'same' on two threads read as slow as on one in one full
-    bench run of four, and 0.48-0.55 of the big batch's rate in the others)."""
-    cpu = fetch_add(jobs, CPU, 0)
-    if cpu < 0 or _cpu(scratch) != cpu:
-        return False
-    mask = np.zeros(CPU_WORDS, np.int64)  # (only here: a helper seldom shares its caller's CPU)
+def _move_off(thread, cpu):
+    """Set the affinity of thread ``thread`` (0: this one) to the main thread's CPUs but ``cpu``, where there
+    is another; whether it was set. A helper on its caller's CPU only slows it, and the scheduler puts a woken
+    thread beside the thread that woke it: it kept the two together for whole runs, the helper queued behind a
+    caller that never blocks (a third of the calls of 4 tasks of 59 us on two threads ran on one CPU)."""
+    mask = np.zeros(CPU_WORDS, np.int64)  # (only here: seldom)
     if cpu >= 64 * CPU_WORDS or _syscall(GETAFFINITY, _syscall(GETPID, 0, 0, 0, 0), 8 * CPU_WORDS,
                                          _address(mask, 0), 0) <= 0:
-        return True
+        return False
     mask[cpu // 64] &= ~(np.int64(1) << (cpu % 64))
-    if not mask.any() or _syscall(SETAFFINITY, 0, 8 * CPU_WORDS, _address(mask, 0), 0) != 0:
-        return True
-    return _cpu(scratch) == cpu
+    return mask.any() and _syscall(SETAFFINITY, thread, 8 * CPU_WORDS, _address(mask, 0), 0) == 0
+
+
+@njit(inline="always")
+def _leave_caller(words, line, jobs, scratch):
+    """Whether this helper (its words from ``line``) runs on the CPU of the last job's caller after it tried to
+    move off it (see _move_off; scratch: int64[2]); the CPU it runs on goes into its WHERE word, which the
+    caller reads when it posts a job."""
+    here = _cpu(scratch)
+    exchange(words, line + WHERE, here)
+    cpu = fetch_add(jobs, CPU, 0)
+    if cpu < 0 or here != cpu or not _move_off(0, cpu):
+        return here == cpu
+    here = _cpu(scratch)
+    exchange(words, line + WHERE, here)
+    return here == cpu
 
 
 @njit(nogil=True, cache=True)
@@ -285,12 +295,12 @@ def _park(words, jobs, helper, finished):
     exchange(words, line + FINISHED, finished)
     futex(words, line + FINISHED, FUTEX_WAKE, 1)
     scratch = np.empty(2, np.int64)
-    looks, since, shared = 0, 0, _leave_caller(jobs, scratch)
+    looks, since, shared = 0, 0, _leave_caller(words, line, jobs, scratch)
     while True:
         job = fetch_add(words, line + JOB, 0)
         if job > 0 and job != finished:
             exchange(words, line + STARTED, job)
-            _leave_caller(jobs, scratch)  # (woken beside its caller)
+            _leave_caller(words, line, jobs, scratch)  # (woken beside its caller)
             return job
         looks += 1
         if looks < SPINS and not shared:
@@ -299,7 +309,7 @@ def _park(words, jobs, helper, finished):
             since = _clock(scratch)
         if not shared and _clock(scratch) - since < AWAKE:
             _syscall(YIELD, 0, 0, 0, 0)  # (sched_yield)
-            shared = _leave_caller(jobs, scratch)
+            shared = _leave_caller(words, line, jobs, scratch)
         else:
             futex(words, line + JOB, FUTEX_WAIT, job)
             if fetch_add(words, line + JOB, 0) == job:
@@ -322,8 +332,11 @@ def pulled(function, args, words, jobs, helper, count, job, finished):
         exchange(jobs, KIND, kind)
         exchange(jobs, ADDRESS, _address_of(args))
         exchange(jobs, FAILED, 0)
-        exchange(jobs, CPU, _cpu(np.empty(2, np.int64)))
+        cpu = _cpu(np.empty(2, np.int64))
+        exchange(jobs, CPU, cpu)
         for h in range(count):
+            if fetch_add(words, h * LINE + WHERE, 0) == cpu:  # (last seen here: it would queue behind this thread)
+                _move_off(fetch_add(words, h * LINE + TID, 0), cpu)
             exchange(words, h * LINE + JOB, job)
             futex(words, h * LINE + JOB, FUTEX_WAKE, 1)
     while True:
@@ -385,6 +398,7 @@ class _Helpers:
 
     def __init__(self):
         self.words = np.zeros(LINE * MAX_HELPERS, np.int32)
+        self.words[WHERE::LINE] = -1  # (no CPU yet)
         self.jobs = np.full(LINE, -1, np.int64)  # (CPU -1: none yet)
         self.threads = []
         self.kernel = None  # (the kernel's _pulled, its arguments) while a job is posted
@@ -392,6 +406,7 @@ class _Helpers:
         self.posted = 0
 
     def serve(self, helper):
+        self.words[helper * LINE + TID] = threading.get_native_id()
         finished = job = 0
         while self is _helpers:  # (a forked child's: retire)
             if job == finished:

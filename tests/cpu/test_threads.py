@@ -11,7 +11,7 @@ import pytest
 from numba import njit, typeof
 
 from fastae.cpu import _threads
-from fastae.cpu._threads import _witness, next_task, num_threads, pulled, run_chunks, run_pulled, take_task
+from fastae.cpu._threads import _cpu, _witness, next_task, num_threads, pulled, run_chunks, run_pulled, take_task
 
 
 def test_run_chunks_covers_every_chunk_once_in_pieces_of_the_asked_size(monkeypatch):
@@ -91,6 +91,21 @@ def _mark(queue, n_tasks, marks, value):
 @njit(nogil=True)
 def _mark_pulled(args, words, jobs, helper, count, job, finished):
     return pulled(_mark, args, words, jobs, helper, count, job, finished)
+
+
+@njit(nogil=True)
+def _where(queue, n_tasks, cpus, delay):
+    """Take tasks until none is left, writing the CPU each ran on into ``cpus`` (``delay`` loops each)."""
+    scratch = np.empty(2, np.int64)
+    k = take_task(queue)
+    while k < n_tasks:
+        cpus[k] = _cpu(scratch) + (_spend(delay) < 0)
+        k = next_task(queue)
+
+
+@njit(nogil=True)
+def _where_pulled(args, words, jobs, helper, count, job, finished):
+    return pulled(_where, args, words, jobs, helper, count, job, finished)
 
 
 @njit(nogil=True)
@@ -185,6 +200,40 @@ def test_a_helper_on_its_caller_s_cpu_moves_off_it(monkeypatch):
         assert os.sched_getaffinity(helper.native_id) == set(cpus) - {cpus[0]}
     finally:
         os.sched_setaffinity(helper.native_id, set(cpus))
+
+
+@pytest.mark.skipif(_threads.SYSCALLS is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="helpers need Linux's futex, and moving needs two CPUs")
+def test_a_caller_moves_a_helper_that_last_ran_on_its_cpu(monkeypatch):
+    """The thread that posts a job moves a helper that last ran on its CPU off it (the main thread's CPUs but
+    that one): a woken helper is queued behind the thread that woke it, which, never blocking, kept it from
+    running at all (a third of the calls of four 59 us tasks ran on one CPU). Here the helper runs only when
+    nothing else would (SCHED_IDLE), and still takes its share of the tasks."""
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    helpers = _threads._Helpers()  # (a helper of its own, retired after the test)
+    monkeypatch.setattr(_threads, "_helpers", helpers)
+    cpus = sorted(os.sched_getaffinity(0))
+    taken = []
+
+    def run(n_tasks, delay):
+        where = np.full(n_tasks, -1)
+        run_pulled(_where, _where_pulled, (np.zeros(2, np.int64), n_tasks, where, delay), n_tasks, 2)
+        return where
+
+    def caller():  # (a thread of its own: the main thread's CPUs stay as they are)
+        os.sched_setaffinity(0, {cpus[1]})
+        run(2, 0)  # (the helper starts)
+        helper = helpers.words[_threads.TID]
+        os.sched_setaffinity(helper, {cpus[0]})
+        time.sleep(0.002)  # (it runs there, awake)
+        os.sched_setscheduler(helper, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setaffinity(0, {cpus[0]})
+        taken.append(run(32, 50000))  # (~0.5 ms a task)
+    thread = threading.Thread(target=caller)
+    thread.start()
+    thread.join(60)
+    assert len(taken) == 1 and (taken[0] >= 0).all()
+    assert (taken[0] != cpus[0]).sum() >= 12, taken[0]  # (16 here; 0-7 without the move)
 
 
 def test_a_kernel_that_raises(monkeypatch):
