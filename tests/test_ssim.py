@@ -344,6 +344,36 @@ def test_strips_of_whole_vectors_of_planes_change_no_bit(rng, monkeypatch, dtype
     assert [a.tobytes() for a in new] == [a.tobytes() for a in old]
 
 
+def test_an_8x8_transpose_by_shuffles():
+    """_transposed's three stages of two-vector shuffles (as the kernel's LLVM code makes them) turn eight rows
+    into their eight columns."""
+    from fastae.cpu.ssim import _transposed
+    rows = [[(q, j) for j in range(8)] for q in range(8)]
+    columns = _transposed(rows, lambda a, b, mask: [(a + b)[i] for i in mask])
+    assert columns == [[(q, j) for q in range(8)] for j in range(8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape, padding", [((48, 1, 13, 19), "same"), ((24, 1, 9, 7), "same"),
+                                            ((2, 20, 12, 26), "same"), ((32, 3, 12, 33), "valid")])
+def test_rows_of_many_planes_loaded_in_8x8_blocks_change_no_bit(rng, monkeypatch, dtype, shape, padding):
+    """Strips of 16 or 24 planes load their rows in blocks of 8 planes x 8 columns transposed (the columns
+    past the last whole block one at a time: 19, 7, 26, 33 columns); the value and both gradients
+    are the same bits as plane by plane (37 planes a strip), and a NaN stays in its plane, in a block's
+    column and in a column past the blocks."""
+    from fastae.cpu import ssim as cpu_ssim
+    pred, target = image_pair(rng, shape, dtype)
+    planes = pred.reshape((-1,) + pred.shape[-2:])
+    assert cpu_ssim.layout(len(planes), *planes.shape[1:], 5 if padding == "same" else 0, 11)[0] in (16, 24)
+    planes[3, 2, 5], planes[-2, -1, -1] = np.nan, np.nan
+    new = fa.mixed_loss(pred, target, alpha=0.2, padding=padding, grad=True, target_grad=True)
+    one_each = fa.ssim(planes[:, None], target.reshape(planes.shape)[:, None], padding=padding, reduction="none")
+    assert np.flatnonzero(np.isnan(one_each)).tolist() == [3, len(planes) - 2]
+    monkeypatch.setattr(cpu_ssim, "layout", lambda planes, *sizes: (37, 1))
+    old = fa.mixed_loss(pred, target, alpha=0.2, padding=padding, grad=True, target_grad=True)
+    assert [a.tobytes() for a in new] == [a.tobytes() for a in old]
+
+
 def torch_target_grad(pred, target, padding, **kw):
     """d SSIM / d target in float64 (both references take the gradient in pred: swap the images, as SSIM
     is symmetric)."""

@@ -213,7 +213,7 @@ def test_a_caller_moves_a_helper_that_last_ran_on_its_cpu(monkeypatch):
     helpers = _threads._Helpers()  # (a helper of its own, retired after the test)
     monkeypatch.setattr(_threads, "_helpers", helpers)
     cpus = sorted(os.sched_getaffinity(0))
-    taken = []
+    taken, where = [], []
 
     def run(n_tasks, delay):
         where = np.full(n_tasks, -1)
@@ -225,14 +225,16 @@ def test_a_caller_moves_a_helper_that_last_ran_on_its_cpu(monkeypatch):
         run(2, 0)  # (the helper starts)
         helper = helpers.words[_threads.TID]
         os.sched_setaffinity(helper, {cpus[0]})
-        time.sleep(0.002)  # (it runs there, awake)
+        run(16, 20000)  # (it runs there: its last CPU)
+        where.append(helpers.words[_threads.WHERE])
         os.sched_setscheduler(helper, os.SCHED_IDLE, os.sched_param(0))
+        time.sleep(0.05)  # (every thread that spins after its work asleep by now: other helpers, OpenMP's)
         os.sched_setaffinity(0, {cpus[0]})
         taken.append(run(32, 50000))  # (~0.5 ms a task)
     thread = threading.Thread(target=caller)
     thread.start()
     thread.join(60)
-    assert len(taken) == 1 and (taken[0] >= 0).all()
+    assert where == [cpus[0]] and len(taken) == 1 and (taken[0] >= 0).all()
     assert (taken[0] != cpus[0]).sum() >= 12, taken[0]  # (16 here; 0-7 without the move)
 
 
