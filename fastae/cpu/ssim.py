@@ -61,15 +61,16 @@ THREAD_WORK = 1 << 13  # padded positions per thread at least (~25 us): a helper
 
 # ---------------------------------------------------------------- filters: one output row at a time
 @njit(inline="always")
-def _hfilter(taps, src, dst, n, step):
-    """dst[j] = sum_t taps[t] src[j + step t] for j < n: the window along a row whose neighbouring columns
-    lie ``step`` apart (the strip's planes interleaved)."""
+def _hfilter(taps, src, r, dst, d, k, n, step):
+    """dst[d, k, j] = sum_t taps[t] src[r, j + step t] for j < n: the window along a row whose neighbouring
+    columns lie ``step`` apart (the strip's planes interleaved). (Rows by index, not as views: each view
+    costs two atomic reference counts, and they took 5% of a 16^2 patch's SSIM.)"""
     s = np.uint64(step)  # (unsigned indices need no test for negative ones: the loop vectorises)
     for j in range(np.uint64(n)):
-        acc = taps[0] * src[j]
+        acc = taps[0] * src[r, j]
         for t in range(1, len(taps)):
-            acc += taps[t] * src[j + np.uint64(t) * s]
-        dst[j] = acc
+            acc += taps[t] * src[r, j + np.uint64(t) * s]
+        dst[d, k, j] = acc
 
 
 @njit(inline="always")
@@ -126,97 +127,96 @@ def _quad_maps(taps, rows, maps, first, lo, hi, dst, lead, n):
 
 # ---------------------------------------------------------------- the SSIM of one output row
 @njit(inline="always")
-def _coefficients(mom, shift, c1, c2, use_cs, scale, coef, total, n):
-    """The SSIM (or contrast-structure) map of one output row's n columns from its moments mom[0..3], added
-    into each column's ``total``, and scale times the coefficient maps A, B, C of the gradient and A' = dS/dmu'_y (the
-    target's) into coef[0..3]; ``shift`` and ``scale`` are rows too (each column takes its plane's)."""
-    mx_, my_, p_, q_ = mom[0], mom[1], mom[2], mom[3]
-    a_, b_, c_, ay_ = coef[0], coef[1], coef[2], coef[3]
+def _coefficients(mom, r, shift, c1, c2, use_cs, scale, coef, s, total, n):
+    """The SSIM (or contrast-structure) map of one output row's n columns from its moments mom[r, 0..3],
+    added into each column's ``total``, and scale times the coefficient maps A, B, C of the gradient and
+    A' = dS/dmu'_y (the target's) into coef[s, 0..3]; ``shift`` and ``scale`` are rows too (each column takes
+    its plane's)."""
     one, two = like(c1, 1.0), like(c1, 2.0)
     if use_cs:  # (two loops, not a branch in one: LLVM vectorises each)
         for j in range(n):
-            mx, my = mx_[j], my_[j]
+            mx, my = mom[r, 0, j], mom[r, 1, j]
             d = mx - my
-            diff = q_[j] - d * d
-            r2 = one / (two * (p_[j] - mx * my) + c2 + diff)  # (one division, its reciprocal used four times)
+            diff = mom[r, 3, j] - d * d
+            r2 = one / (two * (mom[r, 2, j] - mx * my) + c2 + diff)  # (one division, its reciprocal used four times)
             cs = one - diff * r2
             total[j] += cs  # (2 cov + C2) / b2, exactly 1 where diff is 0
-            a_[j] = scale[j] * two * (mx * cs - my) * r2
-            ay_[j] = scale[j] * two * (my * cs - mx) * r2  # (S is symmetric: A with x and y swapped)
-            b_[j] = scale[j] * two * diff * (r2 * r2)
-            c_[j] = -scale[j] * cs * r2
+            coef[s, 0, j] = scale[j] * two * (mx * cs - my) * r2
+            coef[s, 3, j] = scale[j] * two * (my * cs - mx) * r2  # (S is symmetric: A with x and y swapped)
+            coef[s, 1, j] = scale[j] * two * diff * (r2 * r2)
+            coef[s, 2, j] = -scale[j] * cs * r2
         return
     for j in range(n):
-        mx, my = mx_[j], my_[j]
+        mx, my = mom[r, 0, j], mom[r, 1, j]
         d = mx - my
-        diff = q_[j] - d * d
-        r2 = one / (two * (p_[j] - mx * my) + c2 + diff)
+        diff = mom[r, 3, j] - d * d
+        r2 = one / (two * (mom[r, 2, j] - mx * my) + c2 + diff)
         cs = one - diff * r2
         ux, uy = mx + shift[j], my + shift[j]
         r1 = one / (two * ux * uy + c1 + d * d)
         lum = one - d * d * r1
         v = lum * cs
         total[j] += v
-        a_[j] = scale[j] * two * (cs * (uy - lum * ux) * r1 + lum * (mx * cs - my) * r2)
-        ay_[j] = scale[j] * two * (cs * (ux - lum * uy) * r1 + lum * (my * cs - mx) * r2)
-        b_[j] = scale[j] * two * lum * diff * (r2 * r2)
-        c_[j] = -scale[j] * v * r2
+        coef[s, 0, j] = scale[j] * two * (cs * (uy - lum * ux) * r1 + lum * (mx * cs - my) * r2)
+        coef[s, 3, j] = scale[j] * two * (cs * (ux - lum * uy) * r1 + lum * (my * cs - mx) * r2)
+        coef[s, 1, j] = scale[j] * two * lum * diff * (r2 * r2)
+        coef[s, 2, j] = -scale[j] * v * r2
 
 
 # ---------------------------------------------------------------- one task
 @njit(inline="always")
-def _row_moments(g, xr, yr, n_in, prod, dst, n, step):
-    """The four maps of one strip row (n_in columns) filtered along it into dst (4, n): x', y', x'y', (x - y)^2."""
+def _row_moments(g, xs, ys, r, n_in, prod, dst, d, n, step):
+    """The four maps of strip row xs[r], ys[r] (n_in columns) filtered along it into dst[d] (4, n): x', y',
+    x'y', (x - y)^2."""
     for c in range(n_in):
-        d = xr[c] - yr[c]
-        prod[0, c] = xr[c] * yr[c]
-        prod[1, c] = d * d
-    _hfilter(g, xr, dst[0], n, step)
-    _hfilter(g, yr, dst[1], n, step)
-    _hfilter(g, prod[0], dst[2], n, step)
-    _hfilter(g, prod[1], dst[3], n, step)
+        diff = xs[r, c] - ys[r, c]
+        prod[0, c] = xs[r, c] * ys[r, c]
+        prod[1, c] = diff * diff
+    _hfilter(g, xs, r, dst, d, 0, n, step)
+    _hfilter(g, ys, r, dst, d, 1, n, step)
+    _hfilter(g, prod, 0, dst, d, 2, n, step)
+    _hfilter(g, prod, 1, dst, d, 3, n, step)
 
 
 @njit(inline="always")
-def _load_row(x, y, plane_shift, first_plane, m, pad, r, xr, yr):
+def _load_row(x, y, plane_shift, first_plane, m, pad, r, xs, ys, s):
     """Image row r of the strip's m planes, shifted (plane first_plane + q by plane_shift[q]) and interleaved
-    (padded column c of plane q at c m + q), into xr, yr (their padding columns are filled once per task).
+    (padded column c of plane q at c m + q), into xs[s], ys[s] (their padding columns are filled once per task).
     Done one float at a time, this copy took a tenth of the SSIM of 256^2 planes and of 16^2 patches: for 2, 4
     or 8 planes m is a constant to LLVM, which then loads a vector of each plane and interleaves them; more
     planes, a multiple of 8, go in blocks of 8 x 8 transposed (0.18 ns a value, against 0.66-0.84)."""
     h, w = x.shape[1], x.shape[2]
     if m == 4:
-        _interleave(x, y, plane_shift, first_plane, 4, pad, r, xr, yr)
+        _interleave(x, y, plane_shift, first_plane, 4, pad, r, xs, ys, s)
     elif m == 2:
-        _interleave(x, y, plane_shift, first_plane, 2, pad, r, xr, yr)
+        _interleave(x, y, plane_shift, first_plane, 2, pad, r, xs, ys, s)
     elif m == 8:
-        _interleave(x, y, plane_shift, first_plane, 8, pad, r, xr, yr)
+        _interleave(x, y, plane_shift, first_plane, 8, pad, r, xs, ys, s)
     elif m % 8 == 0:
         for q in range(0, m, 8):
-            at, to = ((first_plane + q) * h + r) * w, pad * m + q
+            at, to = ((first_plane + q) * h + r) * w, s * xs.shape[1] + pad * m + q  # (flat indices)
             for c in range(0, w - 7, 8):
-                _transpose8(x, at + c, h * w, plane_shift, q, xr, to + c * m, m)
-                _transpose8(y, at + c, h * w, plane_shift, q, yr, to + c * m, m)
+                _transpose8(x, at + c, h * w, plane_shift, q, xs, to + c * m, m)
+                _transpose8(y, at + c, h * w, plane_shift, q, ys, to + c * m, m)
             for c in range(w - w % 8, w):
                 for p in range(q, q + 8):
-                    xr[to + c * m + p - q] = x[first_plane + p, r, c] - plane_shift[p]
-                    yr[to + c * m + p - q] = y[first_plane + p, r, c] - plane_shift[p]
+                    xs[s, (pad + c) * m + p] = x[first_plane + p, r, c] - plane_shift[p]
+                    ys[s, (pad + c) * m + p] = y[first_plane + p, r, c] - plane_shift[p]
     else:  # (plane by plane: each row read in order)
         for q in range(m):
-            s = plane_shift[q]
             for c in range(w):
-                xr[(pad + c) * m + q] = x[first_plane + q, r, c] - s
-                yr[(pad + c) * m + q] = y[first_plane + q, r, c] - s
+                xs[s, (pad + c) * m + q] = x[first_plane + q, r, c] - plane_shift[q]
+                ys[s, (pad + c) * m + q] = y[first_plane + q, r, c] - plane_shift[q]
 
 
 @njit(inline="always")
-def _interleave(x, y, plane_shift, first_plane, m, pad, r, xr, yr):
+def _interleave(x, y, plane_shift, first_plane, m, pad, r, xs, ys, s):
     """_load_row's loop for a constant m: column by column, the planes' values side by side."""
     start, step = np.uint64(pad * m), np.uint64(m)
     for c in range(np.uint64(x.shape[2])):
         for q in range(m):
-            xr[start + c * step + np.uint64(q)] = x[first_plane + q, r, c] - plane_shift[q]
-            yr[start + c * step + np.uint64(q)] = y[first_plane + q, r, c] - plane_shift[q]
+            xs[s, start + c * step + np.uint64(q)] = x[first_plane + q, r, c] - plane_shift[q]
+            ys[s, start + c * step + np.uint64(q)] = y[first_plane + q, r, c] - plane_shift[q]
 
 
 def _transposed(rows, shuffle):
@@ -385,7 +385,7 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
     coef = np.empty((size + 1, 4, wo), dtype)  # coefficients of the last output rows (the last: zero)
     _zero_rows(coef[size], wo)
     mom = np.empty((4, 4, wo), dtype)
-    pad_row = np.empty(wi, dtype)             # a row of padding
+    pad_rows = np.empty((1, wi), dtype)       # a row of padding
     total = np.empty(wo, dtype)               # each column's SSIM map summed down the band
     shift, scale = np.zeros(wo, dtype), np.zeros(wo, dtype)  # each output column's plane's
     plane_shift = np.zeros(m, dtype)
@@ -411,6 +411,7 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
             _plane_shifts(x, y, p0, mk, plane_shift)
         _spread(plane_shift, 0, mk, 0, wvp, shift, False)
         _spread(scales, p0, mk, 0, wvp, scale, False)
+        pad_row = pad_rows[0]
         _spread(plane_shift, 0, mk, 0, wp, pad_row, True)  # a row of padding (x' = y' = -s)
         pad_row[n_in:n_in + LANES] = like(c1, 0.0)
         for r in range(size):  # padding columns: written once, the rows only between them
@@ -419,12 +420,12 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
                 _copy_columns(pad_row, rows[r], (pad + w) * mk, n_in + LANES)  # (and the scratch past the row)
         prod[:, n_in:n_in + LANES] = like(c1, 0.0)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
-            _row_moments(g, pad_row, pad_row, n_in, prod, ring[size], n_vec, mk)
+            _row_moments(g, pad_rows, pad_rows, 0, n_in, prod, ring, size, n_vec, mk)
         if pixel is not None and at_once:  # (small planes: all their rows in few runs, before any row's SSIM gradient is added)
             pixel_total = _pixel_rows(pixel, x, y, grad, tgrad, p0, mk, lo - pad, hi - pad)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
-                _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs[i % size], ys[i % size])
+                _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs, ys, i % size)
                 if pixel is not None and not at_once and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
                     r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
                     r0 = r1 - 1 - (i - lo) % group
@@ -432,14 +433,14 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
                         pixel_total += _pixel_rows(pixel, x, y, grad, tgrad, p0, mk, r0, r1)
                     else:
                         pixel_total += _pixel_rows(pixel, x, y, None, None, p0, mk, r0, r1)
-                _row_moments(g, xs[i % size], ys[i % size], n_in, prod, ring[i % size], n_vec, mk)
+                _row_moments(g, xs, ys, i % size, n_in, prod, ring, i % size, n_vec, mk)
             o = i - win + 1  # the output row now complete
             if o < o0 or ((o - o0) % 4 != 3 and o < o1 - 1):
                 continue  # (output rows go in fours, the band's last up to three rows too)
             a = o - (o - o0) % 4
             _quad_maps(g, ring, 4, a, pad, pad + h, mom, 0, n_vec)  # (past the band's last row: computed, dropped)
             for b in range(a, o + 1):
-                _coefficients(mom[b - a], shift, c1, c2, use_cs, scale, coef[b % size], total, n_vec)
+                _coefficients(mom, b - a, shift, c1, c2, use_cs, scale, coef, b % size, total, n_vec)
                 coef[b % size, :, n_out:] = like(c1, 0.0)  # (past the row: its shares must stay 0)
             if o == o1 - 1:
                 _plane_sums(total, mk, wvp, sums[k])
@@ -624,14 +625,22 @@ def layout(planes, h, w, pad, win):
     return m, bands
 
 
-@functools.lru_cache(maxsize=64)
-def _taps(window, dtype):
-    """(shifting, taps) of a float64 window's bytes: whether the moments are taken about a shift (they keep the
-    SSIM only for a window that sums to 1, before it is cast; else raw moments), and its weights in ``dtype`` as
-    a tuple (its length is known when compiled, so each window sum stays in registers). Once per window: a
-    small image's call is short."""
+@functools.lru_cache(maxsize=256)
+def _plan(n_planes, h, w, pad, window, dtype):
+    """(shifting, taps, reversed taps, planes per strip, bands, strips, tasks, threads) of a call on
+    n_planes planes of h x w with a float64 window's bytes: whether the moments are taken about a shift (they
+    keep the SSIM only for a window that sums to 1, before it is cast; else raw moments), the window's weights
+    in ``dtype`` as tuples (their length is known when compiled, so each window sum stays in registers), the
+    layout, and the threads the positions are worth. Once per shape and window: a small image's call is short
+    (this took ~4 us of Python in a 16^2 patches' call of ~150)."""
     g = np.frombuffer(window, np.float64)
-    return sums_to_one(g), tuple(g.astype(dtype))
+    taps = tuple(g.astype(dtype))
+    win = len(taps)
+    m, bands = layout(n_planes, h, w, pad, win)
+    strips = -(-n_planes // m)
+    tasks = strips * bands
+    positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
+    return sums_to_one(g), taps, taps[::-1], m, bands, strips, tasks, max(1, positions // THREAD_WORK)
 
 
 def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_grad=None, pixel=None):
@@ -646,12 +655,10 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)  # (as the kernel reads them: see _transpose8)
     n_planes, h, w = x.shape
     dtype = x.dtype
-    shifting, taps = _taps(np.asarray(g, np.float64).tobytes(), dtype)
+    shifting, taps, taps_rev, m, bands, strips, tasks, threads = _plan(n_planes, h, w, pad,
+                                                                       np.asarray(g, np.float64).tobytes(), dtype)
     win = len(taps)
     scales = np.ascontiguousarray(scales, np.float64)
-    m, bands = layout(n_planes, h, w, pad, win)
-    strips = -(-n_planes // m)
-    tasks = strips * bands
     sums = np.empty((tasks, m))
     both = 2 if target_grad is not None else 1
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
@@ -659,11 +666,10 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     if pixel is not None:  # (loss, identity activation, scale): see _pixel_slopes
         pixel = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), dtype.type(pixel[1])
     pixel_sums = np.zeros(tasks)
-    positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
-    run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps[::-1], pad, c1, c2, use_cs, scales, grad,
+    run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps_rev, pad, c1, c2, use_cs, scales, grad,
                                        target_grad, accumulate, m, bands, np.zeros(2, np.int64), tasks, sums, edges,
                                        pixel, pixel_sums),
-               tasks, threads=max(1, positions // THREAD_WORK))
+               tasks, threads=threads)
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
             part = np.ascontiguousarray(edges[:, :, which])
