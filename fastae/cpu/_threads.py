@@ -274,14 +274,19 @@ def _leave_caller(words, line, jobs, scratch):
     """Whether this helper (its words from ``line``) runs on the CPU of the last job's caller after it tried to
     move off it (see _move_off; scratch: int64[2]); the CPU it runs on goes into its WHERE word, which the
     caller reads when it posts a job."""
-    here = _cpu(scratch)
-    exchange(words, line + WHERE, here)
-    cpu = fetch_add(jobs, CPU, 0)
-    if cpu < 0 or here != cpu or not _move_off(0, cpu):
-        return here == cpu
-    here = _cpu(scratch)
-    exchange(words, line + WHERE, here)
+    here = _seen_on(words, line, scratch)
+    cpu = fetch_add(jobs, CPU, 0)  # (-1 before the first job: never a CPU)
+    if here == cpu and _move_off(0, cpu):
+        here = _seen_on(words, line, scratch)
     return here == cpu
+
+
+@njit(inline="always")
+def _seen_on(words, line, scratch):
+    """The CPU this helper runs on, written into its WHERE word (its words from ``line``)."""
+    here = _cpu(scratch)
+    exchange(words, line + WHERE, here)
+    return here
 
 
 @njit(nogil=True, cache=True)
