@@ -517,10 +517,10 @@ def test_the_fused_kernel_gives_the_target_its_gradient_in_the_same_pass(rng, mo
 def test_mixed_loss_takes_the_pixel_loss_in_the_ssim_pass(rng, monkeypatch, dtype, pixel, shape, padding, win):
     """The pixel loss is taken as the SSIM kernel reads its input rows, each row by the one band that owns it
     (strips of small planes, bands of tall ones, a last strip one plane short), its gradient added to the
-    SSIM's as that is written (a strip of one plane, a shared row when its bands' parts are joined) or
-    written first (several planes: small ones at once, larger ones as their rows are read; 3x300^2 has a
-    strip of two planes and one of one, each cut in two bands): value and both gradients against torch in
-    float64, bit-identical for 1 and 2 threads, the value alone the same."""
+    SSIM's as that is written (a strip of one plane; a shared row when its bands' parts are joined; a strip
+    of several planes too large to take at once: 3x300^2 in float32 has a strip of two planes and one of
+    one, each cut in two bands) or written first (several small planes, at once): value and both gradients
+    against torch in float64, bit-identical for 1 and 2 threads, the value alone the same."""
     x, y = image_pair(rng, shape, dtype)
     kw = dict(alpha=0.3, pixel=pixel, padding=padding, win_size=win)
     results = []
