@@ -603,3 +603,21 @@ def test_the_structural_losses_are_the_same_at_any_data_range(rng, dtype, name, 
         for got, want, what in zip((value, grad, target_grad), expected, ("value", "grad", "target_grad")):
             scale = np.abs(want).max()
             assert_close(np.asarray(got, np.float64) / scale, want / scale, dtype, what, 1e-4)
+
+
+def test_bench_timings_let_each_function_follow_each_other(monkeypatch):
+    """median_times runs each round in a new order: what one function leaves behind (pytorch-msssim's freed
+    memory, a helper thread asleep) slows the next, so a fixed order favoured one of two functions by up to
+    15%. Over 12 rounds of three functions each follows each other, and each is timed once a round."""
+    import fastae.bench as bench
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    calls = []
+    functions = [lambda name=name: calls.append(name) for name in "abc"]
+    times = bench.median_times(functions, 12, sample=0.0)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    timed = calls[6:]  # (two calls each to warm up and count the calls a sample takes)
+    assert sorted(timed) == sorted("abc" * 12)
+    rounds = [timed[i:i + 3] for i in range(0, 36, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    follows = {(r[i], r[i + 1]) for r in rounds for i in range(2)}
+    assert follows == {(p, q) for p in "abc" for q in "abc" if p != q}
