@@ -70,8 +70,10 @@ POINTWISE = [Case(name, name, params={p.name: p.default for p in row.params},
 ]
 
 
-def median_times(functions, repeats, pause=0.02, sample=0.01):
-    """Median seconds per call of each function, calls interleaved so drift hits all alike.
+def median_times(functions, repeats, pause=0.02, sample=0.01, threads=None):
+    """Median seconds per call of each function, calls interleaved so drift hits all alike; ``threads`` (one
+    per function, None: as the environment has it) sets NUMBA_NUM_THREADS around each sample, not each call
+    (setting it twice a call took ~2% of a 16^2 patches' SSIM call).
 
     A sample times as many back-to-back calls as last about ``sample`` seconds (short calls are then
     timed warm, as a training loop makes them, not each after a pause), and is followed by a short
@@ -80,20 +82,23 @@ def median_times(functions, repeats, pause=0.02, sample=0.01):
     after each other alike: what one leaves behind slowed the next by up to 15%, measured (mixed_loss's time
     over ssim_loss's read 1.04 or 1.22 as one or the other came after pytorch-msssim).
     """
-    calls = []
-    for f in functions:
-        f()  # warm up: compile, fault pages in
+    threads = threads or [None] * len(functions)
+
+    def seconds(i, n):  # n calls of function i, timed
         start = time.perf_counter()
-        f()
-        calls.append(max(1, math.ceil(sample / max(time.perf_counter() - start, 1e-9))))
+        for _ in range(n):
+            functions[i]()
+        return time.perf_counter() - start
+    calls = []
+    for i in range(len(functions)):
+        _with_threads(threads[i], lambda: seconds(i, 1))  # warm up: compile, fault pages in
+        once = _with_threads(threads[i], lambda: seconds(i, 1))
+        calls.append(max(1, math.ceil(sample / max(once, 1e-9))))
     samples = [[] for _ in functions]
     order = random.Random(0)
     for _ in range(repeats):
         for i in order.sample(range(len(functions)), len(functions)):
-            start = time.perf_counter()
-            for _ in range(calls[i]):
-                functions[i]()
-            samples[i].append((time.perf_counter() - start) / calls[i])
+            samples[i].append(_with_threads(threads[i], lambda: seconds(i, calls[i])) / calls[i])
             time.sleep(pause)
     return [statistics.median(s) for s in samples]
 
@@ -305,11 +310,10 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
 
         def ours():
             getattr(fa, kind)(x, y, grad=True, out=out, **options)
-        functions = []
-        for n in threads:
-            functions.append(lambda n=n: _with_threads(n, ours))
+        functions, counts = [ours] * len(threads), list(threads)
         if kind == "mixed_loss":
-            functions.append(lambda: _with_threads(threads[-1], lambda: fa.ssim_loss(x, y, grad=True, out=out)))
+            functions.append(lambda: fa.ssim_loss(x, y, grad=True, out=out))
+            counts.append(threads[-1])
         if torch is not None and padding == "valid":
             X, Y = torch.from_numpy(x).requires_grad_(), torch.from_numpy(y)
 
@@ -323,7 +327,8 @@ def ssim_rows(repeats, cases=SSIM_CASES, threads=(1, 2)):
                         loss = 0.16 * F.l1_loss(X, Y) + 0.84 * loss
                 loss.backward()
             functions.append(peer_step)
-        times = median_times(functions, repeats)
+            counts.append(None)
+        times = median_times(functions, repeats, threads=counts)
         ours_times, rest = times[:len(threads)], times[len(threads):]
         row = {"loss": kind, "images": "x".join(map(str, shape)), "padding": padding}
         for n, seconds in zip(threads, ours_times):
@@ -355,15 +360,18 @@ def shift_cost_rows(repeats, shape=(8, 3, 256, 256), threads=(1, 2)):
     raw = gaussian_window(11, 1.5) * (1 + 1e-12)
     rows = []
     for n in threads:
-        shifted, unshifted = median_times(
-            [lambda: _with_threads(n, lambda: fa.ssim_loss(x, y, grad=True, out=out)),
-             lambda: _with_threads(n, lambda: fa.ssim_loss(x, y, grad=True, out=out, window=raw))], repeats)
+        shifted, unshifted = median_times([lambda: fa.ssim_loss(x, y, grad=True, out=out),
+                                           lambda: fa.ssim_loss(x, y, grad=True, out=out, window=raw)], repeats,
+                                          threads=[n, n])
         rows.append({"images": "x".join(map(str, shape)), "threads": n, "shifted ms": shifted * 1e3,
                      "raw ms": unshifted * 1e3, "cost of the shift": shifted / unshifted - 1})
     return rows
 
 
 def _with_threads(n, function):
+    """function() with NUMBA_NUM_THREADS=n (None: as it is)."""
+    if n is None:
+        return function()
     previous = os.environ.get("NUMBA_NUM_THREADS")
     os.environ["NUMBA_NUM_THREADS"] = str(n)
     try:
