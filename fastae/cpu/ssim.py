@@ -598,15 +598,23 @@ def _plane_shifts(x, y, first, m, out):
     """out[q] = the shift of plane first + q: the mean of x and y together over SHIFT_ROWS rows spread
     evenly down the plane (summed in float64). Any shift near the data keeps float32's digits; a sample
     costs a sixteenth of a pass over the planes, whose reading once more cost 8% of the SSIM's time. Each
-    task takes its own planes' (in parallel, and a small plane's rows are then in cache for the task)."""
+    task takes its own planes' (in parallel, and a small plane's rows are then in cache for the task). A
+    plane of SHIFT_ROWS rows or fewer is summed whole, in one run (row by row, a 16^2 plane's 16 short
+    loops took 6% of its SSIM)."""
     h, w = x.shape[1], x.shape[2]
     n = min(h, SHIFT_ROWS)
     for q in range(m):
         total = 0.0
-        for k in range(n):
-            r = k * h // n
-            for c in range(w):
-                total += np.float64(x[first + q, r, c]) + np.float64(y[first + q, r, c])
+        if n == h:
+            start = (first + q) * h * w
+            xr, yr = run(x, start, start + h * w), run(y, start, start + h * w)
+            for i in range(h * w):
+                total += np.float64(xr[i]) + np.float64(yr[i])
+        else:
+            for k in range(n):
+                r = k * h // n
+                for c in range(w):
+                    total += np.float64(x[first + q, r, c]) + np.float64(y[first + q, r, c])
         out[q] = x.dtype.type(total / max(1, 2 * n * w))
 
 
