@@ -574,7 +574,7 @@ def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_s
     hv = h + 2 * pad - win + 1
     for strip in range(first_strip, stop_strip):
         mk = min(m, n_planes - strip * m)
-        first = _pixel_first(pixel, mk, h, grad.shape[2], grad.itemsize)
+        first = _pixel_first(pixel, mk, h, x.shape[2], x.itemsize)
         for band in range(1, bands):
             o0 = band * bands_height(hv, bands)
             upper, lower = strip * bands + band - 1, strip * bands + band
