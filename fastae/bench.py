@@ -438,6 +438,64 @@ def dense_epoch_row(repeats=3, hidden=128, k=32, batch_size=128):
             "torch eager ms": peer * 1e3, "speed-up": peer / ours}
 
 
+# first calls: (name, setup, call), each run in a new process with an empty Numba cache (see cold_rows)
+_IMAGES = ("rng = np.random.default_rng(0); x = rng.random((64, 1, 16, 16), np.float32); "
+           "y = np.clip(x + 0.1 * rng.standard_normal(x.shape, np.float32), 0, 1)")
+_SIGNALS = ("rng = np.random.default_rng(0); d = rng.standard_normal((64, {atoms})).astype(np.float32); "
+            "d /= np.linalg.norm(d, axis=0); s = rng.standard_normal((500, 64)).astype(np.float32)")
+COLD_CALLS = [
+    ("mse, grad", _IMAGES, "fa.mse(x, y, grad=True)"),
+    ("bce sigmoid, grad", _IMAGES, "fa.bce(x, y, activation='sigmoid', grad=True)"),
+    ("ssim", _IMAGES, "fa.ssim(x, y)"),
+    ("ssim_loss, grad", _IMAGES, "fa.ssim_loss(x, y, grad=True)"),
+    ("ssim_loss same, grad", _IMAGES, "fa.ssim_loss(x, y, padding='same', grad=True)"),
+    ("ssim_loss reflect, grad", _IMAGES, "fa.ssim_loss(x, y, padding='reflect', grad=True)"),
+    ("mixed_loss same, grad", _IMAGES, "fa.mixed_loss(x, y, alpha=0.84, padding='same', grad=True)"),
+    ("ssim_map", _IMAGES, "fa.ssim_map(x, y)"),
+    ("ms_ssim, grad", _IMAGES.replace("(64, 1, 16, 16)", "(2, 1, 176, 176)"), "fa.ms_ssim(x, y, grad=True)"),
+    ("ista, 64x48 dictionary", _SIGNALS.format(atoms=48), "fa.ista(s, d, alpha=0.1)"),
+    ("ista, 64x256 (overcomplete)", _SIGNALS.format(atoms=256), "fa.ista(s, d, alpha=0.1)"),
+]
+_PROBE = """
+import json, time
+import numpy as np
+import fastae as fa
+{setup}
+start = time.perf_counter(); {call}; cold = time.perf_counter() - start
+start = time.perf_counter(); {call}; {call}; {call}; warm = (time.perf_counter() - start) / 3
+print(json.dumps([cold, warm]))
+"""
+
+
+def cold_rows(calls=COLD_CALLS):
+    """Each call's first run in a new process with an empty Numba cache (what a fresh install meets: the
+    compile included) and its warm time after, in the same process."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    rows = []
+    for name, setup, call in calls:
+        with tempfile.TemporaryDirectory() as cache:
+            done = subprocess.run([sys.executable, "-c", _PROBE.format(setup=setup, call=call)], capture_output=True,
+                                  text=True, env={**os.environ, "NUMBA_CACHE_DIR": cache}, check=True)
+        cold, warm = json.loads(done.stdout.splitlines()[-1])
+        rows.append({"first call of": name, "cold s": cold, "warm ms": 1e3 * warm})
+    return rows
+
+
+def cpu_model():
+    """The processor's name (lscpu's 'Model name'), for every table: figures differ by up to 2x between the
+    Intel AVX-512 and AMD AVX2 machines of one kind."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    except OSError:
+        names = []
+    import platform
+    return f"{names[0] if names else platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def format_table(rows):
     cols = [c for c in ["kernel", "n", "dtype", "ms", "GB/s", "x np.add", "x ceiling", "torch x"] if c in rows[0]] \
         or list(dict.fromkeys(c for r in rows for c in r))  # every column any row has, in order
@@ -465,12 +523,15 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
     sizes = sizes or ([1 << 24] if quick else [1 << 20, 1 << 24])
     dtypes = dtypes or (["float32"] if quick else ["float32", "float64"])
     repeats = repeats or (5 if quick else 15)
-    print(f"fastae {fa.__version__} bench: fused forward+backward into out=, {num_threads()} thread(s)\n"
+    print(f"fastae {fa.__version__} bench on {cpu_model()}: fused forward+backward into out=, {num_threads()} "
+          "thread(s)\n"
           "  'x np.add'  = time / np.add(a, b, out=c) time (2 reads + 1 write, NumPy's single thread)\n"
           "  'x ceiling' = time / the same np.add split over fastae's threads (the streaming ceiling)\n"
           "  'torch x'   = torch eager forward+backward time / fastae time (speed-up)")
     few = max(3, repeats // 3)
     sections = [
+        ("first calls: cold (a new process, empty Numba cache: the compile included) and warm, float32",
+         lambda: cold_rows(COLD_CALLS[:1] + COLD_CALLS[3:4] + COLD_CALLS[-2:-1] if quick else COLD_CALLS)),
         ("pointwise losses", lambda: [row for dtype in dtypes for n in sizes
                                       for row in pointwise_rows(n, np.dtype(dtype), repeats)]),
         ("sparse codes ('x np.add' is against np.abs for soft_threshold alone: 1 read + 1 write)",

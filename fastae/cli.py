@@ -4,10 +4,12 @@ import argparse
 import math
 import os
 import sys
+import time
 
 from ._table import ACTIVATIONS
 from .models.autoencoder import LOSSES, SCHEDULES
 from .train import CONV_LOSSES, DEFAULTS
+from .warm import JOBS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +99,15 @@ def _list(item, name):
     return _checked(parse)
 
 
+def _choice(options):
+    """An item of _list: one of ``options``."""
+    def parse(text):
+        if text not in options:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(options)}")
+        return text
+    return parse
+
+
 @_checked
 def _sparsity(text):
     """'l1:ALPHA' or 'kl:RHO' or 'kl:RHO:BETA'."""
@@ -148,6 +159,15 @@ def parser():
     bench.add_argument("--threads", type=_checked(POSITIVE_INT), help="threads for fastae and torch (default: all cores)")
     bench.add_argument("--repeats", type=_checked(POSITIVE_INT), help="timed calls per measurement")
     bench.add_argument("--cuda", action="store_true", help="the GPU benchmark (needs CuPy, torch on CUDA and a device)")
+    compile_ = sub.add_parser("compile", formatter_class=formatter,
+                              help="compile the kernels ahead of their first call (once per install)",
+                              description="Compile fastae's CPU kernels into Numba's cache, each group in a "
+                                          "process of its own, so that no first call waits for them.")
+    compile_.add_argument("--jobs", type=_list(_choice(JOBS), "jobs"), default=",".join(JOBS),
+                          help=f"comma-separated groups among {', '.join(JOBS)}")
+    compile_.add_argument("--dtype", choices=["float32", "float64"], action="append",
+                          help="repeatable (default: float32)")
+    compile_.add_argument("--processes", type=_checked(POSITIVE_INT), help="at a time (default: the cores)")
     train = sub.add_parser("train", formatter_class=formatter, help="train an autoencoder on real images",
                            description="Train a dense autoencoder on real images; writes metrics.json, "
                                        "reconstructions.png and loss.png.")
@@ -279,6 +299,14 @@ def main(argv=None):
         args.code = args.code or (8 if getattr(args, "model", "dense") == "conv" else DEFAULTS["code"])
         from . import train as train_module
         (train_module.run_train if args.command == "train" else train_module.run_pareto)(args)
+        return 0
+    if args.command == "compile":
+        from .warm import warm_up
+        start = time.perf_counter()
+        seconds = warm_up(args.jobs, args.dtype or ["float32"], args.processes)
+        for (job, dtype), spent in seconds.items():
+            print(f"compiled {job} ({dtype}) in {spent:.1f} s")
+        print(f"all in {time.perf_counter() - start:.1f} s; cached for this install")
         return 0
     if args.cuda:
         _check_cuda_bench(sub)

@@ -16,6 +16,7 @@ import fastae as fa
 from . import datasets
 from .models import Autoencoder
 from .models.autoencoder import CLOCK
+from .warm import compiling
 
 # The defaults fastae train measured best (see the README): PCA-like structure (inputs centred, a linear
 # code, a linear output that starts at the mean patch), leaky ReLUs (no dead units) with He's
@@ -87,6 +88,11 @@ def train(config, progress=True):
     """Train one model; returns (model, history, validation data, image shape, the training data, timing)."""
     config = {**DEFAULTS, **config}
     train_x, val_x, shape = load_data(config["data"], config["quick"])
+    with compiling("the kernels of this model's training step"):  # (a scratch model's step: a first run compiles)
+        scratch = build(config, shape)
+        scratch.fit(train_x[:2 * config["batch_size"]], epochs=1, batch_size=config["batch_size"], lr=config["lr"],
+                    progress=False, schedule=config["schedule"])
+        evaluate(scratch, val_x[:8], shape)
     model = build(config, shape)
     history = []
     evaluation = [0.0]

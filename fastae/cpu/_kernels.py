@@ -1,7 +1,7 @@
 """Machinery every CPU kernel family shares: compile options, the fixed chunking, and
 helpers that resolve at compile time whether an argument is an array, a scalar or None."""
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 KERNEL_OPTIONS = dict(
     cache=True,
@@ -53,3 +53,14 @@ def _run(a, start, stop):
     if isinstance(a, types.Array):
         return lambda a, start, stop: a.reshape(-1)[start:stop]
     return lambda a, start, stop: a
+
+
+@intrinsic
+def runtime(typingctx, value):
+    """``value`` as a value known only at run time: a kernel of its own called with a constant (0, False)
+    is compiled again for each constant (Numba types them as literals), with this once for all."""
+    kind = types.unliteral(value)
+
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], kind)
+    return kind(value), codegen

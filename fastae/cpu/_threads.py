@@ -23,6 +23,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -160,8 +161,8 @@ FUTEX_WAIT, FUTEX_WAKE = 128, 129  # (FUTEX_PRIVATE_FLAG: within this process)
 JOB, STARTED, FINISHED, WHERE, TID = 0, 1, 2, 3, 4  # a helper's words: the job posted (negative: closed),
 #                                                     started, finished; the CPU it last ran on, its thread id
 LINE = 16                          # words of a helper (a cache line each)
-KIND, ADDRESS, FAILED, CPU = 0, 1, 2, 3  # the job's kernel and argument types, arguments' address, raises; the
-#                                         caller's CPU
+KIND, ADDRESS, FAILED, CPU, ENTRY = 0, 1, 2, 3, 4  # the job's kernel and argument types, arguments' address,
+#                                         raises; the caller's CPU; the kernel's compiled entry point (see _entry)
 MAX_HELPERS = 255
 SPINS = 1 << 12                    # looks at a word before yielding or sleeping (~10-50 us)
 AWAKE = 5_000_000                  # ns a helper stays awake after a job
@@ -244,6 +245,24 @@ def _value_at(typingctx, address, like):
 
 
 @intrinsic
+def _call_at(typingctx, entry, arguments):
+    """Call the compiled kernel at address ``entry`` (Numba's own calling convention, see _entry) with the
+    tuple ``arguments``; whether it returned without raising. Through an address, not the dispatcher: a call of
+    the dispatcher links the kernel's code into the caller's, where LLVM optimises and emits all of it again
+    (as long again as the kernel's own compile: 3.5 s of SSIM's)."""
+    if not (isinstance(entry, types.Integer) and isinstance(arguments, types.BaseTuple)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        kinds = tuple(signature.args[1])
+        function = builder.inttoptr(args[0], context.call_conv.get_function_type(types.none, kinds).as_pointer())
+        values = [builder.extract_value(args[1], i) for i in range(len(kinds))]
+        status, _ = context.call_conv.call_function(builder, function, types.none, kinds, values)
+        return builder.not_(status.is_error)
+    return types.boolean(entry, arguments), codegen
+
+
+@intrinsic
 def _kind(typingctx, function, arguments):
     """A number for the kernel ``function`` with arguments of these types, the same in every process."""
     python = function.dispatcher.py_func
@@ -321,52 +340,29 @@ def _park(words, jobs, helper, finished):
                 return finished  # (unchanged: the wait timed out; a job closed meanwhile wakes it at once)
 
 
-@njit(inline="always")
-def pulled(function, args, words, jobs, helper, count, job, finished):
-    """``function(*args)`` in run_pulled's threads, inlined into one small function per kernel (the kernel's
-    ``_pulled``; so it is cached: a kernel passed as an argument is not), with one call of the kernel (LLVM
-    inlines it: each call would be compiled again). With helper < 0, the caller's part: post job number
-    ``job`` to ``count`` helpers, run the function, close the job and wait for every helper that started it;
-    returns (whether no one raised, 0). Else helper number ``helper``'s: run the started ``job`` (unless it
-    is ``finished``) if it is still open and of this kind, then wait for and run jobs of this kind, until one
-    of another kind comes or none for a while; returns (that job or ``finished``, the last finished). A
-    kernel's exceptions cannot cross threads: they are counted."""
-    kind = _kind(function, args)
-    line = helper * LINE
-    if helper < 0:
-        exchange(jobs, KIND, kind)
-        exchange(jobs, ADDRESS, _address_of(args))
-        exchange(jobs, FAILED, 0)
-        cpu = _cpu(np.empty(2, np.int64))
-        exchange(jobs, CPU, cpu)
-        for h in range(count):
-            if fetch_add(words, h * LINE + WHERE, 0) == cpu:  # (last seen here: it would queue behind this thread)
-                _move_off(fetch_add(words, h * LINE + TID, 0), cpu)
-            exchange(words, h * LINE + JOB, job)
-            futex(words, h * LINE + JOB, FUTEX_WAKE, 1)
-    while True:
-        work = args
-        if helper >= 0:
-            if job == finished:
-                job = _park(words, jobs, helper, finished)
-                if job == finished:
-                    return job, finished
-            if fetch_add(words, line + JOB, 0) != job:  # (closed since)
-                finished = job
-                continue
-            if fetch_add(jobs, KIND, 0) != kind:
-                return job, finished
-            work = _value_at(fetch_add(jobs, ADDRESS, 0), args)
-        try:
-            function(*work)
-        except Exception:
-            fetch_add(jobs, FAILED, 1)
-        if helper < 0:
-            break
-        finished = job
+@njit(nogil=True, cache=True)
+def _post(words, jobs, kind, address, count, job):
+    """The caller's part before its own share: job number ``job`` of this ``kind``, its arguments at
+    ``address``, posted to ``count`` helpers (each woken; one last seen on this CPU moved off it first)."""
+    exchange(jobs, KIND, kind)
+    exchange(jobs, ADDRESS, address)
+    exchange(jobs, FAILED, 0)
+    cpu = _cpu(np.empty(2, np.int64))
+    exchange(jobs, CPU, cpu)
+    for h in range(count):
+        if fetch_add(words, h * LINE + WHERE, 0) == cpu:  # (last seen here: it would queue behind this thread)
+            _move_off(fetch_add(words, h * LINE + TID, 0), cpu)
+        exchange(words, h * LINE + JOB, job)
+        futex(words, h * LINE + JOB, FUTEX_WAKE, 1)
+
+
+@njit(nogil=True, cache=True)
+def _close(words, jobs, count, job):
+    """The caller's part after its own share: close job ``job`` and wait for every helper that started it
+    (they read the arguments in the caller's frame); whether no one raised."""
     for h in range(count):  # (closed: a helper that sees it now leaves it)
         exchange(words, h * LINE + JOB, -job)
-    for h in range(count):  # (those that saw it open read the arguments here, in this frame)
+    for h in range(count):
         looks = 0
         while fetch_add(words, h * LINE + STARTED, 0) == job:
             done = fetch_add(words, h * LINE + FINISHED, 0)
@@ -375,7 +371,51 @@ def pulled(function, args, words, jobs, helper, count, job, finished):
             looks += 1
             if looks > SPINS:
                 futex(words, h * LINE + FINISHED, FUTEX_WAIT, done)
-    return fetch_add(jobs, FAILED, 0) == 0, 0
+    return fetch_add(jobs, FAILED, 0) == 0
+
+
+@njit(nogil=True, cache=True)
+def _next_job(words, jobs, helper, kind, job, finished):
+    """Helper ``helper``'s next job of this ``kind``: the started ``job`` (unless it is ``finished``) if it
+    is still open, else the next one posted (see _park). Returns (job, last finished, whether to run it):
+    not for a job of another kind, nor when none came for a while."""
+    line = helper * LINE
+    while True:
+        if job == finished:
+            job = _park(words, jobs, helper, finished)
+            if job == finished:
+                return job, finished, False
+        if fetch_add(words, line + JOB, 0) != job:  # (closed since)
+            finished = job
+            continue
+        return job, finished, fetch_add(jobs, KIND, 0) == kind
+
+
+@njit(inline="always")
+def pulled(function, args, words, jobs, helper, count, job, finished):
+    """``function(*args)`` in run_pulled's threads, inlined into one small function per kernel (the kernel's
+    ``_pulled``; so it is cached: a kernel passed as an argument is not), which calls the kernel's compiled
+    entry point (jobs[ENTRY], see _entry) rather than the kernel, so that the kernel's code is compiled once,
+    and leaves the protocol to functions compiled once for all kernels. With helper < 0, the caller's part:
+    post job number ``job`` to ``count`` helpers, run the function, close the job and wait for every helper
+    that started it; returns (whether no one raised, 0). Else helper number ``helper``'s: run the started
+    ``job`` (unless it is ``finished``) if it is still open and of this kind, then wait for and run jobs of
+    this kind, until one of another kind comes or none for a while; returns (that job or ``finished``, the
+    last finished). A kernel's exceptions cannot cross threads: they are counted."""
+    kind = _kind(function, args)
+    if helper < 0:
+        _post(words, jobs, kind, _address_of(args), count, job)
+        if not _call_at(fetch_add(jobs, ENTRY, 0), args):
+            fetch_add(jobs, FAILED, 1)
+        return _close(words, jobs, count, job), 0
+    while True:
+        job, finished, run = _next_job(words, jobs, helper, kind, job, finished)
+        if not run:
+            return job, finished
+        work = _value_at(fetch_add(jobs, ADDRESS, 0), args)
+        if not _call_at(fetch_add(jobs, ENTRY, 0), work):
+            fetch_add(jobs, FAILED, 1)
+        finished = job
 
 
 def _witness(value):
@@ -428,12 +468,13 @@ class _Helpers:
             except Exception:  # (could not enter that kernel's server: the caller runs the job without this one)
                 finished = job
 
-    def run(self, function, args, helpers):
+    def run(self, function, args, helpers, entry):
         while len(self.threads) < helpers:
             self.threads.append(threading.Thread(target=self.serve, args=(len(self.threads),), daemon=True,
                                                  name=f"fastae-{len(self.threads)}"))
             self.threads[-1].start()
         self.posted = self.posted % (1 << 30) + 1
+        self.jobs[ENTRY] = entry  # (read after the job is posted, which no reordering crosses)
         self.kernel = function, args
         try:
             ok, _ = function(args, self.words, self.jobs, -1, helpers, self.posted, 0)
@@ -443,6 +484,23 @@ class _Helpers:
 
 
 _helpers = None
+_entries = {}
+
+
+def _entry(kernel, args):
+    """The address of ``kernel``'s compiled code for the types of ``args`` (compiled now if need be), which
+    pulled calls (see _call_at); found by the arguments' type fingerprint (a microsecond)."""
+    try:
+        key = kernel, compute_fingerprint(args)
+    except Exception:  # (a type the fingerprint does not know)
+        key = kernel, tuple(kernel.typeof_pyval(a) for a in args)
+    address = _entries.get(key)
+    if address is None:
+        signature = tuple(kernel.typeof_pyval(a) for a in args)
+        kernel.compile(signature)
+        compiled = kernel.overloads[signature]
+        address = _entries[key] = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+    return address
 
 
 def run_pulled(kernel, pulled_kernel, args, n_tasks, threads):
@@ -468,7 +526,7 @@ def run_pulled(kernel, pulled_kernel, args, n_tasks, threads):
         kernel(*args)  # (alone: its exceptions as they are)
         return
     try:
-        ok = helpers.run(pulled_kernel, args, threads - 1)
+        ok = helpers.run(pulled_kernel, args, threads - 1, _entry(kernel, args))
     finally:
         helpers.lock.release()
     if not ok:

@@ -44,12 +44,15 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .._neutral import sums_to_one
-from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, run, window
+from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, run, runtime, window
 from ._math import like
-from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _block, _element, _times
+from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _element, _times
 from ._threads import next_task, pulled, run_chunks, run_pulled, take_task
 
 BAND = 256          # output rows per task of a tall plane
+NO_PIXEL, PIXEL_L1, PIXEL_MSE = 0, 1, 2  # mixed_loss's pixel losses, by number (see _pixel_element)
+PIXELS = {"l1": PIXEL_L1, "mse": PIXEL_MSE}
+_L1, _MSE, _IDENTITY = LOSS_SPECS["l1"], LOSS_SPECS["mse"], ACTIVATION_SPECS["identity"]
 STRIP_WIDTH = 1024  # padded columns a strip of small planes aims at
 STRIPS = 2          # strips a batch worth two threads is cut into at least (wider strip rows run faster)
 LANES = 8           # float32 columns in a vector (AVX2)
@@ -118,7 +121,7 @@ def _quad_filter(taps, rows, k, first, lo, hi, dst, lead, n):
         dst[3, k, at + j] = acc3
 
 
-@njit(inline="always")
+@njit(**KERNEL_OPTIONS)
 def _quad_maps(taps, rows, maps, first, lo, hi, dst, lead, n):
     """_quad_filter for maps 0 .. maps - 1 into dst[r, k, lead:]."""
     for k in range(maps):
@@ -164,7 +167,7 @@ def _coefficients(mom, r, shift, c1, c2, use_cs, scale, coef, s, total, n):
 
 
 # ---------------------------------------------------------------- one task
-@njit(inline="always")
+@njit(**KERNEL_OPTIONS)
 def _row_moments(g, xs, ys, r, n_in, prod, dst, d, n, step):
     """The four maps of strip row xs[r], ys[r] (n_in columns) filtered along it into dst[d] (4, n): x', y',
     x'y', (x - y)^2."""
@@ -172,13 +175,12 @@ def _row_moments(g, xs, ys, r, n_in, prod, dst, d, n, step):
         diff = xs[r, c] - ys[r, c]
         prod[0, c] = xs[r, c] * ys[r, c]
         prod[1, c] = diff * diff
-    _hfilter(g, xs, r, dst, d, 0, n, step)
-    _hfilter(g, ys, r, dst, d, 1, n, step)
-    _hfilter(g, prod, 0, dst, d, 2, n, step)
-    _hfilter(g, prod, 1, dst, d, 3, n, step)
+    sources, rows = (xs, ys, prod, prod), (r, r, 0, 1)
+    for k in range(4):  # (one loop, not four calls: the filter's code once, a quarter of the compile)
+        _hfilter(g, sources[k], rows[k], dst, d, k, n, step)
 
 
-@njit(inline="always")
+@njit(**KERNEL_OPTIONS)
 def _load_row(x, y, plane_shift, first_plane, m, pad, r, xs, ys, s):
     """Image row r of the strip's m planes, shifted (plane first_plane + q by plane_shift[q]) and interleaved
     (padded column c of plane q at c m + q), into xs[s], ys[s] (their padding columns are filled once per task).
@@ -301,8 +303,18 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows):
     """A strip row's gradient at its columns first .. first + n (planes interleaved, neighbouring columns
     ``step`` apart) into out[0 .. n]: G^T A + y' G^T B + 2 (x - y) G^T C, the horizontal adjoint G^T of
     the vertical shares ``vb`` (win - 1 columns of zeros lead and trail) summed in the same loop; with
-    ``tout`` (not None) the target's into tout: G^T A' + x' G^T B + 2 (y - x) G^T C. With ``pixel`` (see
-    _pixel_slopes; None: none), the pixel loss's gradients at the image rows ``pixel_rows`` added."""
+    ``tout`` (not None) the target's into tout: G^T A' + x' G^T B + 2 (y - x) G^T C. With a pixel loss
+    (``pixel``, see _pixel_slopes), its gradients at the image rows ``pixel_rows`` added. (One signature for
+    a plane alone and a strip's planes: the same code, so a plane's gradient is the same bits in both.)"""
+    if pixel[0] == NO_PIXEL:  # (the choice outside the loop: each loop compiled for its case)
+        _emit_row(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows, False)
+    else:
+        _emit_row(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows, True)
+
+
+@njit(inline="always")
+def _emit_row(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows, add_pixel):
+    """_emit's loop, the pixel loss's gradients added where ``add_pixel`` (a constant)."""
     two = like(g_rev[0], 2.0)
     s, f = np.uint64(step), np.uint64(first)  # (unsigned indices: no test for negative ones, so it vectorises)
     a, b, c = vb[0], vb[1], vb[2]
@@ -321,7 +333,7 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows):
         gx = ga + yr[i] * gb + two * (xr[i] - yr[i]) * gc
         if tout is not None:
             gy = gy + xr[i] * gb + two * (yr[i] - xr[i]) * gc
-        if pixel is not None:
+        if add_pixel:
             px, py = _pixel_slopes(pixel, pixel_rows[0][j], pixel_rows[1][j])
             gx += px
             gy += py
@@ -331,12 +343,43 @@ def _emit(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows):
 
 
 @njit(inline="always")
+def _pixel_element(kind, x, y):
+    """(l, dl/dx, dl/dy) of the pixel loss ``kind`` (PIXELS; NO_PIXEL: zeros) at x, y: the pointwise pass's own
+    elements of each loss (so the same values as its gradient), the one asked for selected. A choice made at
+    run time: SSIM and mixed_loss with either loss are one compiled kernel (each a compile of its own had
+    doubled a first call's wait); both elements cost a few operations, a select no branch."""
+    identity = _IDENTITY(like(x, 0.0))
+    l1, l1_x, _, l1_y = _element(_L1(), identity, x, y)
+    mse, mse_x, _, mse_y = _element(_MSE(), identity, x, y)
+    zero = like(x, 0.0)
+    if kind == PIXEL_L1:
+        return l1, l1_x, l1_y
+    if kind == PIXEL_MSE:
+        return mse, mse_x, mse_y
+    return zero, zero, zero
+
+
+@njit(inline="always")
 def _pixel_slopes(pixel, x, y):
-    """scale dl/dx and scale dl/dy of the pixel loss l(x, y), ``pixel`` = (loss spec, identity activation,
-    scale): the pointwise pass's own element (so the same values as its gradient)."""
-    loss, identity, scale = pixel
-    _, slope, _, target_slope = _element(loss, identity, x, y)
+    """scale dl/dx and scale dl/dy of the pixel loss l(x, y), ``pixel`` = (kind, scale) (see _pixel_element)."""
+    kind, scale = pixel
+    _, slope, target_slope = _pixel_element(kind, x, y)
     return _times(slope, scale), _times(target_slope, scale)
+
+
+@njit(**KERNEL_OPTIONS)
+def _pixel_block(kind, scale, x, y, grad, tgrad):
+    """The sum of the pixel loss over one block in the data's dtype (as the pointwise loop sums), scale times
+    its gradients written into ``grad`` (``tgrad``) unless None."""
+    total = like(scale, 0.0)
+    for i in range(x.size):
+        value, slope, target_slope = _pixel_element(kind, x[i], y[i])
+        if grad is not None:
+            grad[i] = _times(slope, scale)
+        if tgrad is not None:
+            tgrad[i] = _times(target_slope, scale)
+        total += value
+    return total
 
 
 @njit(inline="always")
@@ -345,19 +388,19 @@ def _pixel_first(pixel, m, h, w, itemsize):
     its gradient written then and the SSIM's added, rather than summed as the rows are read and added to the
     SSIM's as that is written: for several planes that fit PIXEL_AT_ONCE (their rows are short: added along
     each plane's row after the scatter, 5% slower at 16^2; 2-3% faster at 256^2)."""
-    return pixel is not None and m > 1 and m * h * w * itemsize <= PIXEL_AT_ONCE
+    return pixel[0] != NO_PIXEL and m > 1 and m * h * w * itemsize <= PIXEL_AT_ONCE
 
 
 @njit(**KERNEL_OPTIONS)
-def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, accumulate, m, bands, queue, n_tasks,
-           sums, edges, pixel, pixel_sums):
+def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, gradient, grad, tgrad, accumulate, m, bands, queue,
+           n_tasks, sums, edges, pixel, pixel_sums):
     """The tasks this thread takes from ``queue`` (see _threads.run_pulled) of the n_tasks: task k is band
     k % bands of strip k // bands (m planes interleaved), its planes' moments about their shifts where
     ``shifting`` (see _plane_shifts), raw otherwise.
-    Writes sums[k, q] (the band's SSIM sum of plane q), the gradient rows the band alone touches into
-    ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and last win - 1 of a
-    band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1]). With a
-    ``pixel`` loss (see _pixel_slopes; None: none), each input row the band owns gets that loss's sum added
+    Writes sums[k, q] (the band's SSIM sum of plane q) and, where ``gradient``, the gradient rows the band
+    alone touches into ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and
+    last win - 1 of a band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1]).
+    With a pixel loss (``pixel`` = (kind, scale), see _pixel_element; kind NO_PIXEL: none), each input row the band owns gets that loss's sum added
     into pixel_sums[k] as it is loaded (the band's own rows: those of its output rows, the last band's also
     those below, so that each row is taken once), and its gradient added to the SSIM's as that is written, or
     written first, the SSIM's added (see _pixel_first)."""
@@ -374,7 +417,7 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
     # image rows the pixel loss takes at a time as they are read: runs of a few blocks, but at most win, as a
     # row's gradient goes out once win - 1 rows below it are read, and the pixel loss's may be written before
     group = min(win, max(1, 4 * BLOCK // w))
-    maps = 3
+    maps = runtime(3)
     if tgrad is not None:
         maps = 4                  # A' = dS/dmu'_y beside A, B, C: filtered back only when asked for
     size = _ring_rows(win)                      # ring rows: four output rows see win + 3 input rows
@@ -409,24 +452,26 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
         pixel_total = 0.0
         if shifting:  # (each band of a strip takes its planes' shifts alike)
             _plane_shifts(x, y, p0, mk, plane_shift)
-        _spread(plane_shift, 0, mk, 0, wvp, shift, False)
-        _spread(scales, p0, mk, 0, wvp, scale, False)
+        _spread(plane_shift, runtime(0), mk, runtime(0), wvp, shift, runtime(False))
+        _spread(scales, p0, mk, runtime(0), wvp, scale, runtime(False))
         pad_row = pad_rows[0]
-        _spread(plane_shift, 0, mk, 0, wp, pad_row, True)  # a row of padding (x' = y' = -s)
+        _spread(plane_shift, runtime(0), mk, runtime(0), wp, pad_row, runtime(True))  # a row of padding (x' = y' = -s)
         pad_row[n_in:n_in + LANES] = like(c1, 0.0)
         for r in range(size):  # padding columns: written once, the rows only between them
             for rows in (xs, ys):
-                _copy_columns(pad_row, rows[r], 0, pad * mk)
+                _copy_columns(pad_row, rows[r], runtime(0), pad * mk)
                 _copy_columns(pad_row, rows[r], (pad + w) * mk, n_in + LANES)  # (and the scratch past the row)
         prod[:, n_in:n_in + LANES] = like(c1, 0.0)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
-            _row_moments(g, pad_rows, pad_rows, 0, n_in, prod, ring, size, n_vec, mk)
-        if first:  # (small planes: all their rows in few runs)
+            _row_moments(g, pad_rows, pad_rows, runtime(0), n_in, prod, ring, size, n_vec, mk)
+        if first and gradient:  # (small planes: all their rows in few runs)
             pixel_total = _pixel_rows(pixel, x, y, grad, tgrad, p0, mk, lo - pad, hi - pad)
+        elif first:
+            pixel_total = _pixel_rows(pixel, x, y, None, None, p0, mk, lo - pad, hi - pad)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
                 _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs, ys, i % size)
-                if pixel is not None and not first and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
+                if pixel[0] != NO_PIXEL and not first and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
                     r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
                     pixel_total += _pixel_rows(pixel, x, y, None, None, p0, mk, r1 - 1 - (i - lo) % group, r1)
                 _row_moments(g, xs, ys, i % size, n_in, prod, ring, i % size, n_vec, mk)
@@ -434,15 +479,14 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, grad, tgrad, a
             if o < o0 or ((o - o0) % 4 != 3 and o < o1 - 1):
                 continue  # (output rows go in fours, the band's last up to three rows too)
             a = o - (o - o0) % 4
-            _quad_maps(g, ring, 4, a, pad, pad + h, mom, 0, n_vec)  # (past the band's last row: computed, dropped)
+            _quad_maps(g, ring, runtime(4), a, pad, pad + h, mom, runtime(0), n_vec)  # (past the band's last row: computed, dropped)
             for b in range(a, o + 1):
                 _coefficients(mom, b - a, shift, c1, c2, use_cs, scale, coef, b % size, total, n_vec)
                 coef[b % size, :, n_out:] = like(c1, 0.0)  # (past the row: its shares must stay 0)
             if o == o1 - 1:
                 _plane_sums(total, mk, wvp, sums[k])
-                if pixel is not None:
-                    pixel_sums[k] = pixel_total
-            if grad is None:
+                pixel_sums[k] = pixel_total
+            if not gradient:
                 continue
             last = i1 - 1 if o == o1 - 1 else o  # input rows no later output row of the band touches
             for p in range(a, last + 1, 4):  # (in fours too)
@@ -463,7 +507,7 @@ def _tasks_pulled(args, words, jobs, helper, count, job, finished):
     return pulled(_tasks, args, words, jobs, helper, count, job, finished)
 
 
-@njit(inline="always")
+@njit(**KERNEL_OPTIONS)
 def _pixel_rows(pixel, x, y, grad, tgrad, p0, m, r0, r1):
     """Rows r0 .. r1 - 1 of planes p0 .. p0 + m - 1 (each plane's a contiguous run, whole planes one run): the
     sum of the pixel loss (blocks summed in the data's dtype, as the pointwise loop does), its gradients (see
@@ -480,14 +524,12 @@ def _pixel_rows(pixel, x, y, grad, tgrad, p0, m, r0, r1):
 @njit(inline="always")
 def _pixel_run(pixel, x, y, grad, tgrad, start, stop):
     """_pixel_rows over the elements start .. stop - 1 of the arrays' flat order."""
-    loss, identity, scale = pixel
+    kind, scale = pixel
     xr, yr, gr, tr = run(x, start, stop), run(y, start, stop), run(grad, start, stop), run(tgrad, start, stop)
     total = 0.0
     for b in range(0, xr.size, BLOCK):
         e = min(b + BLOCK, xr.size)
-        block_sum, _ = _block(loss, identity, xr[b:e], yr[b:e], None, window(gr, b, e), None, None,
-                              window(tr, b, e), scale)
-        total += block_sum
+        total += _pixel_block(kind, scale, xr[b:e], yr[b:e], window(gr, b, e), window(tr, b, e))
     return total
 
 
@@ -502,6 +544,8 @@ def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumu
     r = p - pad
     head, tail = band > 0 and p < o0 + len(g_rev) - 1, band < bands - 1 and p >= o1
     if m == 1 and not (head or tail or accumulate):
+        # (step a constant 1: the taps' addresses then differ by constants; as a number, 3 arrays x 10 taps of
+        # addresses outnumber the registers: 4% slower on planes too wide for strips)
         if tgrad is None:
             _emit(g_rev, vb, xr, yr, pad, w, 1, grad[p0, r], None, pixel, (x[p0, r], y[p0, r]))
         else:
@@ -509,23 +553,24 @@ def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumu
         return
     n = w * m
     part, row = (0, p - o0) if head else (1, p - o1)
+    later = (runtime(NO_PIXEL), pixel[1])  # (the pixel loss's gradient added as the row is written: see _route)
     if tgrad is None:
-        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], None, None, None)
+        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], None, later, (xr, yr))
     else:
-        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], flat[1], None, None)
+        _emit(g_rev, vb, xr, yr, pad * m, _lanes(n), m, flat[0], flat[1], later, (xr, yr))
         _route(flat[1], edges, k, part, 1, row, head or tail, tgrad, p0, r, m, w, accumulate, x, y, pixel)
     _route(flat[0], edges, k, part, 0, row, head or tail, grad, p0, r, m, w, accumulate, x, y, pixel)
 
 
-@njit(inline="always")
+@njit(**KERNEL_OPTIONS)
 def _route(flat, edges, k, part, which, row, keep, grad, p0, r, m, w, accumulate, x, y, pixel):
     """A row's gradients (planes interleaved in ``flat``) kept in ``edges`` or written (added) into ``grad``,
     the pixel loss's (unless None, or written first: ``accumulate``) added then."""
     if keep:
-        _scatter(flat, edges[k, part, which, row], m, w, False)
+        _scatter(flat, edges[k, part, which, row], m, w, runtime(False))
         return
     _scatter(flat, grad[p0:p0 + m, r], m, w, accumulate)
-    if pixel is not None and not accumulate:  # (a loop of its own along each plane's row: in the scatter's, 8% slower)
+    if pixel[0] != NO_PIXEL and not accumulate:  # (a loop of its own along each plane's row: in the scatter's, 8% slower)
         for q in range(p0, p0 + m):
             for c in range(w):
                 grad[q, r, c] += _pixel_slopes(pixel, x[q, r, c], y[q, r, c])[which]
@@ -585,7 +630,7 @@ def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_s
                 for q in range(mk):
                     for c in range(grad.shape[2]):
                         v = edges[upper, 1, row, q, c] + edges[lower, 0, row, q, c]
-                        if pixel is not None and not first:
+                        if pixel[0] != NO_PIXEL and not first:
                             v += _pixel_slopes(pixel, x[strip * m + q, r, c], y[strip * m + q, r, c])[which]
                         if accumulate or first:
                             grad[strip * m + q, r, c] += v
@@ -649,7 +694,7 @@ def _plan(n_planes, h, w, pad, window, dtype):
     m, bands = layout(n_planes, h, w, pad, win)
     strips = -(-n_planes // m)
     tasks = strips * bands
-    positions = (bands_height(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
+    positions = (bands_height.py_func(h + 2 * pad - win + 1, bands) + win - 1) * m * (w + 2 * pad) * tasks
     return sums_to_one(g), taps, taps[::-1], m, bands, strips, tasks, max(1, positions // THREAD_WORK)
 
 
@@ -673,18 +718,20 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     both = 2 if target_grad is not None else 1
     edges = np.empty((tasks if bands > 1 and grad is not None else 0, 2, both, win - 1, m, w), dtype)
     c1, c2 = dtype.type(c1), dtype.type(c2)
-    if pixel is not None:  # (loss, identity activation, scale): see _pixel_slopes
-        pixel = LOSS_SPECS[pixel[0]](), ACTIVATION_SPECS["identity"](dtype.type(0.0)), dtype.type(pixel[1])
+    kind, scale = (NO_PIXEL, 0.0) if pixel is None else (PIXELS[pixel[0]], pixel[1])
+    pixels = kind, dtype.type(scale)  # (see _pixel_element)
     pixel_sums = np.zeros(tasks)
-    run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps_rev, pad, c1, c2, use_cs, scales, grad,
+    gradient = grad is not None  # (an array all the same: one compiled kernel with and without the gradient)
+    buffer = grad if gradient else np.empty((0, 0, 0), dtype)
+    run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps_rev, pad, c1, c2, use_cs, scales, gradient, buffer,
                                        target_grad, accumulate, m, bands, np.zeros(2, np.int64), tasks, sums, edges,
-                                       pixel, pixel_sums),
+                                       pixels, pixel_sums),
                tasks, threads=threads)
     if edges.size:
         for which, buffer in enumerate((grad, target_grad)[:both]):
             part = np.ascontiguousarray(edges[:, :, which])
             run_chunks(lambda first, stop: _join_bands(part, bands, win, pad, h, buffer, accumulate, first, stop, m,
-                                                       x, y, pixel, which), strips, min_per_thread=1)
+                                                       x, y, pixels, which), strips, min_per_thread=1)
     per_plane = sums if bands == 1 else sums.reshape(strips, bands, m).sum(axis=1)  # bands in order, per plane
     per_plane = per_plane.reshape(-1)[:n_planes].copy()
     return per_plane if pixel is None else (per_plane, math.fsum(pixel_sums))
