@@ -242,7 +242,8 @@ def _groups_of_like_size(xp, signals, live, b, largest, d):
     ``largest``) as groups (rows, v b[rows], v) solved apart: those whose largest |b| lies in [1 / SCALE_RANGE,
     SCALE_RANGE], or is NaN, or comes from a non-finite x, as they are (v = 1); the others in bands of 2^32
     (float32 keeps 2^126 either side of 1), each scaled by the power of two v that brings its largest into
-    [1/2, 1). A row of finite x whose b overflowed has b taken again from x times a power of two."""
+    [1/2, 1). A row of finite x whose b overflowed (inf, or NaN: inf - inf, as another BLAS orders the same
+    sums) has b taken again from x times a power of two."""
     if not live.size:
         return []
     top = largest[live]
@@ -250,7 +251,7 @@ def _groups_of_like_size(xp, signals, live, b, largest, d):
         return [(live, contiguous(b[live]), 1.0)]
     top = np.asarray(top.get() if hasattr(top, "get") else top)
     live_host = np.asarray(live.get() if hasattr(live, "get") else live)
-    overflowed = live_host[top == np.inf]
+    overflowed = live_host[~np.isfinite(top)]  # (NaN too: which of inf or NaN depends on the BLAS's order)
     if overflowed.size:
         finite = np.asarray(xp.isfinite(signals[overflowed]).all(axis=1).tolist(), bool)
         overflowed = overflowed[finite]
