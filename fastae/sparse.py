@@ -13,7 +13,7 @@ from collections import namedtuple
 import numpy as np
 
 from ._arrays import Call, check_number, check_positive_integer, contiguous, is_number, on_device
-from ._neutral import power_of_two_scale, rows_times, to_unit
+from ._neutral import power_of_two_scale, to_unit
 from .pointwise import LossGrad
 
 Thresholded = namedtuple("Thresholded", "codes mask")
@@ -165,7 +165,7 @@ def lasso_codes(x, U, alpha):
     if off > tolerance:
         raise ValueError(f"U's columns are not orthonormal: |U^T U - I| reaches {off:.3g} (tolerance "
                          f"{tolerance:.1g}); use fastae.ista for a general dictionary")
-    b = rows_times(a.reshape(-1, a.shape[-1]), u).reshape(a.shape[:-1] + (u.shape[1],))
+    b = call.backend.rows_times(a.reshape(-1, a.shape[-1]), u).reshape(a.shape[:-1] + (u.shape[1],))
     return call.back(_orthonormal_codes(call, b, alpha))
 
 
@@ -204,7 +204,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
         # gave NaN or silently wrong codes from |x| ~ 1e20 in float32, 1e200 in float64); they change no digit.
         u = power_of_two_scale(_largest(xp, d), SCALE_RANGE)
         d = _times(xp, d, u)
-        b, gram = rows_times(signals, d), contiguous(d.T @ d)
+        b, gram = call.backend.rows_times(signals, d), contiguous(d.T @ d)
         off, tolerance = _off_identity(gram, xp)
         if off <= tolerance:  # an orthonormal dictionary (never rescaled): the exact optimum in closed form
             return call.back(_orthonormal_codes(call, b, alpha).reshape(a.shape[:-1] + (k,)))
@@ -214,7 +214,7 @@ def ista(x, D, alpha, *, n_iter=100, tol=1e-6, accelerated=True):
         largest = xp.abs(b).max(axis=1)
         live = xp.nonzero(~(largest <= u * alpha / 2))[0]
         unfinished = 0
-        for rows, products, v in _groups_of_like_size(xp, signals, live, b, largest, d):
+        for rows, products, v in _groups_of_like_size(call, signals, live, b, largest, d):
             solved, left = call.backend.lasso(products, gram, u * v * alpha, n_iter, tol, accelerated)
             codes[rows] = _times(xp, solved, u / v)
             unfinished += left
@@ -237,7 +237,7 @@ def _times(xp, a, t):
     return a if t == 1 else (a * xp.float64(t)).astype(a.dtype)
 
 
-def _groups_of_like_size(xp, signals, live, b, largest, d):
+def _groups_of_like_size(call, signals, live, b, largest, d):
     """The live signals (rows ``live`` of ``signals``, their products ``b`` = x d, each row's largest |b|
     ``largest``) as groups (rows, v b[rows], v) solved apart: those whose largest |b| lies in [1 / SCALE_RANGE,
     SCALE_RANGE], or is NaN, or comes from a non-finite x, as they are (v = 1); the others in bands of 2^32
@@ -246,6 +246,7 @@ def _groups_of_like_size(xp, signals, live, b, largest, d):
     sums) has b taken again from x times a power of two."""
     if not live.size:
         return []
+    xp = call.xp
     top = largest[live]
     if bool((top >= 1 / SCALE_RANGE).all()) and bool((top <= SCALE_RANGE).all()):  # (the usual case: one group)
         return [(live, contiguous(b[live]), 1.0)]
@@ -268,7 +269,7 @@ def _groups_of_like_size(xp, signals, live, b, largest, d):
         if key == 1:  # (x w in [1/2, 1): x w d stays finite)
             x = signals[index]
             w = to_unit(_largest(xp, x))
-            products = rows_times(_times(xp, x, w), d)
+            products = call.backend.rows_times(_times(xp, x, w), d)
         v = 1.0 if key == 0 else to_unit(_largest(xp, products))
         groups.append((index, contiguous(_times(xp, products, v)), w * v))
     return groups

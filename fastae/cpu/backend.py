@@ -7,6 +7,7 @@ from .pointwise import activate, pointwise  # noqa: F401
 from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
 from .filters import filter_axis, filter_axis_adjoint  # noqa: F401
 from .pool import avg_pool, avg_pool_adjoint  # noqa: F401
+from .products import rows_times  # noqa: F401
 from .ssim import ssim_planes  # noqa: F401
 
 SSIM_PIXEL = True  # ssim_planes takes mixed_loss's pixel loss in its own pass

@@ -11,7 +11,7 @@ from numba import njit
 from ._math import like
 from ._threads import next_task, pulled, run_chunks, run_pulled, take_task
 from ._kernels import BLOCK, CHUNK, KERNEL_OPTIONS, item, window
-from .._neutral import rows_times
+from .products import rows_times
 
 
 @njit(**KERNEL_OPTIONS)

@@ -368,9 +368,17 @@ def _pixel_slopes(pixel, x, y):
 
 
 @njit(**KERNEL_OPTIONS)
-def _pixel_block(kind, scale, x, y, grad, tgrad):
-    """The sum of the pixel loss over one block in the data's dtype (as the pointwise loop sums), scale times
-    its gradients written into ``grad`` (``tgrad``) unless None."""
+def _pixel_block(kind, scale, x, y, grad, tgrad, write):
+    """The sum of the pixel loss over one block in the data's dtype (as the pointwise loop sums), and where
+    ``write``, scale times its gradients written into ``grad`` (``tgrad``, unless None)."""
+    if write:  # (the choice outside the loop: one loop each)
+        return _pixel_sum(kind, scale, x, y, grad, tgrad)
+    return _pixel_sum(kind, scale, x, y, None, None)
+
+
+@njit(inline="always")
+def _pixel_sum(kind, scale, x, y, grad, tgrad):
+    """_pixel_block's loop, writing into ``grad`` and ``tgrad`` unless None."""
     total = like(scale, 0.0)
     for i in range(x.size):
         value, slope, target_slope = _pixel_element(kind, x[i], y[i])
@@ -464,16 +472,15 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, gradient, grad
         prod[:, n_in:n_in + LANES] = like(c1, 0.0)
         if pad > 0 and (i0 < pad or i1 > pad + h):  # rows of padding: all alike, filtered once
             _row_moments(g, pad_rows, pad_rows, runtime(0), n_in, prod, ring, size, n_vec, mk)
-        if first and gradient:  # (small planes: all their rows in few runs)
-            pixel_total = _pixel_rows(pixel, x, y, grad, tgrad, p0, mk, lo - pad, hi - pad)
-        elif first:
-            pixel_total = _pixel_rows(pixel, x, y, None, None, p0, mk, lo - pad, hi - pad)
+        if first:  # (small planes: all their rows in few runs)
+            pixel_total = _pixel_rows(pixel, x, y, grad, tgrad, gradient, p0, mk, lo - pad, hi - pad)
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
                 _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs, ys, i % size)
                 if pixel[0] != NO_PIXEL and not first and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
                     r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
-                    pixel_total += _pixel_rows(pixel, x, y, None, None, p0, mk, r1 - 1 - (i - lo) % group, r1)
+                    pixel_total += _pixel_rows(pixel, x, y, grad, tgrad, runtime(False), p0, mk,
+                                               r1 - 1 - (i - lo) % group, r1)
                 _row_moments(g, xs, ys, i % size, n_in, prod, ring, i % size, n_vec, mk)
             o = i - win + 1  # the output row now complete
             if o < o0 or ((o - o0) % 4 != 3 and o < o1 - 1):
@@ -508,28 +515,28 @@ def _tasks_pulled(args, words, jobs, helper, count, job, finished):
 
 
 @njit(**KERNEL_OPTIONS)
-def _pixel_rows(pixel, x, y, grad, tgrad, p0, m, r0, r1):
+def _pixel_rows(pixel, x, y, grad, tgrad, write, p0, m, r0, r1):
     """Rows r0 .. r1 - 1 of planes p0 .. p0 + m - 1 (each plane's a contiguous run, whole planes one run): the
-    sum of the pixel loss (blocks summed in the data's dtype, as the pointwise loop does), its gradients (see
-    _pixel_slopes) written into ``grad`` (``tgrad``) unless None."""
+    sum of the pixel loss (blocks summed in the data's dtype, as the pointwise loop does), and where ``write``
+    its gradients (see _pixel_slopes) written into ``grad`` (``tgrad``, unless None)."""
     h, w = x.shape[1], x.shape[2]
     if r0 == 0 and r1 == h:  # (whole planes: one run; short runs, two a 16^2 plane, cost 12% of its SSIM)
-        return _pixel_run(pixel, x, y, grad, tgrad, p0 * h * w, (p0 + m) * h * w)
+        return _pixel_run(pixel, x, y, grad, tgrad, write, p0 * h * w, (p0 + m) * h * w)
     total = 0.0
     for q in range(m):
-        total += _pixel_run(pixel, x, y, grad, tgrad, ((p0 + q) * h + r0) * w, ((p0 + q) * h + r1) * w)
+        total += _pixel_run(pixel, x, y, grad, tgrad, write, ((p0 + q) * h + r0) * w, ((p0 + q) * h + r1) * w)
     return total
 
 
 @njit(inline="always")
-def _pixel_run(pixel, x, y, grad, tgrad, start, stop):
+def _pixel_run(pixel, x, y, grad, tgrad, write, start, stop):
     """_pixel_rows over the elements start .. stop - 1 of the arrays' flat order."""
     kind, scale = pixel
     xr, yr, gr, tr = run(x, start, stop), run(y, start, stop), run(grad, start, stop), run(tgrad, start, stop)
     total = 0.0
     for b in range(0, xr.size, BLOCK):
         e = min(b + BLOCK, xr.size)
-        total += _pixel_block(kind, scale, xr[b:e], yr[b:e], window(gr, b, e), window(tr, b, e))
+        total += _pixel_block(kind, scale, xr[b:e], yr[b:e], window(gr, b, e), window(tr, b, e), write)
     return total
 
 

@@ -3,6 +3,7 @@ from contextlib import nullcontext as one_blas_thread  # noqa: F401  (cuBLAS: no
 
 from .bfloat16 import from_float32, to_float32  # noqa: F401
 from .._neutral import avg_pool, avg_pool_adjoint  # noqa: F401  (CuPy's strided passes)
+from .._neutral import rows_times  # noqa: F401  (cuBLAS, a single row as two)
 from .filters import filter_axis, filter_axis_adjoint  # noqa: F401
 from .pointwise import activate, pointwise  # noqa: F401
 from .sparse import kl_sparsity, lasso, soft_threshold  # noqa: F401
