@@ -17,6 +17,11 @@ KERNEL_OPTIONS = dict(
 # way of a reciprocal the other loop never forms, and the two give different values. Compiled apart and
 # inlined by LLVM, the element's instructions keep their flags: only a loop's sum reassociates.
 ELEMENT_OPTIONS = dict(KERNEL_OPTIONS, fastmath={"contract", "nsz"})
+# A loop along a row whose columns are independent (no sum across them): contract (one fma) but no reassoc nor
+# arcp, so that a column's arithmetic is the same whether it falls in the vectorised body or in the last columns
+# LLVM finishes otherwise (with reassoc, AVX2 builds gave the columns past the body other bits: a plane's SSIM
+# gradient then depended on how many planes shared its strip)
+COLUMN_OPTIONS = ELEMENT_OPTIONS
 CHUNK = 1 << 16  # elements per parallel task: fixed, so results do not depend on threads
 BLOCK = 1024     # elements summed in the data's dtype before adding into float64
 

@@ -44,7 +44,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .._neutral import sums_to_one
-from ._kernels import BLOCK, ELEMENT_OPTIONS, KERNEL_OPTIONS, run, runtime, window
+from ._kernels import BLOCK, COLUMN_OPTIONS, ELEMENT_OPTIONS, KERNEL_OPTIONS, run, runtime, window
 from ._math import like
 from .pointwise import ACTIVATION_SPECS, LOSS_SPECS, _element, _times
 from ._threads import next_task, pulled, run_chunks, run_pulled, take_task
@@ -121,7 +121,7 @@ def _quad_filter(taps, rows, k, first, lo, hi, dst, lead, n):
         dst[3, k, at + j] = acc3
 
 
-@njit(**KERNEL_OPTIONS)
+@njit(**COLUMN_OPTIONS)
 def _quad_maps(taps, rows, maps, first, lo, hi, dst, lead, n):
     """_quad_filter for maps 0 .. maps - 1 into dst[r, k, lead:]."""
     for k in range(maps):
@@ -129,7 +129,7 @@ def _quad_maps(taps, rows, maps, first, lo, hi, dst, lead, n):
 
 
 # ---------------------------------------------------------------- the SSIM of one output row
-@njit(inline="always")
+@njit(**COLUMN_OPTIONS)
 def _coefficients(mom, r, shift, c1, c2, use_cs, scale, coef, s, total, n):
     """The SSIM (or contrast-structure) map of one output row's n columns from its moments mom[r, 0..3],
     added into each column's ``total``, and scale times the coefficient maps A, B, C of the gradient and
@@ -167,7 +167,7 @@ def _coefficients(mom, r, shift, c1, c2, use_cs, scale, coef, s, total, n):
 
 
 # ---------------------------------------------------------------- one task
-@njit(**KERNEL_OPTIONS)
+@njit(**COLUMN_OPTIONS)
 def _row_moments(g, xs, ys, r, n_in, prod, dst, d, n, step):
     """The four maps of strip row xs[r], ys[r] (n_in columns) filtered along it into dst[d] (4, n): x', y',
     x'y', (x - y)^2."""
@@ -298,7 +298,7 @@ def _spread(values, first_plane, m, c0, c1, dst, negate):
             dst[c * m + q] = -v if negate else v
 
 
-@njit(**KERNEL_OPTIONS)
+@njit(**COLUMN_OPTIONS)
 def _emit(g_rev, vb, xr, yr, first, n, step, out, tout, pixel, pixel_rows):
     """A strip row's gradient at its columns first .. first + n (planes interleaved, neighbouring columns
     ``step`` apart) into out[0 .. n]: G^T A + y' G^T B + 2 (x - y) G^T C, the horizontal adjoint G^T of
