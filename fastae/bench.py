@@ -443,9 +443,16 @@ _IMAGES = ("rng = np.random.default_rng(0); x = rng.random((64, 1, 16, 16), np.f
            "y = np.clip(x + 0.1 * rng.standard_normal(x.shape, np.float32), 0, 1)")
 _SIGNALS = ("rng = np.random.default_rng(0); d = rng.standard_normal((64, {atoms})).astype(np.float32); "
             "d /= np.linalg.norm(d, axis=0); s = rng.standard_normal((500, 64)).astype(np.float32)")
+_CODES = "rng = np.random.default_rng(0); z = rng.standard_normal((500, 48)).astype(np.float32)"
 COLD_CALLS = [
     ("mse, grad", _IMAGES, "fa.mse(x, y, grad=True)"),
+    ("l1, grad", _IMAGES, "fa.l1(x, y, grad=True)"),
+    ("huber, grad", _IMAGES, "fa.huber(x, y, grad=True)"),
     ("bce sigmoid, grad", _IMAGES, "fa.bce(x, y, activation='sigmoid', grad=True)"),
+    ("gaussian_nll, grad", _IMAGES, "fa.gaussian_nll(x, y, grad=True)"),
+    ("laplace_nll, grad", _IMAGES, "fa.laplace_nll(x, y, grad=True)"),
+    ("charbonnier, grad", _IMAGES, "fa.charbonnier(x, y, grad=True)"),
+    ("activate leaky_relu, grad", _IMAGES, "fa.activate(x, 'leaky_relu', grad=True)"),
     ("ssim", _IMAGES, "fa.ssim(x, y)"),
     ("ssim_loss, grad", _IMAGES, "fa.ssim_loss(x, y, grad=True)"),
     ("ssim_loss same, grad", _IMAGES, "fa.ssim_loss(x, y, padding='same', grad=True)"),
@@ -453,9 +460,18 @@ COLD_CALLS = [
     ("mixed_loss same, grad", _IMAGES, "fa.mixed_loss(x, y, alpha=0.84, padding='same', grad=True)"),
     ("ssim_map", _IMAGES, "fa.ssim_map(x, y)"),
     ("ms_ssim, grad", _IMAGES.replace("(64, 1, 16, 16)", "(2, 1, 176, 176)"), "fa.ms_ssim(x, y, grad=True)"),
+    ("ms_ssim_l1_loss, grad", _IMAGES.replace("(64, 1, 16, 16)", "(2, 1, 176, 176)"),
+     "fa.ms_ssim_l1_loss(x, y, grad=True)"),
+    ("soft_threshold, grad", _CODES, "fa.soft_threshold(z, 0.5, grad=True)"),
+    ("l1_penalty, grad", _CODES, "fa.l1_penalty(z, 0.1, grad=True)"),
+    ("l2_penalty, grad", _CODES, "fa.l2_penalty(z, 0.1, grad=True)"),
+    ("kl_sparsity, grad", _CODES.replace("standard_normal", "random"), "fa.kl_sparsity(z, 0.05, grad=True)"),
+    ("lasso_codes", "rng = np.random.default_rng(0); u = np.linalg.qr(rng.standard_normal((64, 64)))[0]"
+     ".astype(np.float32); s = rng.standard_normal((500, 64)).astype(np.float32)", "fa.lasso_codes(s, u, 0.1)"),
     ("ista, 64x48 dictionary", _SIGNALS.format(atoms=48), "fa.ista(s, d, alpha=0.1)"),
     ("ista, 64x256 (overcomplete)", _SIGNALS.format(atoms=256), "fa.ista(s, d, alpha=0.1)"),
 ]
+QUICK_COLD = ("mse, grad", "ssim_loss, grad", "ista, 64x48 dictionary")
 _PROBE = """
 import json, time
 import numpy as np
@@ -531,7 +547,7 @@ def main(quick=False, sizes=None, dtypes=None, threads=None, repeats=None):
     few = max(3, repeats // 3)
     sections = [
         ("first calls: cold (a new process, empty Numba cache: the compile included) and warm, float32",
-         lambda: cold_rows(COLD_CALLS[:1] + COLD_CALLS[3:4] + COLD_CALLS[-2:-1] if quick else COLD_CALLS)),
+         lambda: cold_rows([c for c in COLD_CALLS if c[0] in QUICK_COLD] if quick else COLD_CALLS)),
         ("pointwise losses", lambda: [row for dtype in dtypes for n in sizes
                                       for row in pointwise_rows(n, np.dtype(dtype), repeats)]),
         ("sparse codes ('x np.add' is against np.abs for soft_threshold alone: 1 read + 1 write)",

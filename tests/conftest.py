@@ -1,3 +1,4 @@
+import os
 import zlib
 
 import numpy as np
@@ -77,11 +78,17 @@ def _torch_cuda():
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` need CuPy and a CUDA device (or the host emulator), those marked
-    ``torch_cuda`` torch CUDA tensors; without them they are skipped, saying why."""
+    ``torch_cuda`` torch CUDA tensors; without them they are skipped, saying why. Tests marked ``alone`` need
+    the machine to themselves (a helper at idle priority, say): in a pytest-xdist worker, whose neighbours
+    keep the other cores busy, they are skipped; ``python -m pytest tests -m alone`` runs them."""
     skip_gpu = pytest.mark.skip(reason="needs CuPy and a CUDA device (or FASTAE_CUDA_EMULATOR=1)")
     skip_torch = pytest.mark.skip(reason="needs torch CUDA tensors: a CUDA device (the emulator runs CuPy arrays only)")
+    skip_alone = pytest.mark.skip(reason="needs the machine to itself: run by `python -m pytest tests -m alone`")
     gpu, torch_cuda = _cuda_device_count() > 0, _torch_cuda()
+    in_worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
     for item in items:
+        if "alone" in item.keywords and in_worker:
+            item.add_marker(skip_alone)
         if "gpu" in item.keywords and not gpu:
             item.add_marker(skip_gpu)
         elif "torch_cuda" in item.keywords and not torch_cuda:

@@ -133,3 +133,19 @@ def test_a_read_only_install_caches_in_the_users_cache_directory(tmp_path):
         assert cached and not any(name.endswith(".nbi") for _, _, names in os.walk(mount) for name in names)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_the_bench_measures_a_first_call_in_a_new_process_with_an_empty_cache():
+    """fastae bench's cold rows: each call's first run in a new process (NUMBA_CACHE_DIR empty: the probe sees
+    it), then its warm time; every public function has a row."""
+    from fastae import bench
+    probe = ("import os, time; cache = os.environ['NUMBA_CACHE_DIR']; "
+             "assert not [f for _, _, files in os.walk(cache) for f in files], cache; first = [True]",
+             "time.sleep(0.3) if first and first.pop() else None")
+    rows = bench.cold_rows([("a sleep the first time", *probe)])
+    assert rows[0]["first call of"] == "a sleep the first time"
+    assert rows[0]["cold s"] >= 0.3 and rows[0]["warm ms"] < 300
+    named = " ".join(name for name, _, _ in bench.COLD_CALLS)
+    public = [name for name in fa.__all__ if callable(getattr(fa, name)) and name[0].islower()]
+    assert [name for name in public if name not in named] == []
+    assert "cores" in bench.cpu_model()

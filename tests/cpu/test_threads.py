@@ -204,6 +204,7 @@ def test_a_helper_on_its_caller_s_cpu_moves_off_it(monkeypatch):
 
 @pytest.mark.skipif(_threads.SYSCALLS is None or len(os.sched_getaffinity(0)) < 2,
                     reason="helpers need Linux's futex, and moving needs two CPUs")
+@pytest.mark.alone  # (its helper runs at idle priority: a busy neighbour would starve it)
 def test_a_caller_moves_a_helper_that_last_ran_on_its_cpu(monkeypatch):
     """The thread that posts a job moves a helper that last ran on its CPU off it (the main thread's CPUs but
     that one): a woken helper is queued behind the thread that woke it, which, never blocking, kept it from
