@@ -462,9 +462,10 @@ class _Helpers:
             if kernel is None:  # (that job was closed since)
                 finished = job
                 continue
-            function, args = kernel
+            function, witness = kernel[0], _witness(kernel[1])
+            del kernel  # (the server runs on: its frame must not hold the caller's arrays meanwhile)
             try:
-                job, finished = function(_witness(args), self.words, self.jobs, helper, 0, job, finished)
+                job, finished = function(witness, self.words, self.jobs, helper, 0, job, finished)
             except Exception:  # (could not enter that kernel's server: the caller runs the job without this one)
                 finished = job
 

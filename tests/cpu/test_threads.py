@@ -254,8 +254,10 @@ def test_a_kernel_that_raises(monkeypatch):
 
 def test_the_helpers_keep_no_reference_to_a_call_s_arrays(monkeypatch):
     """After run_pulled returns, nothing of fastae's holds the arrays it was given (a helper enters its
-    kernel's server with small stand-ins of the same types)."""
+    kernel's server with small stand-ins of the same types, and its frame keeps neither the call's arguments
+    nor the stand-ins' source while it serves: fresh helpers, so that this call is the one they enter with)."""
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    monkeypatch.setattr(_threads, "_helpers", _threads._Helpers())
     seen = np.zeros(64, np.int64)
     before = sys.getrefcount(seen)
     run_pulled(_pull, _pull_pulled, (np.zeros(2, np.int64), 64, seen, 5000), 64, 2)
