@@ -43,8 +43,8 @@ def _tile(typingctx, a, b, out, i, j, rows, vectors):
         width = VECTOR_BYTES * 8 // kind.bitwidth if n_vectors else 1
         vector = ir.VectorType(scalar, width) if width > 1 else scalar
         parts = max(1, n_vectors)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                             f"llvm.fma.{'v%d' % width if width > 1 else ''}{'f32' if kind.bitwidth == 32 else 'f64'}")
+        name = f"llvm.fma.{f'v{width}' if width > 1 else ''}f{kind.bitwidth}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
         arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3])]
         (a_, b_, out_), i_, j_ = arrays, args[3], args[4]
         d = builder.extract_value(a_.shape, 1)
@@ -62,7 +62,8 @@ def _tile(typingctx, a, b, out, i, j, rows, vectors):
             if width == 1:
                 return value
             lanes_ = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.IntType(32)(0))
-            return builder.shuffle_vector(lanes_, lanes_, ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+            zeros = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            return builder.shuffle_vector(lanes_, lanes_, zeros)
 
         with cgutils.for_range(builder, d) as loop:
             k = loop.index

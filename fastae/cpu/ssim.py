@@ -408,7 +408,8 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, gradient, grad
     Writes sums[k, q] (the band's SSIM sum of plane q) and, where ``gradient``, the gradient rows the band
     alone touches into ``grad`` (the target's into ``tgrad`` unless None), and its shared rows (first and
     last win - 1 of a band inside a tall plane) into edges[k, part, 0] (the target's into edges[k, part, 1]).
-    With a pixel loss (``pixel`` = (kind, scale), see _pixel_element; kind NO_PIXEL: none), each input row the band owns gets that loss's sum added
+    With a pixel loss (``pixel`` = (kind, scale), see _pixel_element; kind NO_PIXEL: none), each input row
+    the band owns gets that loss's sum added
     into pixel_sums[k] as it is loaded (the band's own rows: those of its output rows, the last band's also
     those below, so that each row is taken once), and its gradient added to the SSIM's as that is written, or
     written first, the SSIM's added (see _pixel_first)."""
@@ -477,7 +478,8 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, gradient, grad
         for i in range(i0, i1):
             if pad <= i < pad + h:  # (a row of padding is not loaded: filtered once above, it has no gradient)
                 _load_row(x, y, plane_shift, p0, mk, pad, i - pad, xs, ys, i % size)
-                if pixel[0] != NO_PIXEL and not first and lo <= i < hi and (i == hi - 1 or (i - lo) % group == group - 1):
+                grouped = i == hi - 1 or (i - lo) % group == group - 1
+                if pixel[0] != NO_PIXEL and not first and lo <= i < hi and grouped:
                     r1 = i + 1 - pad  # (rows in groups of a few blocks, as they are read)
                     pixel_total += _pixel_rows(pixel, x, y, grad, tgrad, runtime(False), p0, mk,
                                                r1 - 1 - (i - lo) % group, r1)
@@ -486,7 +488,8 @@ def _tasks(x, y, shifting, g, g_rev, pad, c1, c2, use_cs, scales, gradient, grad
             if o < o0 or ((o - o0) % 4 != 3 and o < o1 - 1):
                 continue  # (output rows go in fours, the band's last up to three rows too)
             a = o - (o - o0) % 4
-            _quad_maps(g, ring, runtime(4), a, pad, pad + h, mom, runtime(0), n_vec)  # (past the band's last row: computed, dropped)
+            # (past the band's last row: computed, dropped)
+            _quad_maps(g, ring, runtime(4), a, pad, pad + h, mom, runtime(0), n_vec)
             for b in range(a, o + 1):
                 _coefficients(mom, b - a, shift, c1, c2, use_cs, scale, coef, b % size, total, n_vec)
                 coef[b % size, :, n_out:] = like(c1, 0.0)  # (past the row: its shares must stay 0)
@@ -545,7 +548,7 @@ def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumu
              pixel):
     """Input row p's gradients from its vertical shares ``vb``: straight into ``grad`` (and ``tgrad``) when
     the strip holds one plane, or by way of ``flat`` (planes interleaved): kept in ``edges`` where another
-    band also touches the row, or added where ``accumulate``, or written; the pixel loss's (unless None) added
+    band also touches the row, or added where ``accumulate``, or written; the pixel loss's (unless NO_PIXEL) added
     as a row is written (a kept row's when the bands' parts are joined), unless ``accumulate`` says it was
     written first (see _pixel_first)."""
     r = p - pad
@@ -572,12 +575,13 @@ def _deliver(g_rev, vb, xr, yr, p, pad, m, w, k, band, bands, o0, o1, p0, accumu
 @njit(**KERNEL_OPTIONS)
 def _route(flat, edges, k, part, which, row, keep, grad, p0, r, m, w, accumulate, x, y, pixel):
     """A row's gradients (planes interleaved in ``flat``) kept in ``edges`` or written (added) into ``grad``,
-    the pixel loss's (unless None, or written first: ``accumulate``) added then."""
+    the pixel loss's (unless NO_PIXEL, or written first: ``accumulate``) added then."""
     if keep:
         _scatter(flat, edges[k, part, which, row], m, w, runtime(False))
         return
     _scatter(flat, grad[p0:p0 + m, r], m, w, accumulate)
-    if pixel[0] != NO_PIXEL and not accumulate:  # (a loop of its own along each plane's row: in the scatter's, 8% slower)
+    # (the pixel loss's in a loop of its own along each plane's row: in the scatter's, 8% slower)
+    if pixel[0] != NO_PIXEL and not accumulate:
         for q in range(p0, p0 + m):
             for c in range(w):
                 grad[q, r, c] += _pixel_slopes(pixel, x[q, r, c], y[q, r, c])[which]
@@ -621,7 +625,7 @@ def bands_height(hv, bands):
 def _join_bands(edges, bands, win, pad, h, grad, accumulate, first_strip, stop_strip, m, x, y, pixel, which):
     """The rows two bands share: the upper band's part, then the lower band's, added into the gradient
     (``edges`` of one of the gradients: (tasks, part, row, plane, column); x's, ``which`` 0, or y's, 1),
-    and the pixel loss's (unless None) where the strip did not write it first (see _pixel_first)."""
+    and the pixel loss's (unless NO_PIXEL) where the strip did not write it first (see _pixel_first)."""
     n_planes = grad.shape[0]
     hv = h + 2 * pad - win + 1
     for strip in range(first_strip, stop_strip):
@@ -729,8 +733,8 @@ def ssim_planes(x, y, g, pad, c1, c2, use_cs, scales, grad, accumulate, target_g
     pixels = kind, dtype.type(scale)  # (see _pixel_element)
     pixel_sums = np.zeros(tasks)
     gradient = grad is not None  # (an array all the same: one compiled kernel with and without the gradient)
-    buffer = grad if gradient else np.empty((0, 0, 0), dtype)
-    run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps_rev, pad, c1, c2, use_cs, scales, gradient, buffer,
+    written = grad if gradient else np.empty((0, 0, 0), dtype)
+    run_pulled(_tasks, _tasks_pulled, (x, y, shifting, taps, taps_rev, pad, c1, c2, use_cs, scales, gradient, written,
                                        target_grad, accumulate, m, bands, np.zeros(2, np.int64), tasks, sums, edges,
                                        pixels, pixel_sums),
                tasks, threads=threads)
